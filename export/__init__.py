@@ -1,0 +1,1 @@
+"""rowrnn export: Keras model -> ONNX via tf2onnx, with parity validation."""

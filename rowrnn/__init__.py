@@ -1,0 +1,1 @@
+"""The `rowrnn` command line: a thin layer over rowrnn_keras, export and runtime."""

@@ -1,0 +1,3 @@
+from rowrnn.cli import main
+
+main()

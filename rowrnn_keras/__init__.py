@@ -1,0 +1,1 @@
+"""rowrnn Keras side: MNIST data, the row-LSTM model, training and evaluation."""

@@ -1,0 +1,79 @@
+"""Shared fixtures: crafted IDX files, small synthetic digits, and the real MNIST directory."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode an array as IDX (uint8 only, as MNIST)."""
+    array = np.asarray(array, np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 [n, 28, 28] images whose class k is a bright bar on rows 2k+4..2k+5, plus noise:
+    learnable by a row-reading LSTM in a few epochs, so training tests can assert it learned."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        start = rng.integers(3, 10)
+        images[i, 2 * label + 4 : 2 * label + 6, start : start + 14] = 255
+    return images, labels
+
+
+def write_mnist_dir(directory: Path, n_train: int = 120, n_test: int = 40, compress: bool = True) -> Path:
+    from rowrnn_keras.data import FILES
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        images, labels = synthetic_digits(n, seed)
+        suffix = ".gz" if compress else ""
+        write_idx(directory / (FILES[f"{split}_images"] + suffix), images, compress)
+        write_idx(directory / (FILES[f"{split}_labels"] + suffix), labels, compress)
+    return directory
+
+
+def real_mnist_dir() -> Path | None:
+    """$ROWRNN_DATA, else ../shared/data/mnist beside the checkout, if it holds the files."""
+    candidates = [os.environ.get("ROWRNN_DATA"), REPO.parent / "shared" / "data" / "mnist"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    found = real_mnist_dir()
+    if found is None:
+        pytest.skip("real MNIST not available: set ROWRNN_DATA to the directory with the IDX files")
+    return found
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from rowrnn_keras.data import load_mnist_dir
+
+    return load_mnist_dir(mnist_dir)
+
+
+@pytest.fixture
+def fake_mnist_dir(tmp_path) -> Path:
+    return write_mnist_dir(tmp_path / "mnist")

@@ -1,0 +1,108 @@
+"""rowrnn_keras.train: a run learns, writes every artifact atomically, and is reproducible."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_digits
+from rowrnn_keras.config import TrainConfig
+from rowrnn_keras.data import Mnist
+from rowrnn_keras.train import (
+    evaluate_predictions,
+    format_evaluation,
+    make_splits,
+    run_training,
+)
+from runtime.errors import InputError
+
+TINY = dict(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60)
+ARTIFACTS = ("model.keras", "history.csv", "curves.png", "metrics.json")
+
+
+def tiny_mnist(n_train=600, n_test=200) -> Mnist:
+    return Mnist(*synthetic_digits(n_train, 1), *synthetic_digits(n_test, 2), source="synthetic")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    metrics = run_training(TrainConfig(**TINY), tiny_mnist(), out, verbose=0)
+    return out, metrics
+
+
+def test_a_tiny_run_learns_and_writes_every_artifact(trained):
+    out, metrics = trained
+    for name in ARTIFACTS:
+        assert (out / name).stat().st_size > 0, name
+    assert metrics["test_accuracy"] > 0.5  # chance is 0.1; the bars are easy
+    on_disk = json.loads((out / "metrics.json").read_text())
+    for key in ("test_accuracy", "val_accuracy", "epochs", "train_seconds", "seconds_per_epoch", "config"):
+        assert key in on_disk
+    assert on_disk["config"]["hidden_units"] == 16
+    assert on_disk["train_images"] + on_disk["validation_images"] == 600
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # scratch removed
+
+
+def test_history_has_one_row_per_epoch(trained):
+    out, metrics = trained
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert len(rows) == metrics["epochs"]
+    assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
+    assert float(rows[-1]["val_accuracy"]) <= metrics["val_accuracy"] + 1e-6  # best is kept
+
+
+def test_same_seed_same_history(tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 2})
+    first = run_training(config, tiny_mnist(300, 50), tmp_path / "a", verbose=0)
+    second = run_training(config, tiny_mnist(300, 50), tmp_path / "b", verbose=0)
+    assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
+    assert first["test_accuracy"] == second["test_accuracy"]
+
+
+def test_failed_run_leaves_previous_artifacts_untouched(tmp_path, monkeypatch):
+    for name in ARTIFACTS:
+        (tmp_path / name).write_bytes(b"previous " + name.encode())
+    import rowrnn_keras.train as train_module
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom during evaluation")
+
+    monkeypatch.setattr(train_module, "evaluate_model", explode)
+    with pytest.raises(RuntimeError, match="boom"):
+        run_training(TrainConfig(**{**TINY, "epochs": 1}), tiny_mnist(200, 50), tmp_path, verbose=0)
+    for name in ARTIFACTS:
+        assert (tmp_path / name).read_bytes() == b"previous " + name.encode()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ARTIFACTS)
+
+
+def test_unwritable_out_is_refused(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="cannot write to output directory"):
+        run_training(TrainConfig(**TINY), tiny_mnist(100, 10), tmp_path / "file" / "out", verbose=0)
+
+
+def test_limit_and_validation_never_touch_test():
+    mnist = tiny_mnist(1000, 100)
+    splits = make_splits(mnist, TrainConfig(limit=500, validation_size=5000))
+    assert len(splits.train[0]) == 450 and len(splits.validation[0]) == 50  # 10% of the limit
+    assert len(splits.test[0]) == 100
+    assert splits.train[0].dtype == np.float32 and splits.train[0].max() <= 1.0
+
+
+def test_evaluation_counts():
+    result = evaluate_predictions(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
+    assert result.accuracy == 0.5
+    assert result.per_class_accuracy[:3] == [0.5, 1.0, 0.0]
+    assert result.confusion[0].tolist()[:2] == [1, 1] and result.confusion.sum() == 4
+    table = format_evaluation(result)
+    assert "confusion matrix" in table and len(table.splitlines()) == 1 + 10 + 2 + 1 + 10
+
+
+@pytest.mark.slow
+def test_real_mnist_short_run_reaches_sensible_accuracy(mnist, tmp_path):
+    metrics = run_training(TrainConfig(limit=10_000, epochs=2), mnist, tmp_path, verbose=0)
+    assert metrics["test_images"] == 10_000
+    assert metrics["test_accuracy"] >= 0.90, metrics["test_accuracy"]
