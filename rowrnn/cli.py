@@ -8,6 +8,7 @@ Heavy packages (TensorFlow, tf2onnx) are imported inside the commands that need 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -56,12 +57,12 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def needs_training_extra():
-    """Import the Keras side (quietly), or explain which extra installs it."""
+def needs_training_extra(module: str = "rowrnn_keras.train"):
+    """Import a TensorFlow-side module (quietly), or explain which extra installs it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         with native_stderr_silenced():
-            import rowrnn_keras.train as train_module
+            imported = importlib.import_module(module)
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # device probing logs too; do it while muted
@@ -69,7 +70,7 @@ def needs_training_extra():
         raise InputError(
             f"this command needs {exc.name}; install the training extra: pip install 'rowrnn[train]'"
         ) from None
-    return train_module
+    return imported
 
 
 @app.command()
@@ -128,6 +129,80 @@ def evaluate(
     typer.echo(f"test accuracy {result.accuracy:.4f} on {len(mnist.test_labels)} images ({model})")
     typer.echo(train_module.format_evaluation(result))
     typer.echo(f"confusion matrix PNG: {plot}")
+
+
+@app.command()
+def export(
+    output: Annotated[Path, typer.Argument(help="ONNX file to write (e.g. model.onnx).")],
+    model: Annotated[Path, typer.Option(help="Trained Keras model.")] = DEFAULT_MODEL,
+    data: DataOption = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset to target (14-18).")] = 17,
+    atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = 1e-4,
+    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model: 'int8'.")] = None,
+    max_int8_drop: Annotated[float, typer.Option(help="Largest allowed int8 test-accuracy drop, in points.")] = 0.5,
+) -> None:
+    """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
+    api = needs_training_extra("export.api")
+    result = api.export_model(
+        model, output, data_dir=data, opset=opset, atol=atol, quantize=quantize,
+        max_int8_drop=max_int8_drop / 100.0,
+    )
+    report = result.report
+    typer.echo(
+        f"wrote {result.onnx_path}: parity on {report['images']} images ({report['inputs']}): "
+        f"max-abs logit diff {report['max_abs_logit_diff']:.2g}, argmax agreement {report['argmax_agreement']:.2%}"
+    )
+    if report.get("onnx_test_accuracy") is not None:
+        typer.echo(f"ONNX test accuracy {report['onnx_test_accuracy']:.4f}")
+    if result.int8_path is not None:
+        int8 = report["int8"]
+        accuracy = "" if int8.get("test_accuracy") is None else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
+        typer.echo(f"wrote {result.int8_path}: {int8['size_bytes']:,} bytes{accuracy}")
+    typer.echo(f"parity report: {result.report_path}")
+
+
+@app.command()
+def info(
+    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Inputs, outputs, opset, op counts, size and metadata of an ONNX model."""
+    from runtime.info import describe_model, format_description
+
+    description = describe_model(model)
+    typer.echo(json.dumps(description, indent=2) if as_json else format_description(description))
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image files, .npy arrays or IDX files (.gz or raw), any mix.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines with input, index, label, confidence, probabilities.")] = False,
+) -> None:
+    """Classify digits: one line per image. Bad files are reported; good ones still predicted."""
+    from runtime.inputs import load_input
+    from runtime.predictor import Predictor
+
+    predictor = Predictor(model)
+    failures = []
+    for path in inputs:
+        try:
+            result = predictor.predict(load_input(path))
+        except InputError as exc:
+            failures.append(str(exc))
+            print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
+            continue
+        for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
+            if as_json:
+                typer.echo(json.dumps({
+                    "input": str(path), "index": index, "label": int(label),
+                    "confidence": round(float(confidence), 6),
+                    "probabilities": [round(float(p), 6) for p in result.probabilities[index]],
+                }))
+            else:
+                typer.echo(f"{path}\t{index}\t{label}\t{confidence:.4f}")
+    if failures:
+        raise typer.Exit(2)
 
 
 def one_line(message: str) -> str:

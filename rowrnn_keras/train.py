@@ -129,6 +129,7 @@ def fit_model(
         epochs=config.epochs,
         validation_data=splits.validation,
         validation_batch_size=1024,
+        shuffle=False,  # the dataset shuffles itself, seeded
         callbacks=callbacks,
         verbose=verbose,
     )

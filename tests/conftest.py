@@ -77,3 +77,36 @@ def mnist(mnist_dir):
 @pytest.fixture
 def fake_mnist_dir(tmp_path) -> Path:
     return write_mnist_dir(tmp_path / "mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_keras_model(tmp_path_factory) -> Path:
+    """A small Dense-LSTM-Dense trained briefly on synthetic digits (a real, non-trivial model)."""
+    from rowrnn_keras.config import TrainConfig
+    from rowrnn_keras.data import Mnist
+    from rowrnn_keras.train import run_training
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    config = TrainConfig(hidden_units=32, dense_units=32, epochs=2, batch_size=32, learning_rate=1e-2, validation_size=50)
+    run_training(config, Mnist(*synthetic_digits(500, 1), *synthetic_digits(100, 2), source="synthetic"), out, verbose=0)
+    return out / "model.keras"
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_keras_model, tmp_path_factory):
+    """The tiny model exported to ONNX (synthetic parity inputs: no data directory)."""
+    from export.api import ValidationSet, export_model, synthetic_rows
+
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    return export_model(tiny_keras_model, out, validation=ValidationSet(synthetic_rows(), None, "synthetic"))
+
+
+@pytest.fixture(scope="session")
+def real_model(mnist, tmp_path_factory) -> Path:
+    """A full-size model trained for 2 epochs on 10 000 real MNIST images (slow tests only)."""
+    from rowrnn_keras.config import TrainConfig
+    from rowrnn_keras.train import run_training
+
+    out = tmp_path_factory.mktemp("real-model")
+    run_training(TrainConfig(limit=10_000, epochs=2), mnist, out, verbose=0)
+    return out / "model.keras"

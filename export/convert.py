@@ -1,0 +1,157 @@
+"""Keras model -> ONNX: describe the I/O, convert with tf2onnx, simplify the graph.
+
+`tf2onnx.convert.from_keras` is broken on Keras 3 (tf2onnx issues #2329, #2348, #2448), so we
+convert a `tf.function` around the model with an explicit, named input signature and a dict of
+named outputs; tf2onnx then fuses the Keras LSTM into one ONNX `LSTM` op. Its graph still
+computes shapes at run time (Shape/Gather/Concat chains feeding Reshape, an Expand that builds
+the zero initial state); `simplify` folds those, since batch is the only dynamic dimension.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+from onnx import helper, numpy_helper
+
+from runtime.contract import (
+    BATCH_DIM,
+    IMAGE_SHAPE,
+    INPUT_NAME,
+    LOGITS_NAME,
+    PROBABILITIES_NAME,
+)
+
+DEFAULT_OPSET = 17
+MIN_OPSET, MAX_OPSET = 14, 18  # LSTM layout of opset 14; tf2onnx 1.17 targets up to 18
+
+
+def input_signature() -> list[tf.TensorSpec]:
+    """The ONNX input: float32 rows [batch, 28, 28], named by the contract."""
+    return [tf.TensorSpec((None, *IMAGE_SHAPE), tf.float32, name=INPUT_NAME)]
+
+
+def serving_function(model: tf.keras.Model) -> tf.types.experimental.GenericFunction:
+    """Inference-mode forward pass returning the contract's named outputs."""
+
+    @tf.function(input_signature=input_signature())
+    def serve(rows):
+        logits = model(rows, training=False)
+        return {LOGITS_NAME: logits, PROBABILITIES_NAME: tf.nn.softmax(logits, axis=-1)}
+
+    return serve
+
+
+def convert(model: tf.keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """tf2onnx conversion of the serving function, then graph simplification."""
+    serve = serving_function(model)
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=input_signature(), opset=opset)
+    return simplify(proto)
+
+
+# ---------------------------------------------------------------- graph simplification
+
+
+def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold run-time shape computation into constants and drop what becomes dead.
+
+    Batch is the only dynamic dimension, so every tensor's shape is known up to it. We learn
+    which dimension is the batch by running the graph at two batch sizes ("probing"); this does
+    not depend on how tf2onnx happened to spell the shape arithmetic.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    probes = probe_values(model, batch_sizes=(2, 3))
+    fold_reshape_shapes(model, probes)
+    drop_zero_initial_states(model, probes)
+    remove_dead_nodes(model)
+    name_batch_dimension(model)
+    return model
+
+
+def probe_values(model: onnx.ModelProto, batch_sizes: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every intermediate tensor's value at two batch sizes (random inputs)."""
+    exposed = onnx.ModelProto.FromString(model.SerializeToString())
+    existing = {o.name for o in exposed.graph.output}
+    for node in exposed.graph.node:
+        for name in node.output:
+            if name and name not in existing:
+                exposed.graph.output.append(helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(0)
+    runs = [
+        session.run(None, {INPUT_NAME: rng.random((b, *IMAGE_SHAPE), dtype=np.float32)})
+        for b in batch_sizes
+    ]
+    return {name: (np.asarray(a), np.asarray(b)) for name, a, b in zip(names, *runs)}
+
+
+def batch_shape(values: tuple[np.ndarray, np.ndarray]) -> list[int] | None:
+    """The shape with -1 for the one dimension that changes with batch, or None if not so."""
+    first, second = values
+    if first.ndim != second.ndim:
+        return None
+    shape = [a if a == b else -1 for a, b in zip(first.shape, second.shape)]
+    return shape if shape.count(-1) <= 1 else None
+
+
+def initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {init.name for init in model.graph.initializer}
+
+
+def fold_reshape_shapes(model: onnx.ModelProto, probes: dict) -> None:
+    """Reshape(x, <computed shape>) -> Reshape(x, <constant shape with -1 for batch>)."""
+    constants = initializer_names(model)
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.input[1] in constants:
+            continue
+        shape = batch_shape(probes[node.output[0]])
+        if shape is None:
+            continue
+        name = f"{node.output[0]}__static_shape"
+        model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), name))
+        node.input[1] = name
+
+
+def drop_zero_initial_states(model: onnx.ModelProto, probes: dict) -> None:
+    """LSTM initial_h / initial_c that are always zero -> omitted (ONNX's default is zero)."""
+    for node in model.graph.node:
+        if node.op_type != "LSTM":
+            continue
+        for index in (5, 6):  # initial_h, initial_c
+            if len(node.input) > index and node.input[index]:
+                values = probes.get(node.input[index])
+                if values is not None and not any(np.any(v) for v in values):
+                    node.input[index] = ""
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+
+
+def remove_dead_nodes(model: onnx.ModelProto) -> None:
+    """Drop nodes and initializers that no graph output depends on."""
+    graph = model.graph
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):
+        if any(name in needed for name in node.output):
+            kept.append(node)
+            needed.update(name for name in node.input if name)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    live = [init for init in graph.initializer if init.name in needed]
+    del graph.initializer[:]
+    graph.initializer.extend(live)
+
+
+def name_batch_dimension(model: onnx.ModelProto) -> None:
+    """The dynamic first dimension of every graph input and output is called `batch`."""
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].ClearField("dim_value")
+            dims[0].dim_param = BATCH_DIM
+    del model.graph.value_info[:]  # stale after the rewrites; shape inference can recompute

@@ -1,0 +1,58 @@
+"""`describe_model`: what `rowrnn info` prints about an ONNX file (needs the onnx package)."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from pathlib import Path
+
+from runtime.errors import InputError
+
+
+def dims(value) -> list[int | str]:
+    return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+
+def describe_model(path: str | os.PathLike) -> dict:
+    """Inputs/outputs with shapes, opsets, op counts, size and metadata of an ONNX file."""
+    import onnx  # only `info` needs it; the predictor does not
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # protobuf's DecodeError and friends
+        raise InputError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise InputError(f"{path}: not an ONNX model (no graph)")
+    elem = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()  # noqa: E731
+    return {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "ir_version": model.ir_version,
+        "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [{"name": v.name, "dtype": elem(v), "shape": dims(v)} for v in model.graph.input],
+        "outputs": [{"name": v.name, "dtype": elem(v), "shape": dims(v)} for v in model.graph.output],
+        "ops": dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items())),
+        "parameters": sum(math.prod(t.dims) for t in model.graph.initializer),
+        "metadata": {p.key: p.value for p in model.metadata_props},
+    }
+
+
+def format_description(info: dict) -> str:
+    lines = [
+        f"{info['path']}  ({info['size_bytes']:,} bytes, {info['parameters']:,} parameters)",
+        f"producer: {info['producer']}   ir_version: {info['ir_version']}   opsets: "
+        + ", ".join(f"{k} {v}" for k, v in info["opsets"].items()),
+        "inputs:",
+        *(f"  {v['name']}: {v['dtype']} {v['shape']}" for v in info["inputs"]),
+        "outputs:",
+        *(f"  {v['name']}: {v['dtype']} {v['shape']}" for v in info["outputs"]),
+        f"ops ({sum(info['ops'].values())}): " + ", ".join(f"{k} x{v}" for k, v in info["ops"].items()),
+        "metadata:",
+        *(f"  {k}: {v}" for k, v in sorted(info["metadata"].items())),
+    ]
+    return "\n".join(lines)

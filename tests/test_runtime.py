@@ -1,0 +1,174 @@
+"""runtime: the TensorFlow-free Predictor, its input contract, and refusing foreign models."""
+
+import json
+import subprocess
+import sys
+import threading
+
+import keras
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import REPO
+from runtime import InputError, Predictor, as_rows
+
+
+@pytest.fixture(scope="module")
+def predictor(exported):
+    return Predictor(exported.onnx_path)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_keras_model):
+    rows = np.random.default_rng(1).random((37, 28, 28), dtype=np.float32)
+    logits = keras.models.load_model(tiny_keras_model)(rows, training=False).numpy()
+    return rows, logits
+
+
+def test_predictions_match_keras(predictor, reference):
+    rows, logits = reference
+    result = predictor.predict(rows)
+    assert result.labels.dtype == np.int64 and result.labels.shape == (37,)
+    assert result.probabilities.dtype == np.float32 and result.probabilities.shape == (37, 10)
+    np.testing.assert_array_equal(result.labels, logits.argmax(axis=1))
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(result.confidence, result.probabilities.max(axis=1))
+
+
+@pytest.mark.parametrize(
+    "shape", [(28, 28), (1, 28, 28), (5, 28, 28), (784,), (5, 784)], ids=str
+)
+def test_accepted_shapes(predictor, shape):
+    rows = np.random.default_rng(0).random(shape, dtype=np.float32)
+    result = predictor.predict(rows)
+    expected = predictor.predict(rows.reshape(-1, 28, 28))
+    assert len(result) == (1 if len(shape) == 1 or shape == (28, 28) else shape[0])
+    np.testing.assert_array_equal(result.probabilities, expected.probabilities)
+
+
+def test_uint8_is_scaled_like_training(predictor):
+    pixels = np.random.default_rng(2).integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    np.testing.assert_allclose(
+        predictor.predict(pixels).probabilities,
+        predictor.predict(pixels.astype(np.float32) / 255).probabilities,
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(as_rows(np.float64(1.0) * np.ones((28, 28))), np.ones((1, 28, 28), np.float32))
+
+
+def test_huge_batch_is_chunked(predictor):
+    rows = np.random.default_rng(3).random((2500, 28, 28), dtype=np.float32)
+    whole = predictor.predict(rows)
+    np.testing.assert_allclose(whole.probabilities[-7:], predictor.predict(rows[-7:]).probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((0, 28, 28), np.float32), "empty batch"),
+        (np.zeros((28, 27), np.float32), "shape"),
+        (np.zeros((2, 3, 28, 28), np.float32), "shape"),
+        (np.zeros((28, 28), np.int32), "dtype int32"),
+        (np.zeros((28, 28), bool), "dtype bool"),
+        (np.full((28, 28), np.nan, np.float32), "NaN"),
+        (np.full((28, 28), np.inf, np.float32), "NaN or infinite"),
+        (np.full((28, 28), 2.0, np.float32), r"\[0, 1\]"),
+        (np.full((28, 28), -0.5), r"\[0, 1\]"),
+    ],
+    ids=["empty", "28x27", "4d", "int32", "bool", "nan", "inf", "above-1", "negative"],
+)
+def test_bad_arrays_are_refused(predictor, array, message):
+    with pytest.raises(InputError, match=message):
+        predictor.predict(array)
+
+
+def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, metadata=None):
+    """A valid ONNX model that is not a rowrnn one: mean of each row, first `classes` of them."""
+    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, classes]) for n in ("logits", "probabilities")]
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", classes), ("a", 1))]
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["m"], axes=[2], keepdims=0),
+        helper.make_node("Slice", ["m", "s", "e", "a"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "foreign", [inp], outputs, initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.save(model, path)
+    return path
+
+
+def test_foreign_models_are_refused(tmp_path):
+    with pytest.raises(InputError, match="not a rowrnn model: inputs"):
+        Predictor(foreign_model(tmp_path / "a.onnx", input_name="x"))
+    with pytest.raises(InputError, match="not a rowrnn model: inputs"):
+        Predictor(foreign_model(tmp_path / "b.onnx", shape=(None, 28, 27)))
+    with pytest.raises(InputError, match="output 'logits'"):
+        Predictor(foreign_model(tmp_path / "c.onnx", classes=5))
+    with pytest.raises(InputError, match="format version None"):
+        Predictor(foreign_model(tmp_path / "d.onnx"))
+    # the same graph that claims the contract loads: the checks above are what refused it
+    Predictor(foreign_model(tmp_path / "e.onnx", metadata={"format_version": "1"}))
+
+
+def test_unloadable_files_are_refused(tmp_path, exported):
+    with pytest.raises(InputError, match="no such model file"):
+        Predictor(tmp_path / "absent.onnx")
+    with pytest.raises(InputError, match="is a directory"):
+        Predictor(tmp_path)
+    (tmp_path / "junk.onnx").write_bytes(b"\x00junk" * 10)
+    with pytest.raises(InputError, match="junk.onnx: not a loadable ONNX model"):
+        Predictor(tmp_path / "junk.onnx")
+    data = exported.onnx_path.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.onnx: not a loadable ONNX model"):
+        Predictor(tmp_path / "cut.onnx")
+
+
+def test_shared_predictor_is_thread_safe(predictor):
+    rng = np.random.default_rng(4)
+    batches = [rng.random((int(rng.integers(1, 9)), 28, 28), dtype=np.float32) for _ in range(40)]
+    expected = [predictor.predict(b).probabilities for b in batches]
+    mismatches = []
+
+    def worker():
+        for _ in range(5):
+            for batch, want in zip(batches, expected):
+                if not np.array_equal(predictor.predict(batch).probabilities, want):
+                    mismatches.append(1)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not mismatches
+
+
+def test_runtime_never_imports_tensorflow(exported):
+    script = f"""
+import sys, json, numpy as np
+from runtime import Predictor, preprocess_image
+from runtime.inputs import load_input
+p = Predictor({str(exported.onnx_path)!r})
+p.predict(np.zeros((2, 28, 28), np.float32))
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in
+               ('tensorflow', 'keras', 'tf2onnx', 'rowrnn_keras', 'export', 'onnx', 'matplotlib'))
+print(json.dumps(heavy))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == []
+
+
+def test_source_of_runtime_imports_nothing_heavy():
+    forbidden = ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export")
+    for path in (REPO / "runtime").glob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.strip().split()
+            if words[:1] in (["import"], ["from"]) and len(words) > 1:
+                assert words[1].split(".")[0] not in forbidden, f"{path.name}: {line}"
