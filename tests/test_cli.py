@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,88 @@ def test_train_then_evaluate_agree(tmp_path, mnist_dir):
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     text = rowrnn("evaluate", "--model", out / "model.keras", "--data", mnist_dir)
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in text.stdout
+
+
+def test_export_writes_a_checked_model(tmp_path, tiny_keras_model):
+    result = rowrnn("export", tmp_path / "m.onnx", "--model", tiny_keras_model, env={"ROWRNN_DATA": ""})
+    assert result.returncode == 0, result.stderr
+    assert "max-abs logit diff" in result.stdout and "argmax agreement 100.00%" in result.stdout
+    assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.parity.json").exists()
+    info = rowrnn("info", tmp_path / "m.onnx", "--json")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["inputs"] == [{"name": "rows", "dtype": "float", "shape": ["batch", 28, 28]}]
+    assert described["ops"]["LSTM"] == 1 and described["metadata"]["format_version"] == "1"
+    text = rowrnn("info", tmp_path / "m.onnx")
+    assert "ops (" in text.stdout and "LSTM x1" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model", "absent.keras"], ["absent.keras", "no such model"]),
+        (["--opset", "3"], ["--opset 3"]),
+        (["--quantize", "int3"], ["int3"]),
+    ],
+    ids=["missing-model", "bad-opset", "bad-quantize"],
+)
+def test_export_bad_input(tmp_path, tiny_keras_model, args, needles):
+    args = [a if a != "absent.keras" else str(tmp_path / a) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(tiny_keras_model)]
+    assert_one_line_error(rowrnn("export", tmp_path / "m.onnx", *args), *needles)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_info_bad_file(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"garbage")
+    assert_one_line_error(rowrnn("info", tmp_path / "x.onnx"), "x.onnx", "not an ONNX model")
+
+
+def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    from conftest import idx_bytes, synthetic_digits
+
+    image = Image.new("L", (120, 160), 240)
+    ImageDraw.Draw(image).line([(60, 20), (60, 140)], fill=10, width=12)
+    image.save(tmp_path / "one.png")
+    images, _ = synthetic_digits(3)
+    np.save(tmp_path / "three.npy", images)
+    (tmp_path / "two-idx3-ubyte").write_bytes(idx_bytes(images[:2]))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    args = ["predict", exported.onnx_path, tmp_path / "one.png", tmp_path / "bad.png", tmp_path / "three.npy", tmp_path / "two-idx3-ubyte"]
+    result = rowrnn(*args, "--json")
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(Path(r["input"]).name, r["index"]) for r in lines] == [
+        ("one.png", 0), ("three.npy", 0), ("three.npy", 1), ("three.npy", 2), ("two-idx3-ubyte", 0), ("two-idx3-ubyte", 1)
+    ]
+    for record in lines:
+        assert 0 <= record["label"] <= 9 and len(record["probabilities"]) == 10
+        assert abs(sum(record["probabilities"]) - 1) < 1e-4
+    assert result.stderr.strip().count("\n") == 0 and "bad.png" in result.stderr
+    plain = rowrnn(*args[:3])
+    assert plain.returncode == 0 and plain.stdout.split("\t")[0].endswith("one.png")
+
+
+def test_predict_bad_model(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"junk")
+    assert_one_line_error(rowrnn("predict", tmp_path / "m.onnx", tmp_path / "x.png"), "m.onnx", "not a loadable ONNX model")
+
+
+def test_predict_imports_no_tensorflow(exported, tmp_path):
+    """The predict command path stays TensorFlow-free (it is what a light install runs)."""
+    script = (
+        "import sys; from rowrnn.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
+    )
+    np_path = tmp_path / "x.npy"
+    import numpy as np
+
+    np.save(np_path, np.zeros((28, 28), np.uint8))
+    result = subprocess.run([sys.executable, "-c", script, "predict", str(exported.onnx_path), str(np_path)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
