@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import zipfile
-from pathlib import Path
 
 import keras
 
 from rowrnn_keras.config import TrainConfig
 from runtime.contract import IMAGE_SHAPE, NUM_CLASSES
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 
 
 def create_model(config: TrainConfig = TrainConfig()) -> keras.Sequential:
@@ -53,11 +52,7 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
 
 def load_trained_model(path: str | os.PathLike) -> keras.Model:
     """Load a `.keras` file and check it takes [batch, 28, 28] and gives [batch, 10]."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such model file (train one with `rowrnn train`)")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a .keras model file")
+    path = require_file(path, "a .keras model file", hint=" (train one with `rowrnn train`)")
     if path.suffix != ".keras" or not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras model file (expected a .keras zip archive)")
     try:

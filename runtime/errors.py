@@ -5,6 +5,9 @@
 well-formed but the result is not trustworthy. The CLI maps them to exit codes 2 and 1.
 """
 
+import os
+from pathlib import Path
+
 
 class InputError(ValueError):
     """Bad input: the message names the input and what is wrong with it."""
@@ -12,3 +15,15 @@ class InputError(ValueError):
 
 class CheckFailed(RuntimeError):
     """A validation check ran and failed (e.g. ONNX/Keras parity)."""
+
+
+def require_file(path: "str | os.PathLike", expected: str, hint: str = "") -> Path:
+    """`path` as a Path if it is an existing regular file; else an InputError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file{hint}")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected {expected}")
+    if not path.is_file():
+        raise InputError(f"{path}: not a regular file, expected {expected}")
+    return path

@@ -10,11 +10,10 @@ import gzip
 import io
 import os
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 
 _DTYPES = {
     0x08: np.dtype(">u1"),
@@ -31,11 +30,7 @@ MAX_IDX_BYTES = 1 << 31
 
 def read_idx_bytes(path: str | os.PathLike) -> bytes:
     """Return the decompressed bytes of an IDX file (gzip is detected by its magic, not its name)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an IDX file")
+    path = require_file(path, "an IDX file")
     try:
         raw = path.read_bytes()
     except OSError as exc:

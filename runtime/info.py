@@ -5,9 +5,8 @@ from __future__ import annotations
 import collections
 import math
 import os
-from pathlib import Path
 
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 
 
 def dims(value) -> list[int | str]:
@@ -18,9 +17,7 @@ def describe_model(path: str | os.PathLike) -> dict:
     """Inputs/outputs with shapes, opsets, op counts, size and metadata of an ONNX file."""
     import onnx  # only `info` needs it; the predictor does not
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    path = require_file(path, "an .onnx model file")
     try:
         model = onnx.load(path)
     except Exception as exc:  # protobuf's DecodeError and friends

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 from runtime.idx import parse_idx, read_idx_bytes
 from runtime.predictor import as_rows
 from runtime.preprocess import preprocess_image
@@ -44,11 +44,7 @@ def load_idx_images(path: Path) -> np.ndarray:
 
 def load_input(path: str | os.PathLike) -> np.ndarray:
     """One input file -> float32 [N, 28, 28] rows ready for `Predictor.predict`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an image, .npy or IDX file")
+    path = require_file(path, "an image, .npy or IDX file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
     suffix = path.suffix.lower()

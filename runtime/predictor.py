@@ -20,7 +20,7 @@ from runtime.contract import (
     PROBABILITIES_NAME,
     scale_pixels,
 )
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
 MAX_CHUNK = 1024  # images per session call: bounds memory for huge batches
@@ -101,11 +101,7 @@ class Predictor:
         providers: list[str] | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path = Path(path)
-        if not self.path.exists():
-            raise InputError(f"{self.path}: no such model file")
-        if self.path.is_dir():
-            raise InputError(f"{self.path}: is a directory, expected an .onnx file")
+        self.path = require_file(path, "an .onnx model file")
         options = session_options or ort.SessionOptions()
         if intra_op_threads is not None:
             if intra_op_threads < 0:

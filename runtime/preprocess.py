@@ -9,13 +9,12 @@ the background is light, stretch the contrast, crop to the ink, and then do what
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.contract import IMAGE_ROWS
-from runtime.errors import InputError
+from runtime.errors import InputError, require_file
 
 DIGIT_BOX = 20
 INK_THRESHOLD = 0.25  # of full contrast: fainter pixels are paper texture or noise
@@ -26,11 +25,7 @@ def open_image(source: str | os.PathLike | Image.Image) -> Image.Image:
     """Open an image file (PNG, JPEG, BMP, ...) and decode it fully, or raise InputError."""
     if isinstance(source, Image.Image):
         return source
-    path = Path(source)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected an image file")
+    path = require_file(source, "an image file")
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:

@@ -81,7 +81,7 @@ def test_unwritable_out(tmp_path, mnist_dir):
 
 
 def test_evaluate_missing_model(tmp_path):
-    assert_one_line_error(rowrnn("evaluate", "--model", tmp_path / "none.keras"), "none.keras", "no such model")
+    assert_one_line_error(rowrnn("evaluate", "--model", tmp_path / "none.keras"), "none.keras", "no such file")
 
 
 @pytest.mark.slow
@@ -117,7 +117,7 @@ def test_export_writes_a_checked_model(tmp_path, tiny_keras_model):
 @pytest.mark.parametrize(
     "args, needles",
     [
-        (["--model", "absent.keras"], ["absent.keras", "no such model"]),
+        (["--model", "absent.keras"], ["absent.keras", "no such file"]),
         (["--opset", "3"], ["--opset 3"]),
         (["--quantize", "int3"], ["int3"]),
     ],

@@ -68,7 +68,7 @@ def test_nonsense_config_is_refused(kwargs, message):
 
 
 def test_load_checks_file_and_shapes(tmp_path):
-    with pytest.raises(InputError, match="no such model file"):
+    with pytest.raises(InputError, match="no such file"):
         load_trained_model(tmp_path / "absent.keras")
     with pytest.raises(InputError, match="is a directory"):
         load_trained_model(tmp_path)
