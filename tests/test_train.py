@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits
+from conftest import QUICK_REAL, synthetic_digits
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
 from rowrnn_keras.train import (
@@ -14,10 +14,14 @@ from rowrnn_keras.train import (
     format_evaluation,
     make_splits,
     run_training,
+    training_dataset,
 )
+from runtime.contract import scale_pixels
 from runtime.errors import InputError
 
-TINY = dict(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60)
+# The synthetic classes are bar positions, which shifting would blur: no augmentation here.
+TINY = dict(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60,
+            augment_shift=0.0, augment_rotation_degrees=0.0)
 ARTIFACTS = ("model.keras", "history.csv", "curves.png", "metrics.json")
 
 
@@ -92,6 +96,22 @@ def test_limit_and_validation_never_touch_test():
     assert splits.train[0].dtype == np.float32 and splits.train[0].max() <= 1.0
 
 
+def test_augmentation_moves_pixels_but_keeps_shape_range_and_labels():
+    images, labels = synthetic_digits(64, 3)
+    config = TrainConfig(batch_size=64, seed=5)
+    (x, y), = list(training_dataset(config, scale_pixels(images), labels.astype(np.int32)).take(1))
+    x, y = x.numpy(), y.numpy()
+    assert x.shape == (64, 28, 28) and x.min() >= 0.0 and x.max() <= 1.0 + 1e-6
+    # labels travel with their (shuffled, augmented) images: same multiset, same count per class
+    assert sorted(y.tolist()) == sorted(labels.tolist())
+    plain = training_dataset(TrainConfig(batch_size=64, seed=5, augment_shift=0.0, augment_rotation_degrees=0.0),
+                             scale_pixels(images), labels.astype(np.int32))
+    (xp, yp), = list(plain.take(1))
+    np.testing.assert_array_equal(yp.numpy(), y)  # same seeded shuffle
+    assert not np.allclose(xp.numpy(), x)  # augmentation changed the pixels
+    assert abs(float(xp.numpy().sum()) - float(x.sum())) / float(x.sum()) < 0.2  # but kept the ink
+
+
 def test_evaluation_counts():
     result = evaluate_predictions(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]))
     assert result.accuracy == 0.5
@@ -103,6 +123,6 @@ def test_evaluation_counts():
 
 @pytest.mark.slow
 def test_real_mnist_short_run_reaches_sensible_accuracy(mnist, tmp_path):
-    metrics = run_training(TrainConfig(limit=10_000, epochs=2), mnist, tmp_path, verbose=0)
+    metrics = run_training(TrainConfig(**QUICK_REAL), mnist, tmp_path, verbose=0)
     assert metrics["test_images"] == 10_000
     assert metrics["test_accuracy"] >= 0.90, metrics["test_accuracy"]
