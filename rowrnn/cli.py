@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -57,8 +58,21 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+TRAINING_EXTRA = ("tensorflow", "keras", "tf2onnx", "matplotlib")
+
+
+def check_training_extra() -> None:
+    """Fail fast, in one line, when the light install runs a command that needs TensorFlow."""
+    missing = [name for name in TRAINING_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(
+            f"this command needs {', '.join(missing)}; install the training extra: pip install 'rowrnn[train]'"
+        )
+
+
 def needs_training_extra(module: str = "rowrnn_keras.train"):
     """Import a TensorFlow-side module (quietly), or explain which extra installs it."""
+    check_training_extra()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         with native_stderr_silenced():
@@ -85,6 +99,7 @@ def train(
     hidden_units: Annotated[int, typer.Option(min=1)] = 128,
 ) -> None:
     """Train on MNIST; keep the best epoch by validation accuracy; report test accuracy."""
+    check_training_extra()
     from rowrnn_keras.config import TrainConfig
     from rowrnn_keras.data import load_mnist
 

@@ -183,3 +183,20 @@ def test_predict_imports_no_tensorflow(exported, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "predict", str(exported.onnx_path), str(np_path)],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", [["train"], ["evaluate"], ["export", "m.onnx"]])
+def test_light_install_names_the_missing_extra(command, monkeypatch, capsys):
+    """With only `pip install .`, TensorFlow commands say which extra to install (no traceback)."""
+    import importlib.util
+
+    from rowrnn import cli
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(command)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "rowrnn: error: this command needs tensorflow; install the training extra: pip install 'rowrnn[train]'"
+    )
