@@ -104,7 +104,7 @@ def check_output_path(output: Path) -> None:
         raise InputError(f"{output}: is a directory; give the .onnx file to write")
     if output.suffix != ".onnx":
         raise InputError(f"{output}: output file must end in .onnx")
-    parent = output.parent if str(output.parent) else Path(".")
+    parent = output.parent
     if parent.exists() and not os.access(parent, os.W_OK):
         raise InputError(f"{output}: directory {parent} is not writable")
     if parent.exists() and not parent.is_dir():
@@ -165,10 +165,9 @@ def export_model(
     proto = convert(model, opset)
     check_contract(proto)
     keras_logits = model.predict(inputs.rows, batch_size=1024, verbose=0)
-    report = parity_report(keras_logits, proto, inputs.rows, atol)
+    report = parity_report(keras_logits, proto, inputs.rows, atol, inputs.labels)
     report.update(inputs=inputs.source, opset=opset, ops=op_counts(proto), source_model=str(keras_path))
-    test_accuracy = None if inputs.labels is None else accuracy(proto, inputs.rows, inputs.labels)
-    report["onnx_test_accuracy"] = test_accuracy
+    test_accuracy = report["onnx_test_accuracy"]
     report_path = write_json_atomic(report_path_for(output), report)
     if not report["passed"]:
         raise CheckFailed(

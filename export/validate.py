@@ -91,15 +91,26 @@ def compare(reference: np.ndarray, candidate: np.ndarray, batch_size: int | str)
     return ParityResult(batch_size, float(diff.max()), float(diff.mean()), float(agreement))
 
 
+def onnx_session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def parity_report(
-    keras_logits: np.ndarray, model: onnx.ModelProto, rows: np.ndarray, atol: float
+    keras_logits: np.ndarray,
+    model: onnx.ModelProto,
+    rows: np.ndarray,
+    atol: float,
+    labels: np.ndarray | None = None,
 ) -> dict:
-    """Run onnxruntime on `rows` at each parity batch size and compare with Keras's logits."""
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    results = [
-        compare(keras_logits, run_onnx(session, rows, len(rows) if b == "full" else b), b)
-        for b in PARITY_BATCH_SIZES
-    ]
+    """Run onnxruntime on `rows` at each parity batch size and compare with Keras's logits.
+
+    With `labels`, the report also gives the ONNX model's accuracy (from the full-batch run).
+    """
+    session = onnx_session(model)
+    results, onnx_logits = [], None
+    for b in PARITY_BATCH_SIZES:
+        onnx_logits = run_onnx(session, rows, len(rows) if b == "full" else b)
+        results.append(compare(keras_logits, onnx_logits, b))
     worst = max(r.max_abs for r in results)
     agreement = min(r.argmax_agreement for r in results)
     return {
@@ -110,9 +121,13 @@ def parity_report(
         "mean_abs_logit_diff": max(r.mean_abs for r in results),
         "argmax_agreement": agreement,
         "by_batch_size": [r.to_dict() for r in results],
+        "onnx_test_accuracy": None if labels is None else accuracy_of(onnx_logits, labels),
     }
 
 
+def accuracy_of(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(logits.argmax(axis=1) == labels))
+
+
 def accuracy(model: onnx.ModelProto, rows: np.ndarray, labels: np.ndarray) -> float:
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return float(np.mean(run_onnx(session, rows, 1024).argmax(axis=1) == labels))
+    return accuracy_of(run_onnx(onnx_session(model), rows, 1024), labels)

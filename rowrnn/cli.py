@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from runtime.errors import CheckFailed, InputError
+from runtime.errors import CheckFailed, InputError, one_line
 
 app = typer.Typer(
     name="rowrnn",
@@ -199,12 +199,12 @@ def predict(
     from runtime.predictor import Predictor
 
     predictor = Predictor(model)
-    failures = []
+    any_failed = False
     for path in inputs:
         try:
             result = predictor.predict(load_input(path))
         except InputError as exc:
-            failures.append(str(exc))
+            any_failed = True
             print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
             continue
         for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
@@ -216,12 +216,8 @@ def predict(
                 }))
             else:
                 typer.echo(f"{path}\t{index}\t{label}\t{confidence:.4f}")
-    if failures:
+    if any_failed:
         raise typer.Exit(2)
-
-
-def one_line(message: str) -> str:
-    return " ".join(str(message).split())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,7 +9,7 @@ import keras
 
 from rowrnn_keras.config import TrainConfig
 from runtime.contract import IMAGE_SHAPE, NUM_CLASSES
-from runtime.errors import InputError, require_file
+from runtime.errors import InputError, one_line, require_file
 
 
 def create_model(config: TrainConfig = TrainConfig()) -> keras.Sequential:
@@ -58,7 +58,7 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a damaged archive
-        raise InputError(f"{path}: cannot load Keras model ({one_line(exc)})") from None
+        raise InputError(f"{path}: cannot load Keras model ({one_line(exc, limit=300)})") from None
     input_shape = tuple(model.inputs[0].shape) if model.inputs else None
     output_shape = tuple(model.outputs[0].shape) if model.outputs else None
     if len(model.inputs) != 1 or input_shape[1:] != IMAGE_SHAPE:
@@ -66,8 +66,3 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
     if len(model.outputs) != 1 or output_shape[1:] != (NUM_CLASSES,):
         raise InputError(f"{path}: model output shape {output_shape} is not (batch, 10)")
     return model
-
-
-def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")

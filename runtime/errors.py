@@ -17,6 +17,12 @@ class CheckFailed(RuntimeError):
     """A validation check ran and failed (e.g. ONNX/Keras parity)."""
 
 
+def one_line(message: object, limit: int | None = None) -> str:
+    """`message` with all whitespace runs folded to single spaces, optionally cut at `limit`."""
+    text = " ".join(str(message).split())
+    return text if limit is None or len(text) <= limit else text[:limit] + "..."
+
+
 def require_file(path: "str | os.PathLike", expected: str, hint: str = "") -> Path:
     """`path` as a Path if it is an existing regular file; else an InputError naming the problem."""
     path = Path(path)
