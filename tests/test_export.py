@@ -34,6 +34,17 @@ def test_graph_meets_the_contract(exported):
     assert len(lstm.input) <= 5  # no initial_h / initial_c: zero state is ONNX's default
 
 
+def test_graph_is_folded_for_speed(exported):
+    model = onnx.load(exported.onnx_path)
+    ops = op_counts(model)
+    # the Dense(28 -> 32) input layer lives inside the LSTM's weights; only the logits layer multiplies
+    assert ops == {"Transpose": 1, "LSTM": 1, "Squeeze": 1, "MatMul": 1, "Add": 1, "Softmax": 1}, ops
+    lstm = next(n for n in model.graph.node if n.op_type == "LSTM")
+    weights = {init.name: init for init in model.graph.initializer}
+    assert list(weights[lstm.input[1]].dims) == [1, 4 * 32, 28]  # reads the 28 raw pixels of a row
+    assert lstm.input[0] != "rows" and lstm.output[0] == "" and lstm.output[1]  # only Y_h is computed
+
+
 def test_metadata_round_trips(exported, tiny_keras_model):
     metadata = {p.key: p.value for p in onnx.load(exported.onnx_path).metadata_props}
     assert metadata == exported.metadata
@@ -162,3 +173,56 @@ def test_real_mnist_parity_and_int8(real_model, mnist_dir, tmp_path):
     assert result.int8_path.stat().st_size < result.onnx_path.stat().st_size / 2
     metadata = {p.key: p.value for p in onnx.load(result.int8_path).metadata_props}
     assert float(metadata["test_accuracy"]) == pytest.approx(report["int8"]["test_accuracy"])
+
+
+def lstm_graph(hidden: int = 8, activation: str | None = None) -> onnx.ModelProto:
+    """rows -> MatMul/Add (a Dense layer) [-> activation] -> Transpose -> LSTM -> last step of Y
+    -> MatMul/Add -> logits, Softmax: the shape of graph tf2onnx gives, built by hand."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weights = {
+        "A": rng.normal(size=(28, hidden)), "a": rng.normal(size=hidden),
+        "W": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3, "R": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3,
+        "B": rng.normal(size=(1, 8 * hidden)) * 0.1, "D": rng.normal(size=(hidden, 10)), "d": rng.normal(size=10),
+        "axis0": np.array([0]), "axis1": np.array([1]), "start": np.array([-1]), "end": np.array([2**62]),
+    }
+    initializers = [numpy_helper.from_array(v.astype(np.int64 if v.dtype.kind == "i" else np.float32), k) for k, v in weights.items()]
+    dense_out = "act" if activation else "dense"
+    nodes = [
+        helper.make_node("MatMul", ["rows", "A"], ["mm"]),
+        helper.make_node("Add", ["mm", "a"], ["dense"]),
+        *([helper.make_node(activation, ["dense"], ["act"])] if activation else []),
+        helper.make_node("Transpose", [dense_out], ["seq"], perm=[1, 0, 2]),
+        helper.make_node("LSTM", ["seq", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden),
+        helper.make_node("Squeeze", ["Y", "axis1"], ["y"]),
+        helper.make_node("Slice", ["y", "start", "end", "axis0"], ["last3"]),
+        helper.make_node("Squeeze", ["last3", "axis0"], ["last"]),
+        helper.make_node("MatMul", ["last", "D"], ["lm"]),
+        helper.make_node("Add", ["lm", "d"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "lstm", [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 28, 28])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 10]) for n in ("logits", "probabilities")],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def run_graph(model: onnx.ModelProto, rows: np.ndarray) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"rows": rows})
+
+
+@pytest.mark.parametrize("activation", [None, "Relu"])
+def test_simplify_folds_only_a_linear_input_layer_and_keeps_the_function(activation):
+    from export.convert import simplify
+
+    original = lstm_graph(activation=activation)
+    simplified = simplify(original)
+    rows = np.random.default_rng(2).random((5, 28, 28), dtype=np.float32)
+    for before, after in zip(run_graph(original, rows), run_graph(simplified, rows)):
+        np.testing.assert_allclose(after, before, atol=1e-5, rtol=1e-5)
+    ops = op_counts(simplified)
+    assert "Slice" not in ops  # the last step of Y is read from Y_h
+    assert ops["MatMul"] == (1 if activation is None else 2)  # a Relu in between is not linear: no fold
