@@ -23,7 +23,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from export.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, convert
 from export.validate import DEFAULT_ATOL, accuracy, check_contract, op_counts, parity_report
-from rowrnn_keras.artifacts import write_bytes_atomic, write_json_atomic
+from rowrnn_keras.artifacts import check_writable, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist, resolve_data_dir
 from rowrnn_keras.model import load_trained_model
 from runtime.contract import (
@@ -99,18 +99,6 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
     onnx.helper.set_model_props(model, metadata)
 
 
-def check_output_path(output: Path) -> None:
-    if output.is_dir():
-        raise InputError(f"{output}: is a directory; give the .onnx file to write")
-    if output.suffix != ".onnx":
-        raise InputError(f"{output}: output file must end in .onnx")
-    parent = output.parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise InputError(f"{output}: directory {parent} is not writable")
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{output}: {parent} is not a directory")
-
-
 def int8_path_for(output: Path) -> Path:
     return output.with_name(output.stem + ".int8.onnx")
 
@@ -158,7 +146,7 @@ def export_model(
         raise InputError(f"--atol {atol} must be in (0, 0.01]")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise InputError(f"--quantize {quantize!r} is not supported; choose {', '.join(QUANTIZE_CHOICES)}")
-    check_output_path(output)
+    check_writable(output, ".onnx")
     model = load_trained_model(keras_path)
     inputs = validation or validation_set(data_dir)
 

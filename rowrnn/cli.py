@@ -220,6 +220,51 @@ def predict(
         raise typer.Exit(2)
 
 
+@app.command()
+def bench(
+    keras: Annotated[Path, typer.Option(help="Trained Keras model.")] = DEFAULT_MODEL,
+    onnx: Annotated[Path, typer.Option(help="Exported fp32 ONNX model.")] = Path("model.onnx"),
+    int8: Annotated[Path, typer.Option(help="Exported int8 ONNX model.")] = Path("model.int8.onnx"),
+    data: DataOption = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG bar chart.")] = None,
+    calls: Annotated[int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")] = 1000,
+    images: Annotated[Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")] = None,
+    cold_starts: Annotated[int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")] = 5,
+) -> None:
+    """Keras vs the ONNX predictor side by side: latency, throughput, ceiling, cold start, memory.
+
+    Missing models or data skip the rows they affect, with the reason; the rest is still measured.
+    """
+    from rowrnn.bench import BenchSettings, format_report, run_bench, save_plot
+    from rowrnn_keras.artifacts import check_writable, write_json_atomic
+
+    if json_path is not None:
+        check_writable(json_path, ".json")
+    if plot is not None:
+        check_writable(plot, ".png")
+        if importlib.util.find_spec("matplotlib") is None:
+            raise InputError("--plot needs matplotlib; install the training extra: pip install 'rowrnn[train]'")
+    settings = BenchSettings(calls=calls, images=images, cold_starts=cold_starts)
+    report = run_bench(keras, onnx, int8, data, settings, progress=show_progress)
+    show_progress("")
+    typer.echo(format_report(report))
+    if json_path is not None:
+        write_json_atomic(json_path, report)
+        typer.echo(f"wrote {json_path}")
+    if plot is not None:
+        save_plot(report, plot)
+        typer.echo(f"wrote {plot}")
+
+
+def show_progress(message: str) -> None:
+    """One status line on stderr, rewritten in place on a terminal; cleared by an empty message."""
+    if sys.stderr.isatty():
+        print(f"\r\x1b[K{message and 'bench: ' + message}", end="", file=sys.stderr, flush=True)
+    elif message:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every expected failure into one line and an exit code."""
     command = typer.main.get_command(app)

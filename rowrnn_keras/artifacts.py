@@ -12,6 +12,19 @@ from pathlib import Path
 from runtime.errors import InputError
 
 
+def check_writable(target: Path, suffix: str) -> None:
+    """Refuse, before any slow work, an output path that is of the wrong kind or cannot be written."""
+    if target.is_dir():
+        raise InputError(f"{target}: is a directory; give the {suffix} file to write")
+    if target.suffix != suffix:
+        raise InputError(f"{target}: output file must end in {suffix}")
+    parent = target.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{target}: {parent} is not a directory")
+    if parent.exists() and not os.access(parent, os.W_OK):
+        raise InputError(f"{target}: directory {parent} is not writable")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target` (same suffix); rename it onto `target` on success.

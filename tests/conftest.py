@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 # A short real-MNIST run (~20 s): 4 epochs on 10 000 images. Augmentation slows early epochs, so
 # it is off here; the default 20-epoch run uses it (README: measured results).
 QUICK_REAL = dict(limit=10_000, epochs=4, learning_rate=3e-3, warmup_epochs=0, augment_shift=0.0, augment_rotation_degrees=0.0)
+
+
+def rowrnn(*args, env=None, cwd=None):
+    """Run the real console entry point in a subprocess, as a user would."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "rowrnn", *map(str, args)],
+        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=600,
+    )
+
+
+def assert_one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

@@ -1,32 +1,13 @@
 """The `rowrnn` command line: help, exit codes, one-line errors with no traceback."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_mnist_dir
-
-
-def rowrnn(*args, env=None, cwd=None):
-    """Run the real console entry point in a subprocess, as a user would."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "rowrnn", *map(str, args)],
-        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=600,
-    )
-
-
-def assert_one_line_error(result, *needles):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
+from conftest import REPO, assert_one_line_error, rowrnn, write_mnist_dir
 
 
 def test_help_lists_the_commands():

@@ -1,0 +1,403 @@
+"""`rowrnn bench`: Keras and the ONNX predictor measured side by side, in one process.
+
+Everything that is compared is measured interleaved (round after round, each engine in turn), so
+drift on a shared machine hits all engines alike. Single-image latency cycles through real test
+images; throughput classifies the whole test set; the hardware ceiling is a float32 matmul timed
+in the same rounds. Cold start and peak memory are measured in fresh subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.contract import IMAGE_SHAPE, scale_pixels
+from runtime.errors import InputError, one_line
+
+KERAS_CALL_SHARE = 10  # Keras is ~1000x slower per image: it gets 1/10 of the single-image calls
+CHUNK = 1024  # images per call when a Keras engine classifies many
+MATMUL_SIZE = 1536  # float32 [n, n] @ [n, n]: 7.2 GFLOP, long enough to reach full speed
+
+
+@dataclass
+class Engine:
+    """Something that classifies images: one at a time (latency) and in bulk (throughput)."""
+
+    name: str
+    model: str
+    predict_one: Callable[[np.ndarray], object] | None = None
+    predict_many: Callable[[np.ndarray], np.ndarray] | None = None  # -> labels
+    flops_per_image: float | None = None  # float32 multiply-adds x 2 of the graph it runs
+    skipped: str | None = None  # why it was not measured
+    latencies: list[float] = field(default_factory=list)  # seconds
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    calls: int = 1000  # single-image calls per ONNX engine (Keras engines: calls / 10)
+    rounds: int = 10  # latency rounds; throughput and ceiling get 3
+    images: int | None = None  # throughput set size (default: the whole test set)
+    cold_starts: int = 5
+    measure_memory: bool = True
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    p50, p90, p99 = np.percentile(np.asarray(samples) * 1e6, [50, 90, 99])
+    return {"p50_us": float(p50), "p90_us": float(p90), "p99_us": float(p99), "calls": len(samples)}
+
+
+# ---------------------------------------------------------------- inputs and engines
+
+
+def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """(uint8 test images, labels or None, description); synthetic strokes when MNIST is missing."""
+    from rowrnn_keras.data import load_mnist_dir, resolve_data_dir  # numpy-only module
+
+    directory = resolve_data_dir(data)
+    reason = "no MNIST directory (--data or $ROWRNN_DATA)"
+    if directory is not None:
+        try:
+            mnist = load_mnist_dir(directory)
+            return mnist.test_images[:limit], mnist.test_labels[:limit], f"MNIST test set ({directory})"
+        except InputError as exc:
+            reason = one_line(exc)
+    rng = np.random.default_rng(0)
+    images = (rng.random((limit or 10_000, *IMAGE_SHAPE)) < 0.15).astype(np.uint8) * 255
+    return images, None, f"synthetic images, accuracy not measured: {reason}"
+
+
+def keras_flops(model) -> float:
+    """2 x multiply-adds per image of Dense(D) -> LSTM(H) -> Dense(10) on 28 rows of 28."""
+    steps, width = IMAGE_SHAPE
+    dense, lstm, logits = model.layers
+    d, h = dense.units, lstm.units
+    return 2.0 * (steps * width * d + steps * 4 * h * (d + h) + h * logits.units)
+
+
+def onnx_flops(path: Path) -> float | None:
+    """2 x multiply-adds per image of a float32 rowrnn ONNX graph (LSTM and MatMul/Gemm)."""
+    import onnx
+
+    model = onnx.load(path)
+    shapes = {i.name: list(i.dims) for i in model.graph.initializer}
+    steps = IMAGE_SHAPE[0]
+    flops, after_lstm = 0.0, False
+    for node in model.graph.node:  # topological order: layers before the LSTM run once per row
+        if node.op_type == "LSTM":
+            (_, gates, width), (_, _, hidden) = shapes[node.input[1]], shapes[node.input[2]]
+            flops += 2.0 * steps * gates * (width + hidden)
+            after_lstm = True
+        elif node.op_type in ("MatMul", "Gemm") and node.input[1] in shapes:
+            k, n = shapes[node.input[1]][-2:]
+            flops += 2.0 * (1 if after_lstm else steps) * k * n
+        elif node.op_type.startswith(("DynamicQuantize", "MatMulInteger", "QLinear")):
+            return None  # int8 arithmetic: a float32 ceiling does not apply
+    return flops
+
+
+def keras_engines(path: Path) -> list[Engine]:
+    """Keras `predict` and Keras called directly, or two skipped rows saying why."""
+    names = ("Keras predict", "Keras call")
+    if not path.is_file():
+        return [Engine(n, str(path), skipped=f"{path}: not found (run `rowrnn train`)") for n in names]
+    try:
+        from rowrnn.cli import needs_training_extra
+
+        load_trained_model = needs_training_extra("rowrnn_keras.model").load_trained_model
+        model = load_trained_model(path)
+    except InputError as exc:
+        return [Engine(n, str(path), skipped=one_line(exc)) for n in names]
+
+    def call_many(rows: np.ndarray) -> np.ndarray:
+        return np.concatenate([model(rows[i : i + CHUNK], training=False).numpy().argmax(1) for i in range(0, len(rows), CHUNK)])
+
+    flops = keras_flops(model)
+    return [
+        Engine(names[0], str(path), lambda x: model.predict(x, verbose=0),
+               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), flops),
+        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, flops),
+    ]
+
+
+def onnx_engine(name: str, path: Path) -> Engine:
+    """The runtime Predictor on one ONNX file, or a skipped row saying why."""
+    from runtime.predictor import Predictor
+
+    if not path.is_file():
+        return Engine(name, str(path), skipped=f"{path}: not found (run `rowrnn export`)")
+    try:
+        predictor = Predictor(path)
+    except InputError as exc:
+        return Engine(name, str(path), skipped=one_line(exc))
+    return Engine(name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels, onnx_flops(path))
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def matmul_gflops() -> float:
+    """Best of three float32 square matmuls (numpy's BLAS, all cores), in GFLOP/s."""
+    a = np.random.default_rng(0).random((MATMUL_SIZE, MATMUL_SIZE), dtype=np.float32)
+    best = min(timed(lambda: a @ a) for _ in range(3))
+    return 2.0 * MATMUL_SIZE**3 / best / 1e9
+
+
+def timed(function: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def measure_latency(engines: list[Engine], rows: np.ndarray, settings: BenchSettings, progress) -> None:
+    """Single-image calls, round-robin over engines, each round a slice of every engine's calls."""
+    live = [e for e in engines if not e.skipped]
+    for engine in live:  # warm-up: first calls build graphs, arenas, caches
+        for i in range(3):
+            engine.predict_one(rows[i : i + 1])
+    for round_index in range(settings.rounds):
+        progress(f"single-image latency, round {round_index + 1}/{settings.rounds}")
+        for engine in live:
+            share = KERAS_CALL_SHARE if engine.name.startswith("Keras") else 1
+            calls = max(settings.calls // share // settings.rounds, 1)
+            for i in range(calls):
+                index = (round_index * calls + i) % len(rows)
+                image = rows[index : index + 1]
+                start = time.perf_counter()
+                engine.predict_one(image)
+                engine.latencies.append(time.perf_counter() - start)
+
+
+def measure_throughput(engines: list[Engine], rows: np.ndarray, labels: np.ndarray | None, progress) -> tuple[list[float], dict]:
+    """Whole-set passes, interleaved with the matmul ceiling; returns (GFLOP/s samples, accuracy)."""
+    live = [e for e in engines if not e.skipped]
+    gflops, accuracy = [], {}
+    for round_index in range(3):
+        progress(f"throughput on {len(rows)} images, round {round_index + 1}/3")
+        gflops.append(matmul_gflops())
+        for engine in live:
+            start = time.perf_counter()
+            predicted = engine.predict_many(rows)
+            engine.batch_seconds.append(time.perf_counter() - start)
+            if labels is not None:
+                accuracy[engine.name] = float(np.mean(predicted == labels))
+    return gflops, accuracy
+
+
+def rowrnn_command() -> list[str]:
+    """The installed `rowrnn` script beside this Python, else `python -m rowrnn`."""
+    script = Path(sys.executable).with_name("rowrnn")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("rowrnn")
+    return [found] if found else [sys.executable, "-m", "rowrnn"]
+
+
+def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: Path) -> dict:
+    """Wall time of `rowrnn predict MODEL one.png` in a fresh process (the first run warms the disk cache)."""
+    from PIL import Image
+
+    png = workdir / "one.png"
+    Image.fromarray(image).save(png)
+    command = [*rowrnn_command(), "predict", str(onnx_path), str(png)]
+    seconds = []
+    for _ in range(runs + 1):
+        start = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds.append(time.perf_counter() - start)
+        if done.returncode != 0:
+            return {"skipped": f"`{' '.join(command[-3:])}` failed: {one_line(done.stderr or done.stdout)}"}
+    seconds = seconds[1:]
+    return {"command": f"rowrnn predict {onnx_path.name} one.png", "runs": runs,
+            "p50_s": statistics.median(seconds), "min_s": min(seconds)}
+
+
+# VmHWM, not getrusage's ru_maxrss: a spawned child inherits the parent's high-water mark there.
+PEAK_RSS = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+PREDICTOR_CHILD = f"""
+import sys, numpy as np
+from runtime.predictor import Predictor
+Predictor(sys.argv[1]).predict(np.load(sys.argv[2]))
+{PEAK_RSS}
+"""
+KERAS_CHILD = f"""
+import os, sys, numpy as np
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from rowrnn_keras.model import load_trained_model
+load_trained_model(sys.argv[1]).predict(np.load(sys.argv[2]), batch_size=1024, verbose=0)
+{PEAK_RSS}
+"""
+
+
+def peak_rss_mb(code: str, model: Path, rows_file: Path) -> float | str:
+    """Peak RSS (MB) of a fresh process that loads `model` and classifies the saved rows, or why not."""
+    done = subprocess.run([sys.executable, "-c", code, str(model), str(rows_file)], capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"child process failed: {one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode)}"
+    return int(done.stdout.split()[-1]) / 1024.0  # kB
+
+
+def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir: Path, keras_ok: bool) -> dict:
+    rows_file = workdir / "rows.npy"
+    np.save(rows_file, rows)
+    result: dict = {"images": len(rows)}
+    result["predictor_mb"] = peak_rss_mb(PREDICTOR_CHILD, onnx_path, rows_file) if onnx_path.is_file() else f"{onnx_path}: not found"
+    result["keras_mb"] = peak_rss_mb(KERAS_CHILD, keras_path, rows_file) if keras_ok else "no Keras model measured"
+    return result
+
+
+# ---------------------------------------------------------------- the whole run
+
+
+def machine() -> dict:
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+def run_bench(
+    keras_path: Path, onnx_path: Path, int8_path: Path, data: Path | None,
+    settings: BenchSettings = BenchSettings(), progress: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Measure every engine; return the report `format_report` prints and `--json` writes."""
+    progress("loading test images and models")
+    images, labels, source = bench_images(data, settings.images)
+    rows = scale_pixels(images)
+    engines = [*keras_engines(keras_path), onnx_engine("ONNX fp32", onnx_path), onnx_engine("ONNX int8", int8_path)]
+    measure_latency(engines, rows, settings, progress)
+    gflops, accuracy = measure_throughput(engines, rows, labels, progress)
+    ceiling = statistics.median(gflops)
+    with tempfile.TemporaryDirectory(prefix="rowrnn-bench-") as workdir:
+        progress("cold start of `rowrnn predict` (subprocesses)")
+        cold = (measure_cold_start(onnx_path, images[0], settings.cold_starts, Path(workdir))
+                if onnx_path.is_file() else {"skipped": f"{onnx_path}: not found"})
+        memory = {"skipped": "not requested"}
+        if settings.measure_memory:
+            progress("peak memory of a predictor process and a Keras process (subprocesses)")
+            keras_ok = not any(e.skipped for e in engines if e.name.startswith("Keras"))
+            memory = measure_memory(onnx_path, keras_path, images, Path(workdir), keras_ok)
+    return build_report(engines, accuracy, ceiling, cold, memory, source, len(rows))
+
+
+def build_report(engines: list[Engine], accuracy: dict, ceiling_gflops: float, cold: dict, memory: dict,
+                 source: str, images: int) -> dict:
+    keras = next((e for e in engines if e.name == "Keras predict" and not e.skipped), None)
+    keras_p50 = percentiles(keras.latencies)["p50_us"] if keras else None
+    keras_rate = images_per_second(keras, images) if keras else None
+    rows = []
+    for engine in engines:
+        row: dict = {"engine": engine.name, "model": engine.model, "skipped": engine.skipped}
+        if not engine.skipped:
+            latency = percentiles(engine.latencies)
+            rate = images_per_second(engine, images)
+            row.update(latency_us=latency, images_per_s=rate, accuracy=accuracy.get(engine.name),
+                       flops_per_image=engine.flops_per_image,
+                       latency_speedup_vs_keras=keras_p50 / latency["p50_us"] if keras_p50 else None,
+                       throughput_vs_keras=rate / keras_rate if keras_rate else None,
+                       ceiling_images_per_s=ceiling_gflops * 1e9 / engine.flops_per_image if engine.flops_per_image else None)
+            row["fraction_of_ceiling"] = rate / row["ceiling_images_per_s"] if row["ceiling_images_per_s"] else None
+        rows.append(row)
+    if isinstance(memory.get("predictor_mb"), float) and isinstance(memory.get("keras_mb"), float):
+        memory["predictor_vs_keras"] = memory["predictor_mb"] / memory["keras_mb"]
+    return {"machine": machine(), "inputs": source, "images": images, "engines": rows,
+            "ceiling": {"gflops": ceiling_gflops, "what": f"numpy float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul, median of 3 rounds"},
+            "cold_start": cold, "peak_rss": memory}
+
+
+def images_per_second(engine: Engine, images: int) -> float:
+    """Images per second: the median whole-set pass."""
+    return images / statistics.median(engine.batch_seconds)
+
+
+# ---------------------------------------------------------------- output
+
+
+def format_report(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"rowrnn bench: {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}",
+        f"inputs: {report['inputs']}; throughput over {report['images']} images",
+        "",
+        f"{'engine':<14}{'p50 µs':>10}{'p90 µs':>10}{'p99 µs':>10}{'× Keras':>9}{'images/s':>11}{'× Keras':>9}{'% ceiling':>11}{'accuracy':>10}",
+    ]
+    for row in report["engines"]:
+        if row["skipped"]:
+            lines.append(f"{row['engine']:<14}skipped: {row['skipped']}")
+            continue
+        lat = row["latency_us"]
+        lines.append(
+            f"{row['engine']:<14}{lat['p50_us']:>10,.0f}{lat['p90_us']:>10,.0f}{lat['p99_us']:>10,.0f}"
+            f"{ratio(row['latency_speedup_vs_keras']):>9}{row['images_per_s']:>11,.0f}{ratio(row['throughput_vs_keras']):>9}"
+            f"{percent(row['fraction_of_ceiling']):>11}{percent(row['accuracy'], 2):>10}"
+        )
+    ceiling = report["ceiling"]
+    lines += ["", f"ceiling: {ceiling['gflops']:.0f} GFLOP/s ({ceiling['what']})"]
+    for row in report["engines"]:
+        if not row["skipped"] and row.get("ceiling_images_per_s"):
+            lines.append(f"  {row['engine']}: {row['flops_per_image'] / 1e6:.2f} MFLOP/image -> ceiling {row['ceiling_images_per_s']:,.0f} images/s")
+    cold = report["cold_start"]
+    lines.append("cold start: " + (f"skipped: {cold['skipped']}" if "skipped" in cold else
+                                   f"`{cold['command']}` p50 {cold['p50_s']:.3f} s, min {cold['min_s']:.3f} s ({cold['runs']} runs)"))
+    memory = report["peak_rss"]
+    if "skipped" in memory:
+        lines.append(f"peak RSS: skipped: {memory['skipped']}")
+    else:
+        parts = [f"{who} process {mb:.0f} MB" if isinstance(mb, float) else f"{who}: {mb}"
+                 for who, mb in (("predictor", memory["predictor_mb"]), ("Keras", memory["keras_mb"]))]
+        lines.append(f"peak RSS classifying {memory['images']} images: " + ", ".join(parts)
+                     + (f" ({memory['predictor_vs_keras']:.2f}× Keras)" if "predictor_vs_keras" in memory else ""))
+    return "\n".join(lines)
+
+
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f}×" if value < 100 else f"{value:,.0f}×"
+
+
+def percent(value: float | None, digits: int = 0) -> str:
+    return "—" if value is None else f"{value:.{digits}%}"
+
+
+def save_plot(report: dict, path: Path) -> Path:
+    """Bar charts of p50 latency (log scale) and throughput, with each engine's ceiling marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rowrnn_keras.artifacts import atomic_path
+
+    measured = [row for row in report["engines"] if not row["skipped"]]
+    names = [row["engine"] for row in measured]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.bar(names, [row["latency_us"]["p50_us"] for row in measured], color="tab:blue")
+    left.set_yscale("log")
+    left.set_ylabel("single-image latency, p50 (µs, log scale)")
+    right.bar(names, [row["images_per_s"] for row in measured], color="tab:green")
+    for x, row in enumerate(measured):
+        if row.get("ceiling_images_per_s"):
+            right.hlines(row["ceiling_images_per_s"], x - 0.4, x + 0.4, colors="black", linestyles="dashed")
+    right.set_ylabel(f"images/s over {report['images']} images (dashed: matmul ceiling)")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=20)
+    figure.suptitle(f"rowrnn bench: {report['machine']['cpu']}")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)
+    return path
+
