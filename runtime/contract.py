@@ -27,4 +27,4 @@ def scale_pixels(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise InputError(f"expected uint8 pixels, got dtype {images.dtype}")
-    return images.astype(np.float32) / np.float32(255.0)
+    return np.divide(images, np.float32(255.0), dtype=np.float32)  # exact: uint8 -> float32, then /255

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,10 @@ from runtime.contract import (
 from runtime.errors import InputError, require_file
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
-MAX_CHUNK = 1024  # images per session call: bounds memory for huge batches
+# Images per session call. Small chunks keep one LSTM step's gates (32 x 512 floats) in cache:
+# measured 37k images/s fp32 and 70k int8 at 32, against 32k and 50k at 256, and 30 MB less memory.
+CHUNK = 32
+ONE_AS_BITS = 0x3F800000  # the bit pattern of float32 1.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,8 @@ class Prediction:
         return len(self.labels)
 
 
-def as_rows(images: np.ndarray, name: str = "input") -> np.ndarray:
-    """Images in any accepted form -> float32 [N, 28, 28] in [0, 1].
+def checked_images(images: np.ndarray, name: str = "input") -> np.ndarray:
+    """Images in any accepted form -> uint8 or float32 [N, 28, 28], not yet scaled.
 
     Accepted: uint8 pixels 0-255, or floats in [0, 1]; shapes (28, 28), (N, 28, 28), (784,),
     (N, 784). Anything else is refused with an InputError that names the problem.
@@ -57,16 +63,29 @@ def as_rows(images: np.ndarray, name: str = "input") -> np.ndarray:
     if len(array) == 0:
         raise InputError(f"{name}: empty batch (0 images)")
     if array.dtype == np.uint8:
-        return scale_pixels(array)
+        return array
     if array.dtype.kind != "f":
         raise InputError(f"{name}: dtype {array.dtype} not accepted; use uint8 0-255 or float 0-1")
-    array = array.astype(np.float32, copy=False)
-    low, high = float(array.min()), float(array.max())  # NaN propagates into both
-    if not (np.isfinite(low) and np.isfinite(high)):
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    # Fast path, one pass: non-negative float32 values sort like their bit patterns, and NaN,
+    # Inf, negatives and values above 1 all have patterns above 1.0's.
+    if array.view(np.uint32).max() <= ONE_AS_BITS:
+        return array
+    low, high = float(array.min()), float(array.max())  # slow path: say what is wrong (or allow -0.0)
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise InputError(f"{name}: contains NaN or infinite values")
     if low < 0.0 or high > 1.0:
         raise InputError(f"{name}: float values must be in [0, 1], got range [{low:g}, {high:g}]")
-    return np.ascontiguousarray(array)
+    return array
+
+
+def as_rows(images: np.ndarray, name: str = "input") -> np.ndarray:
+    """Images in any accepted form (see `checked_images`) -> float32 [N, 28, 28] in [0, 1]."""
+    return to_rows(checked_images(images, name))
+
+
+def to_rows(images: np.ndarray) -> np.ndarray:
+    return scale_pixels(images) if images.dtype == np.uint8 else images
 
 
 def check_session(session: ort.InferenceSession, path: Path) -> None:
@@ -89,24 +108,28 @@ class Predictor:
     """Classify 28x28 digit images with an exported rowrnn ONNX model.
 
     One session is shared by all calls; `predict` is safe to call from many threads at once.
-    `intra_op_threads` (default: onnxruntime's choice, all cores) and `providers` are passed to
-    onnxruntime.
+    Each session call runs on one core (`intra_op_threads`, default 1): an LSTM step is too small
+    to split across cores without the hand-off costing more than it saves, and idle onnxruntime
+    workers would spin on the cores of the app that embeds us. A large batch is cut into chunks of
+    32 that `threads` workers (default: every core this process may use) run at once.
     """
 
     def __init__(
         self,
         path: str | os.PathLike,
         *,
+        threads: int | None = None,
         intra_op_threads: int | None = None,
         providers: list[str] | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
         self.path = require_file(path, "an .onnx model file")
+        for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
         options = session_options or ort.SessionOptions()
-        if intra_op_threads is not None:
-            if intra_op_threads < 0:
-                raise InputError(f"intra_op_threads must be >= 0, got {intra_op_threads}")
-            options.intra_op_num_threads = intra_op_threads
+        if intra_op_threads is not None or session_options is None:
+            options.intra_op_num_threads = intra_op_threads or 1
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=providers or ["CPUExecutionProvider"]
@@ -116,22 +139,47 @@ class Predictor:
             raise InputError(f"{self.path}: not a loadable ONNX model ({first_line[:200]})") from None
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.threads = threads or usable_cpus()
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def predict_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (logits, probabilities) for images in any form `as_rows` accepts."""
-        rows = as_rows(images)
-        chunks = [
-            self.session.run([LOGITS_NAME, PROBABILITIES_NAME], {INPUT_NAME: rows[i : i + MAX_CHUNK]})
-            for i in range(0, len(rows), MAX_CHUNK)
-        ]
-        if len(chunks) == 1:
-            return chunks[0][0], chunks[0][1]
-        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+        """Raw (logits, probabilities) for images in any form `checked_images` accepts."""
+        return self._run(checked_images(images), [LOGITS_NAME, PROBABILITIES_NAME])
 
     def predict(self, images: np.ndarray) -> Prediction:
         """Labels int64 [N] and probabilities float32 [N, 10]."""
-        _, probabilities = self.predict_logits(images)
-        return Prediction(probabilities.argmax(axis=1).astype(np.int64), probabilities)
+        (probabilities,) = self._run(checked_images(images), [PROBABILITIES_NAME])
+        return Prediction(probabilities.argmax(axis=1).astype(np.int64, copy=False), probabilities)
+
+    def _run(self, images: np.ndarray, outputs: list[str]) -> tuple[np.ndarray, ...]:
+        if len(images) <= CHUNK:  # the common case, kept free of any overhead
+            return tuple(self.session.run(outputs, {INPUT_NAME: to_rows(images)}))
+
+        def run_chunk(start: int) -> list[np.ndarray]:
+            return self.session.run(outputs, {INPUT_NAME: to_rows(images[start : start + CHUNK])})
+
+        starts = range(0, len(images), CHUNK)
+        pool = self._workers()
+        chunks = list(pool.map(run_chunk, starts) if pool else map(run_chunk, starts))
+        return tuple(np.concatenate(parts) for parts in zip(*chunks))
+
+    def _workers(self) -> ThreadPoolExecutor | None:
+        """The pool that runs the chunks of large batches at once (made on first use)."""
+        if self.threads == 1:
+            return None
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rowrnn-predict")
+            return self._pool
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r})"
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (respects taskset and container CPU sets)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

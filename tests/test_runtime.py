@@ -64,6 +64,32 @@ def test_huge_batch_is_chunked(predictor):
     np.testing.assert_allclose(whole.probabilities[-7:], predictor.predict(rows[-7:]).probabilities, atol=1e-6)
 
 
+def test_chunks_run_in_parallel_keep_their_order(exported):
+    pixels = np.random.default_rng(4).integers(0, 256, (1000, 28, 28), dtype=np.uint8)  # 32 chunks
+    serial = Predictor(exported.onnx_path, threads=1).predict_logits(pixels)
+    parallel = Predictor(exported.onnx_path, threads=4).predict_logits(pixels)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("option", ["threads", "intra_op_threads"])
+@pytest.mark.parametrize("value", [0, -1, 1.5])
+def test_thread_options_are_checked(exported, option, value):
+    with pytest.raises(InputError, match=option):
+        Predictor(exported.onnx_path, **{option: value})
+
+
+def test_range_check_edges():
+    # the one-pass check compares float bit patterns: its edges must match the [0, 1] rule exactly
+    accepted = [0.0, -0.0, 1.0, np.float32(1e-45), np.nextafter(np.float32(1), np.float32(0))]
+    for value in accepted:
+        assert as_rows(np.full((28, 28), value, np.float32))[0, 0, 0] == value
+    refused = [np.nextafter(np.float32(1), np.float32(2)), -1e-45, np.float32(np.nan) * -1, -np.inf]
+    for value in refused:
+        with pytest.raises(InputError):
+            as_rows(np.full((28, 28), value, np.float32))
+
+
 @pytest.mark.parametrize(
     "array, message",
     [
