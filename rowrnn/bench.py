@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -38,7 +39,8 @@ class Engine:
     model: str
     predict_one: Callable[[np.ndarray], object] | None = None
     predict_many: Callable[[np.ndarray], np.ndarray] | None = None  # -> labels
-    flops_per_image: float | None = None  # float32 multiply-adds x 2 of the graph it runs
+    model_flops: float | None = None  # per image, of the architecture (the same for every engine)
+    executed_flops: float | None = None  # per image, float32, of the graph this engine runs
     skipped: str | None = None  # why it was not measured
     latencies: list[float] = field(default_factory=list)  # seconds
     batch_seconds: list[float] = field(default_factory=list)
@@ -78,16 +80,20 @@ def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.n
     return images, None, f"synthetic images, accuracy not measured: {reason}"
 
 
-def keras_flops(model) -> float:
-    """2 x multiply-adds per image of Dense(D) -> LSTM(H) -> Dense(10) on 28 rows of 28."""
+def model_flops(architecture: str) -> float | None:
+    """2 x multiply-adds per image of "Dense(D) -> LSTM(H) -> Dense(C)" on 28 rows of 28 pixels:
+    the work the trained model defines, whatever graph an engine runs it as."""
+    match = re.fullmatch(r"Dense\((\d+)\) -> LSTM\((\d+)\) -> Dense\((\d+)\)", architecture)
+    if match is None:
+        return None
+    d, h, c = map(int, match.groups())
     steps, width = IMAGE_SHAPE
-    dense, lstm, logits = model.layers
-    d, h = dense.units, lstm.units
-    return 2.0 * (steps * width * d + steps * 4 * h * (d + h) + h * logits.units)
+    return 2.0 * (steps * width * d + steps * 4 * h * (d + h) + h * c)
 
 
 def onnx_flops(path: Path) -> float | None:
-    """2 x multiply-adds per image of a float32 rowrnn ONNX graph (LSTM and MatMul/Gemm)."""
+    """2 x multiply-adds per image that a float32 rowrnn ONNX graph executes (LSTM, MatMul/Gemm);
+    fewer than `model_flops` once the export has folded the input layer into the LSTM."""
     import onnx
 
     model = onnx.load(path)
@@ -123,11 +129,11 @@ def keras_engines(path: Path) -> list[Engine]:
     def call_many(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([model(rows[i : i + CHUNK], training=False).numpy().argmax(1) for i in range(0, len(rows), CHUNK)])
 
-    flops = keras_flops(model)
+    flops = model_flops(" -> ".join(f"{type(layer).__name__}({layer.units})" for layer in model.layers))
     return [
         Engine(names[0], str(path), lambda x: model.predict(x, verbose=0),
-               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), flops),
-        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, flops),
+               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), flops, flops),
+        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, flops, flops),
     ]
 
 
@@ -141,7 +147,8 @@ def onnx_engine(name: str, path: Path) -> Engine:
         predictor = Predictor(path)
     except InputError as exc:
         return Engine(name, str(path), skipped=one_line(exc))
-    return Engine(name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels, onnx_flops(path))
+    return Engine(name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
+                  model_flops(predictor.metadata.get("architecture", "")), onnx_flops(path))
 
 
 # ---------------------------------------------------------------- measurements
@@ -306,10 +313,11 @@ def build_report(engines: list[Engine], accuracy: dict, ceiling_gflops: float, c
             latency = percentiles(engine.latencies)
             rate = images_per_second(engine, images)
             row.update(latency_us=latency, images_per_s=rate, accuracy=accuracy.get(engine.name),
-                       flops_per_image=engine.flops_per_image,
+                       model_flops_per_image=engine.model_flops, executed_flops_per_image=engine.executed_flops,
                        latency_speedup_vs_keras=keras_p50 / latency["p50_us"] if keras_p50 else None,
                        throughput_vs_keras=rate / keras_rate if keras_rate else None,
-                       ceiling_images_per_s=ceiling_gflops * 1e9 / engine.flops_per_image if engine.flops_per_image else None)
+                       ceiling_images_per_s=ceiling_gflops * 1e9 / engine.model_flops if engine.model_flops else None,
+                       flop_use=rate * engine.executed_flops / (ceiling_gflops * 1e9) if engine.executed_flops else None)
             row["fraction_of_ceiling"] = rate / row["ceiling_images_per_s"] if row["ceiling_images_per_s"] else None
         rows.append(row)
     if isinstance(memory.get("predictor_mb"), float) and isinstance(memory.get("keras_mb"), float):
@@ -333,7 +341,8 @@ def format_report(report: dict) -> str:
         f"rowrnn bench: {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}",
         f"inputs: {report['inputs']}; throughput over {report['images']} images",
         "",
-        f"{'engine':<14}{'p50 µs':>10}{'p90 µs':>10}{'p99 µs':>10}{'× Keras':>9}{'images/s':>11}{'× Keras':>9}{'% ceiling':>11}{'accuracy':>10}",
+        f"{'engine':<14}{'p50 µs':>10}{'p90 µs':>10}{'p99 µs':>10}{'× Keras':>9}{'images/s':>11}{'× Keras':>9}"
+        f"{'% ceiling':>11}{'FLOP use':>10}{'accuracy':>10}",
     ]
     for row in report["engines"]:
         if row["skipped"]:
@@ -343,13 +352,19 @@ def format_report(report: dict) -> str:
         lines.append(
             f"{row['engine']:<14}{lat['p50_us']:>10,.0f}{lat['p90_us']:>10,.0f}{lat['p99_us']:>10,.0f}"
             f"{ratio(row['latency_speedup_vs_keras']):>9}{row['images_per_s']:>11,.0f}{ratio(row['throughput_vs_keras']):>9}"
-            f"{percent(row['fraction_of_ceiling']):>11}{percent(row['accuracy'], 2):>10}"
+            f"{percent(row['fraction_of_ceiling']):>11}{percent(row['flop_use']):>10}{percent(row['accuracy'], 2):>10}"
         )
     ceiling = report["ceiling"]
     lines += ["", f"ceiling: {ceiling['gflops']:.0f} GFLOP/s ({ceiling['what']})"]
-    for row in report["engines"]:
-        if not row["skipped"] and row.get("ceiling_images_per_s"):
-            lines.append(f"  {row['engine']}: {row['flops_per_image'] / 1e6:.2f} MFLOP/image -> ceiling {row['ceiling_images_per_s']:,.0f} images/s")
+    measured = [row for row in report["engines"] if not row["skipped"]]
+    model = next((row for row in measured if row.get("model_flops_per_image")), None)
+    if model:
+        lines.append(f"  % ceiling: images/s against {model['ceiling_images_per_s']:,.0f} images/s, the ceiling for the "
+                     f"model's {model['model_flops_per_image'] / 1e6:.2f} MFLOP/image")
+    for row in measured:
+        if row.get("executed_flops_per_image") and row["executed_flops_per_image"] != row.get("model_flops_per_image"):
+            lines.append(f"  FLOP use: {row['engine']} executes {row['executed_flops_per_image'] / 1e6:.2f} MFLOP/image "
+                         "(input layer folded into the LSTM); FLOP use = executed GFLOP/s / ceiling")
     cold = report["cold_start"]
     lines.append("cold start: " + (f"skipped: {cold['skipped']}" if "skipped" in cold else
                                    f"`{cold['command']}` p50 {cold['p50_s']:.3f} s, min {cold['min_s']:.3f} s ({cold['runs']} runs)"))
@@ -386,15 +401,15 @@ def save_plot(report: dict, path: Path) -> Path:
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     left.bar(names, [row["latency_us"]["p50_us"] for row in measured], color="tab:blue")
     left.set_yscale("log")
-    left.set_ylabel("single-image latency, p50 (µs, log scale)")
+    left.set_title("single-image latency, p50 (µs, log scale)", fontsize=10)
     right.bar(names, [row["images_per_s"] for row in measured], color="tab:green")
-    for x, row in enumerate(measured):
-        if row.get("ceiling_images_per_s"):
-            right.hlines(row["ceiling_images_per_s"], x - 0.4, x + 0.4, colors="black", linestyles="dashed")
-    right.set_ylabel(f"images/s over {report['images']} images (dashed: matmul ceiling)")
+    ceilings = {row["ceiling_images_per_s"] for row in measured if row.get("ceiling_images_per_s")}
+    for ceiling in ceilings:
+        right.axhline(ceiling, color="black", linestyle="dashed", linewidth=1)
+    right.set_title(f"images/s over {report['images']} images (dashed: matmul ceiling)", fontsize=10)
     for axis in (left, right):
         axis.tick_params(axis="x", rotation=20)
-    figure.suptitle(f"rowrnn bench: {report['machine']['cpu']}")
+    figure.suptitle(f"rowrnn bench: {report['machine']['cpu']}, {report['machine']['cores']} cores")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)

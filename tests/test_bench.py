@@ -5,17 +5,18 @@ How fast anything is gets checked by reading the report of a real run (BENCHMARK
 
 import json
 
-import keras
 import pytest
 
 from conftest import assert_one_line_error, rowrnn
-from rowrnn.bench import keras_flops, onnx_flops, percentiles
+from rowrnn.bench import model_flops, onnx_flops, percentiles
 
 
-def test_flops_count_the_folded_graph(tiny_keras_model, exported):
-    # tiny model: Dense(32) -> LSTM(32) -> Dense(10) on 28 rows of 28 pixels
-    assert keras_flops(keras.models.load_model(tiny_keras_model)) == 2 * (28 * 28 * 32 + 28 * 128 * (32 + 32) + 32 * 10)
-    # the export folds Dense(32) into the LSTM, which then reads 28 pixels per row
+def test_flops_of_the_model_and_of_the_folded_graph(exported):
+    # Dense(128) -> LSTM(128) -> Dense(10) on 28 rows of 28 pixels: the 7.6 MFLOP
+    assert model_flops("Dense(128) -> LSTM(128) -> Dense(10)") == 2 * (28 * 28 * 128 + 28 * 512 * 256 + 1280)
+    assert model_flops("Conv2D(8) -> Dense(10)") is None
+    # the tiny export (32 units) folds Dense(32) into the LSTM, which then reads 28 pixels per row
+    assert exported.metadata["architecture"] == "Dense(32) -> LSTM(32) -> Dense(10)"
     assert onnx_flops(exported.onnx_path) == 2 * (28 * 128 * (28 + 32) + 32 * 10)
 
 
@@ -61,6 +62,10 @@ def test_bench_report_fields_are_sane(bench_run):
         assert row["images_per_s"] > 0 and row["accuracy"] is None  # synthetic images carry no labels
         assert row["latency_speedup_vs_keras"] == pytest.approx(keras_p50 / latency["p50_us"])
         assert row["fraction_of_ceiling"] == pytest.approx(row["images_per_s"] / row["ceiling_images_per_s"])
+        assert row["model_flops_per_image"] == 2 * (28 * 28 * 32 + 28 * 128 * (32 + 32) + 32 * 10)
+    onnx_row = engines["ONNX fp32"]
+    assert onnx_row["executed_flops_per_image"] < onnx_row["model_flops_per_image"]
+    assert onnx_row["flop_use"] < onnx_row["fraction_of_ceiling"]
     assert engines["Keras predict"]["latency_speedup_vs_keras"] == pytest.approx(1.0)
     assert "missing.int8.onnx: not found" in engines["ONNX int8"]["skipped"]
     assert report["ceiling"]["gflops"] > 1
