@@ -268,12 +268,21 @@ def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir:
 
 
 def machine() -> dict:
-    import onnxruntime
+    """What the numbers were measured on."""
+    import importlib.metadata
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
+    def version(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "onnxruntime": version("onnxruntime"), "tensorflow": version("tensorflow"),
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
@@ -338,7 +347,9 @@ def images_per_second(engine: Engine, images: int) -> float:
 def format_report(report: dict) -> str:
     m = report["machine"]
     lines = [
-        f"rowrnn bench: {m['cpu']}, {m['cores']} cores, onnxruntime {m['onnxruntime']}, numpy {m['numpy']}",
+        f"rowrnn bench: {m['cpu']}, {m['cores']} cores, load average {m['load_average'] if m['load_average'] is None else round(m['load_average'], 2)}; "
+        f"onnxruntime {m['onnxruntime']}, "
+        f"tensorflow {m['tensorflow']}, numpy {m['numpy']}",
         f"inputs: {report['inputs']}; throughput over {report['images']} images",
         "",
         f"{'engine':<14}{'p50 µs':>10}{'p90 µs':>10}{'p99 µs':>10}{'× Keras':>9}{'images/s':>11}{'× Keras':>9}"
