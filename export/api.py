@@ -6,7 +6,6 @@ Describe the I/O (the contract in runtime.contract) -> convert (export.convert) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from export.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, convert
 from export.validate import DEFAULT_ATOL, accuracy, check_contract, op_counts, parity_report
-from rowrnn_keras.artifacts import check_writable, write_bytes_atomic, write_json_atomic
+from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist, resolve_data_dir
 from rowrnn_keras.model import load_trained_model
 from runtime.contract import (
@@ -78,14 +77,6 @@ def validation_set(data_dir: str | os.PathLike | None) -> ValidationSet:
         return ValidationSet(synthetic_rows(), None, "synthetic (no MNIST directory given)")
     mnist = load_mnist(data_dir)
     return ValidationSet(scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), f"MNIST test set ({mnist.source})")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def architecture(model: keras.Model) -> str:

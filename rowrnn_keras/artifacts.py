@@ -1,15 +1,53 @@
-"""Atomic file writes: a reader sees the old complete file or the new complete file, never half."""
+"""Atomic file writes: a reader sees the old complete file or the new complete file, never half.
+
+Temporary files and scratch directories carry the writing process's pid in their name
+(`.rowrnn-<pid>-`): a process killed with SIGKILL cannot clean up after itself, so the next
+writer into the same place removes what dead processes left behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from runtime.errors import InputError
+
+
+LEFTOVER_PID = re.compile(r"\.rowrnn-(\d+)-")
+
+
+def private_prefix() -> str:
+    """Name part that marks a temporary as this process's."""
+    return f".rowrnn-{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_leftovers(directory: Path, pattern: str) -> None:
+    """Delete entries matching `pattern` in `directory` that a dead rowrnn process left behind."""
+    for leftover in directory.glob(pattern):
+        match = LEFTOVER_PID.search(leftover.name)
+        if match is None or process_alive(int(match.group(1))):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def check_writable(target: Path, suffix: str) -> None:
@@ -38,8 +76,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     directory = target.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(directory, f".{target.stem}.rowrnn-*.tmp{target.suffix}")
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=directory
+            prefix=f".{target.stem}{private_prefix()}", suffix=f".tmp{target.suffix}", dir=directory
         )
     except OSError as exc:
         raise InputError(f"{target}: cannot write ({exc.strerror or exc})") from None
@@ -55,6 +94,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from rowrnn_keras import plots
-from rowrnn_keras.artifacts import write_json_atomic
+from rowrnn_keras.artifacts import private_prefix, remove_leftovers, sha256_file, write_json_atomic
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist, split_validation
 from rowrnn_keras.model import compile_model, create_model
@@ -182,18 +182,24 @@ def history_csv(history: dict[str, list[float]]) -> str:
 
 
 def prepare_out_dir(out_dir: Path) -> Path:
-    """Create `out_dir` and a private scratch directory in it; fail early if it is not writable."""
+    """Create `out_dir` and a private scratch directory in it; fail early if it is not writable.
+
+    Scratch directories of killed runs (their process is gone) are removed first.
+    """
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".rowrnn-train-", dir=out_dir))
+        remove_leftovers(out_dir, ".rowrnn-*")
+        return Path(tempfile.mkdtemp(prefix=private_prefix(), dir=out_dir))
     except OSError as exc:
         raise InputError(f"{out_dir}: cannot write to output directory ({exc.strerror or exc})") from None
 
 
 def publish(source: Path, target: Path) -> None:
-    """Atomically move a finished artifact into place."""
+    """Atomically move a finished artifact into place (on disk first, so a crash keeps it whole)."""
     if target.is_dir():
         raise InputError(f"{target}: is a directory, cannot write the artifact there")
+    with open(source, "rb+") as stream:
+        os.fsync(stream.fileno())
     os.replace(source, target)
 
 
@@ -225,6 +231,9 @@ def run_training(
             "validation_images": len(splits.validation[0]),
             "test_images": len(splits.test[0]),
             "data_source": mnist.source,
+            # published last, so a kill between renames can pair new reports with an older model:
+            # this says which model they describe
+            "model_sha256": sha256_file(scratch / MODEL_FILE),
             "test_per_class_accuracy": test.per_class_accuracy,
             "config": config.to_dict(),
             "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},

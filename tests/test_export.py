@@ -15,6 +15,7 @@ import export.api as api
 from conftest import synthetic_digits
 from export.api import ValidationSet, export_model, quantize_checked, synthetic_rows
 from export.validate import check_contract, op_counts
+from rowrnn_keras.artifacts import sha256_file
 from runtime.contract import scale_pixels
 from runtime.errors import CheckFailed, InputError
 
@@ -52,7 +53,7 @@ def test_metadata_round_trips(exported, tiny_keras_model):
     assert json.loads(metadata["class_labels"]) == [str(d) for d in range(10)]
     assert metadata["hidden_units"] == "32"
     assert metadata["architecture"] == "Dense(32) -> LSTM(32) -> Dense(10)"
-    assert metadata["source_model_sha256"] == api.sha256_file(tiny_keras_model)
+    assert metadata["source_model_sha256"] == sha256_file(tiny_keras_model)
     assert json.loads(metadata["parity"])["passed"] is True
     for key in ("tensorflow_version", "tf2onnx_version", "onnx_version", "input_scaling"):
         assert metadata[key]

@@ -2,11 +2,15 @@
 
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from conftest import QUICK_REAL, synthetic_digits
+from rowrnn_keras.artifacts import sha256_file, write_json_atomic
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
 from rowrnn_keras.train import (
@@ -48,6 +52,7 @@ def test_a_tiny_run_learns_and_writes_every_artifact(trained):
     assert on_disk["train_images"] + on_disk["validation_images"] == 600
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # scratch removed
+    assert on_disk["model_sha256"] == sha256_file(out / "model.keras")  # which model the reports describe
 
 
 def test_history_has_one_row_per_epoch(trained):
@@ -80,6 +85,22 @@ def test_failed_run_leaves_previous_artifacts_untouched(tmp_path, monkeypatch):
     for name in ARTIFACTS:
         assert (tmp_path / name).read_bytes() == b"previous " + name.encode()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(ARTIFACTS)
+
+
+def test_a_new_run_removes_what_killed_runs_left(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited: its pid names leftovers of a dead run
+    stale_scratch = tmp_path / f".rowrnn-{dead_pid}-abc"
+    stale_scratch.mkdir()
+    (stale_scratch / "model.keras").write_bytes(b"half a model")
+    stale_tmp = tmp_path / f".metrics.rowrnn-{dead_pid}-xyz.tmp.json"
+    stale_tmp.write_text("{")
+    alive = tmp_path / f".rowrnn-{os.getpid()}-live"  # a running process's scratch is left alone
+    alive.mkdir()
+    run_training(TrainConfig(**{**TINY, "epochs": 1}), tiny_mnist(200, 50), tmp_path, verbose=0)
+    assert not stale_scratch.exists() and alive.is_dir()
+    write_json_atomic(tmp_path / "metrics.json", {})  # each atomic write clears its own target's leftovers
+    assert not stale_tmp.exists()
 
 
 def test_unwritable_out_is_refused(tmp_path):
