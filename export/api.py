@@ -135,6 +135,8 @@ def export_model(
         raise InputError(f"--opset {opset} is not supported; choose {MIN_OPSET}-{MAX_OPSET}")
     if not 0 < atol <= 1e-2:
         raise InputError(f"--atol {atol} must be in (0, 0.01]")
+    if not 0 <= max_int8_drop <= 1:
+        raise InputError(f"--max-int8-drop {max_int8_drop * 100:g} must be between 0 and 100 points")
     if quantize not in (None, *QUANTIZE_CHOICES):
         raise InputError(f"--quantize {quantize!r} is not supported; choose {', '.join(QUANTIZE_CHOICES)}")
     check_writable(output, ".onnx")

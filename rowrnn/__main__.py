@@ -4,6 +4,7 @@ The command-line module is imported inside `run`, so a Ctrl-C that lands while P
 importing it gives the same one-line message and exit code as one that lands later.
 """
 
+import os
 import sys
 
 
@@ -11,8 +12,8 @@ def run() -> None:
     try:
         from rowrnn.cli import main
     except KeyboardInterrupt:
-        print("rowrnn: interrupted", file=sys.stderr)
-        sys.exit(130)
+        print("rowrnn: interrupted", file=sys.stderr, flush=True)
+        os._exit(130)  # see rowrnn.cli.exit_interrupted
     main()
 
 

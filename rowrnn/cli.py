@@ -100,8 +100,11 @@ def train(
 ) -> None:
     """Train on MNIST; keep the best epoch by validation accuracy; report test accuracy."""
     check_training_extra()
+    from rowrnn_keras.artifacts import check_directory_writable
     from rowrnn_keras.config import TrainConfig
     from rowrnn_keras.data import load_mnist
+
+    check_directory_writable(out)  # before minutes of work, not after
 
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, limit=limit,
@@ -125,17 +128,20 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a trained model."""
+    from rowrnn_keras.artifacts import atomic_path, check_writable
+    from rowrnn_keras.config import CONFUSION_FILE
+
+    plot = plot or model.parent / CONFUSION_FILE
+    check_writable(plot, ".png")
     train_module = needs_training_extra()
     from rowrnn_keras.data import load_mnist
     from rowrnn_keras.model import load_trained_model
     from rowrnn_keras.plots import save_confusion
-    from rowrnn_keras.artifacts import atomic_path
     from runtime.contract import scale_pixels
 
     keras_model = load_trained_model(model)
     mnist = load_mnist(data)
     result = train_module.evaluate_model(keras_model, scale_pixels(mnist.test_images), mnist.test_labels)
-    plot = plot or model.parent / train_module.CONFUSION_FILE
     with atomic_path(plot) as tmp:
         save_confusion(result.confusion, tmp, f"{model.name}: test accuracy {result.accuracy:.4f}")
     if as_json:
@@ -154,7 +160,7 @@ def export(
     opset: Annotated[int, typer.Option(help="ONNX opset to target (14-18).")] = 17,
     atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = 1e-4,
     quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model: 'int8'.")] = None,
-    max_int8_drop: Annotated[float, typer.Option(help="Largest allowed int8 test-accuracy drop, in points.")] = 0.5,
+    max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = 0.5,
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
     api = needs_training_extra("export.api")
@@ -267,8 +273,8 @@ def show_progress(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn every expected failure into one line and an exit code."""
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)  # inside: Ctrl-C can land here too
         code = command.main(args=argv, prog_name="rowrnn", standalone_mode=False)
     except typer.TyperException as exc:  # usage errors and bad option values (click's)
         if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rowrnn`: show the help
@@ -288,5 +294,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.close()
         sys.exit(0)
     if code == 130:  # typer turns Ctrl-C into exit code 130
-        print("rowrnn: interrupted", file=sys.stderr)
+        exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def exit_interrupted() -> None:
+    """One line and exit code 130, the shell's code for Ctrl-C.
+
+    `os._exit`, not `sys.exit`: a KeyboardInterrupt that passed through C code running Python
+    (`PyRun_*`) marks itself unhandled even when caught, and CPython then ends the process by
+    SIGINT (exit -2) at shutdown. Everything that cleans up has run while the exception unwound.
+    """
+    print("rowrnn: interrupted", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)

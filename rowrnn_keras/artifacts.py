@@ -51,16 +51,24 @@ def remove_leftovers(directory: Path, pattern: str) -> None:
 
 
 def check_writable(target: Path, suffix: str) -> None:
-    """Refuse, before any slow work, an output path that is of the wrong kind or cannot be written."""
+    """Refuse, before any slow work, an output file path of the wrong kind or in an unwritable place."""
     if target.is_dir():
         raise InputError(f"{target}: is a directory; give the {suffix} file to write")
     if target.suffix != suffix:
         raise InputError(f"{target}: output file must end in {suffix}")
-    parent = target.parent
-    if parent.exists() and not parent.is_dir():
-        raise InputError(f"{target}: {parent} is not a directory")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise InputError(f"{target}: directory {parent} is not writable")
+    check_directory_writable(target.parent, target)
+
+
+def check_directory_writable(directory: Path, output: Path | None = None) -> None:
+    """Refuse, before any slow work, an output directory that cannot be created or written to."""
+    name = output or directory
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{name}: {directory} is not a directory")
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise InputError(f"{name}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{name}: directory {existing} is not writable")
 
 
 @contextlib.contextmanager

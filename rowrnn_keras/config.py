@@ -9,6 +9,14 @@ from runtime.contract import NUM_CLASSES
 from runtime.errors import InputError
 
 
+# What `rowrnn train` writes into its output directory, and `rowrnn evaluate` beside the model.
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion.png"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # Architecture: the tutorial's Dense(128) -> LSTM(128) -> Dense(10).

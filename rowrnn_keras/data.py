@@ -44,9 +44,10 @@ def resolve_data_dir(option: str | os.PathLike | None) -> Path | None:
 
 
 def find_idx_file(data_dir: Path, stem: str) -> Path | None:
-    """The `.gz` or raw IDX file for `stem` in `data_dir`, if there is one."""
+    """The `.gz` or raw IDX file for `stem` in `data_dir`, if there is one (reading it says
+    what is wrong if it is, say, a directory)."""
     for name in (stem + ".gz", stem):
-        if (data_dir / name).is_file():
+        if (data_dir / name).exists():
             return data_dir / name
     return None
 

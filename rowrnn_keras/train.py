@@ -18,17 +18,11 @@ import tensorflow as tf
 
 from rowrnn_keras import plots
 from rowrnn_keras.artifacts import private_prefix, remove_leftovers, sha256_file, write_json_atomic
-from rowrnn_keras.config import TrainConfig
+from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig
 from rowrnn_keras.data import Mnist, split_validation
 from rowrnn_keras.model import compile_model, create_model
 from runtime.contract import NUM_CLASSES, scale_pixels
 from runtime.errors import InputError
-
-MODEL_FILE = "model.keras"
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "curves.png"
-METRICS_FILE = "metrics.json"
-CONFUSION_FILE = "confusion.png"
 
 
 @dataclass(frozen=True)

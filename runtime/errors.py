@@ -24,7 +24,7 @@ def one_line(message: object, limit: int | None = None) -> str:
 
 
 def require_file(path: "str | os.PathLike", expected: str, hint: str = "") -> Path:
-    """`path` as a Path if it is an existing regular file; else an InputError naming the problem."""
+    """`path` as a Path if it is an existing, non-empty regular file; else an InputError naming the problem."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file{hint}")
@@ -32,4 +32,6 @@ def require_file(path: "str | os.PathLike", expected: str, hint: str = "") -> Pa
         raise InputError(f"{path}: is a directory, expected {expected}")
     if not path.is_file():
         raise InputError(f"{path}: not a regular file, expected {expected}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: file is empty, expected {expected}")
     return path

@@ -25,7 +25,13 @@ def looks_like_idx(path: Path) -> bool:
     return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E) and 1 <= head[3] <= 3
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def load_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as stream:
+        if stream.read(len(NPY_MAGIC)) != NPY_MAGIC:  # else numpy talks about pickles
+            raise InputError(f"{path}: not a .npy file (no NumPy header)")
     try:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -45,8 +51,6 @@ def load_idx_images(path: Path) -> np.ndarray:
 def load_input(path: str | os.PathLike) -> np.ndarray:
     """One input file -> float32 [N, 28, 28] rows ready for `Predictor.predict`."""
     path = require_file(path, "an image, .npy or IDX file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: file is empty")
     suffix = path.suffix.lower()
     if suffix == ".npy":
         return load_npy(path)

@@ -23,7 +23,7 @@ from runtime.contract import (
     PROBABILITIES_NAME,
     scale_pixels,
 )
-from runtime.errors import InputError, require_file
+from runtime.errors import InputError, one_line, require_file
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
 # Images per session call. Small chunks keep one LSTM step's gates (32 x 512 floats) in cache:
@@ -135,8 +135,9 @@ class Predictor:
                 str(self.path), options, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise InputError(f"{self.path}: not a loadable ONNX model ({first_line[:200]})") from None
+            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
+            reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
+            raise InputError(f"{self.path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threads = threads or usable_cpus()

@@ -36,6 +36,17 @@ def assert_one_line_error(result, *needles):
         assert needle in lines[0], lines[0]
 
 
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Nothing downloads at test time: Keras's MNIST fallback fails as it would offline."""
+    import rowrnn_keras.data
+
+    def refuse() -> None:
+        raise rowrnn_keras.data.InputError("no MNIST directory given (--data or $ROWRNN_DATA); downloads are off in tests")
+
+    monkeypatch.setattr(rowrnn_keras.data, "load_mnist_keras", refuse)
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """Encode an array as IDX (uint8 only, as MNIST)."""
     array = np.asarray(array, np.uint8)
@@ -134,3 +145,24 @@ def real_model(mnist, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("real-model")
     run_training(TrainConfig(**QUICK_REAL), mnist, out, verbose=0)
     return out / "model.keras"
+
+
+def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, metadata=None):
+    """A valid ONNX model that is not a rowrnn one: mean of each row, first `classes` of them."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, classes]) for n in ("logits", "probabilities")]
+    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", classes), ("a", 1))]
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["m"], axes=[2], keepdims=0),
+        helper.make_node("Slice", ["m", "s", "e", "a"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "foreign", [inp], outputs, initializer=consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.save(model, path)
+    return path

@@ -7,11 +7,9 @@ import threading
 
 import keras
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from conftest import REPO
+from conftest import REPO, foreign_model
 from runtime import InputError, Predictor, as_rows
 
 
@@ -90,42 +88,6 @@ def test_range_check_edges():
             as_rows(np.full((28, 28), value, np.float32))
 
 
-@pytest.mark.parametrize(
-    "array, message",
-    [
-        (np.zeros((0, 28, 28), np.float32), "empty batch"),
-        (np.zeros((28, 27), np.float32), "shape"),
-        (np.zeros((2, 3, 28, 28), np.float32), "shape"),
-        (np.zeros((28, 28), np.int32), "dtype int32"),
-        (np.zeros((28, 28), bool), "dtype bool"),
-        (np.full((28, 28), np.nan, np.float32), "NaN"),
-        (np.full((28, 28), np.inf, np.float32), "NaN or infinite"),
-        (np.full((28, 28), 2.0, np.float32), r"\[0, 1\]"),
-        (np.full((28, 28), -0.5), r"\[0, 1\]"),
-    ],
-    ids=["empty", "28x27", "4d", "int32", "bool", "nan", "inf", "above-1", "negative"],
-)
-def test_bad_arrays_are_refused(predictor, array, message):
-    with pytest.raises(InputError, match=message):
-        predictor.predict(array)
-
-
-def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, metadata=None):
-    """A valid ONNX model that is not a rowrnn one: mean of each row, first `classes` of them."""
-    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, classes]) for n in ("logits", "probabilities")]
-    consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", classes), ("a", 1))]
-    nodes = [
-        helper.make_node("ReduceMean", [input_name], ["m"], axes=[2], keepdims=0),
-        helper.make_node("Slice", ["m", "s", "e", "a"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"]),
-    ]
-    graph = helper.make_graph(nodes, "foreign", [inp], outputs, initializer=consts)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if metadata:
-        helper.set_model_props(model, metadata)
-    onnx.save(model, path)
-    return path
 
 
 def test_foreign_models_are_refused(tmp_path):
@@ -141,18 +103,6 @@ def test_foreign_models_are_refused(tmp_path):
     Predictor(foreign_model(tmp_path / "e.onnx", metadata={"format_version": "1"}))
 
 
-def test_unloadable_files_are_refused(tmp_path, exported):
-    with pytest.raises(InputError, match="no such file"):
-        Predictor(tmp_path / "absent.onnx")
-    with pytest.raises(InputError, match="is a directory"):
-        Predictor(tmp_path)
-    (tmp_path / "junk.onnx").write_bytes(b"\x00junk" * 10)
-    with pytest.raises(InputError, match="junk.onnx: not a loadable ONNX model"):
-        Predictor(tmp_path / "junk.onnx")
-    data = exported.onnx_path.read_bytes()
-    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputError, match="cut.onnx: not a loadable ONNX model"):
-        Predictor(tmp_path / "cut.onnx")
 
 
 def test_shared_predictor_is_thread_safe(predictor):
