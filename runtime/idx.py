@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import zlib
 
@@ -58,7 +59,11 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if ndim == 0 or len(data) < header:
         raise InputError(f"{name}: truncated IDX header (magic 0x{data[:4].hex()})")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: absurd headers cannot overflow. Empty dimensions hide absurd others, which
+    # numpy refuses even for zero elements, so those are bounded too.
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_IDX_BYTES:
+        raise InputError(f"{name}: header shape {shape} is absurdly large")
+    expected = math.prod(shape) * dtype.itemsize
     actual = len(data) - header
     if actual != expected:
         problem = "truncated" if actual < expected else "has trailing bytes"
