@@ -103,26 +103,51 @@ def test_foreign_models_are_refused(tmp_path):
     Predictor(foreign_model(tmp_path / "e.onnx", metadata={"format_version": "1"}))
 
 
-
-
 def test_shared_predictor_is_thread_safe(predictor):
+    """8 threads x 1 000 calls on one Predictor, batch sizes 1 to 300 (so also the chunked,
+    pooled path): every result is identical to the same call made alone."""
     rng = np.random.default_rng(4)
-    batches = [rng.random((int(rng.integers(1, 9)), 28, 28), dtype=np.float32) for _ in range(40)]
-    expected = [predictor.predict(b).probabilities for b in batches]
-    mismatches = []
+    sizes = [1, 1, 2, 7, 31, 32, 33, 100, 300]
+    batches = [rng.integers(0, 256, (sizes[i % len(sizes)], 28, 28), dtype=np.uint8) for i in range(50)]
+    expected = [predictor.predict(batch).probabilities for batch in batches]
+    mismatches, errors = [], []
 
-    def worker():
-        for _ in range(5):
-            for batch, want in zip(batches, expected):
-                if not np.array_equal(predictor.predict(batch).probabilities, want):
-                    mismatches.append(1)
+    def worker(seed: int) -> None:
+        order = np.random.default_rng(seed).integers(0, len(batches), 1000)
+        try:
+            for index in order:
+                if not np.array_equal(predictor.predict(batches[index]).probabilities, expected[index]):
+                    mismatches.append(index)
+        except Exception as exc:  # a thread's exception would otherwise vanish
+            errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not mismatches
+    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and not mismatches
+
+
+def test_processes_load_one_model_at_once(exported, tmp_path):
+    """Four processes open the same file at the same moment and agree with this one."""
+    images = np.random.default_rng(5).integers(0, 256, (64, 28, 28), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, numpy as np; from runtime import Predictor\n"
+        "p = Predictor(sys.argv[1]).predict(np.load(sys.argv[2])).probabilities\n"
+        "np.save(sys.argv[3], p)"
+    )
+    children = [
+        subprocess.Popen([sys.executable, "-c", script, str(exported.onnx_path), str(tmp_path / "images.npy"),
+                          str(tmp_path / f"out{i}.npy")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
+    for child in children:
+        assert child.wait(timeout=120) == 0, child.stderr.read()
+    expected = Predictor(exported.onnx_path).predict(images).probabilities
+    for i in range(4):
+        np.testing.assert_array_equal(np.load(tmp_path / f"out{i}.npy"), expected)
 
 
 def test_runtime_never_imports_tensorflow(exported):
