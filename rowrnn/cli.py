@@ -194,6 +194,19 @@ def info(
     typer.echo(json.dumps(description, indent=2) if as_json else format_description(description))
 
 
+@contextlib.contextmanager
+def reader_may_stop() -> Iterator[None]:
+    """`rowrnn predict ... | head`: once the reader has what it wanted, stop quietly, exit 0.
+
+    typer would turn the broken pipe into exit code 1, which here means "a check failed".
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise typer.Exit(0) from None
+
+
 @app.command()
 def predict(
     model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
@@ -206,22 +219,23 @@ def predict(
 
     predictor = Predictor(model)
     any_failed = False
-    for path in inputs:
-        try:
-            result = predictor.predict(load_input(path))
-        except InputError as exc:
-            any_failed = True
-            print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
-            continue
-        for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
-            if as_json:
-                typer.echo(json.dumps({
-                    "input": str(path), "index": index, "label": int(label),
-                    "confidence": round(float(confidence), 6),
-                    "probabilities": [round(float(p), 6) for p in result.probabilities[index]],
-                }))
-            else:
-                typer.echo(f"{path}\t{index}\t{label}\t{confidence:.4f}")
+    with reader_may_stop():
+        for path in inputs:
+            try:
+                result = predictor.predict(load_input(path))
+            except InputError as exc:
+                any_failed = True
+                print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
+                continue
+            for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
+                if as_json:
+                    typer.echo(json.dumps({
+                        "input": str(path), "index": index, "label": int(label),
+                        "confidence": round(float(confidence), 6),
+                        "probabilities": [round(float(p), 6) for p in result.probabilities[index]],
+                    }))
+                else:
+                    typer.echo(f"{path}\t{index}\t{label}\t{confidence:.4f}")
     if any_failed:
         raise typer.Exit(2)
 
@@ -290,9 +304,6 @@ def main(argv: list[str] | None = None) -> None:
     except CheckFailed as exc:
         print(f"rowrnn: check failed: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
-    except BrokenPipeError:  # e.g. `rowrnn predict ... | head`
-        sys.stderr.close()
-        sys.exit(0)
     if code == 130:  # typer turns Ctrl-C into exit code 130
         exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)

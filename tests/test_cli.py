@@ -134,3 +134,14 @@ def test_light_install_names_the_missing_extra(command, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == (
         "rowrnn: error: this command needs tensorflow; install the training extra: pip install 'rowrnn[train]'"
     )
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(exported, tmp_path):
+    """`rowrnn predict ... | head -1`: the reader leaving early is not an error (typer says 1)."""
+    import numpy as np
+
+    np.save(tmp_path / "many.npy", np.zeros((20_000, 28, 28), np.uint8))
+    command = f"{sys.executable} -m rowrnn predict {exported.onnx_path} {tmp_path / 'many.npy'} | head -1; exit ${{PIPESTATUS[0]}}"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
