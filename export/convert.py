@@ -145,7 +145,7 @@ def fold_input_projection(model: onnx.ModelProto, probes: dict) -> None:
     """
     producers = {name: node for node in model.graph.node for name in node.output}
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    lstm = next((node for node in model.graph.node if node.op_type == "LSTM"), None)
+    lstm = lstm_node(model)
     transpose = producers.get(lstm.input[0]) if lstm is not None else None
     if transpose is None or transpose.op_type != "Transpose" or attribute(transpose, "perm") != [1, 0, 2]:
         return
@@ -195,7 +195,7 @@ def use_final_hidden_state(model: onnx.ModelProto, probes: dict) -> None:
     tf2onnx takes Keras's last output as Squeeze/Slice/Squeeze of Y; Y_h is the same tensor, so
     the LSTM need not return the whole sequence. The probes pick the tensor equal to Y_h.
     """
-    lstm = next((node for node in model.graph.node if node.op_type == "LSTM"), None)
+    lstm = lstm_node(model)
     if lstm is None or len(lstm.output) < 2 or lstm.output[1] not in probes:
         return
     final = tuple(v[0] for v in probes[lstm.output[1]])  # Y_h [1, batch, H] -> [batch, H]
@@ -227,6 +227,10 @@ def drop_unused_lstm_outputs(model: onnx.ModelProto) -> None:
                     node.output[i] = ""
             while node.output and node.output[-1] == "":
                 node.output.pop()
+
+
+def lstm_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
+    return next((node for node in model.graph.node if node.op_type == "LSTM"), None)
 
 
 def attribute(node: onnx.NodeProto, name: str):

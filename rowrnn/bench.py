@@ -41,6 +41,7 @@ class Engine:
     predict_many: Callable[[np.ndarray], np.ndarray] | None = None  # -> labels
     model_flops: float | None = None  # per image, of the architecture (the same for every engine)
     executed_flops: float | None = None  # per image, float32, of the graph this engine runs
+    call_share: int = 1  # makes 1/call_share of the single-image calls (Keras: far slower)
     skipped: str | None = None  # why it was not measured
     latencies: list[float] = field(default_factory=list)  # seconds
     batch_seconds: list[float] = field(default_factory=list)
@@ -130,10 +131,11 @@ def keras_engines(path: Path) -> list[Engine]:
         return np.concatenate([model(rows[i : i + CHUNK], training=False).numpy().argmax(1) for i in range(0, len(rows), CHUNK)])
 
     flops = model_flops(" -> ".join(f"{type(layer).__name__}({layer.units})" for layer in model.layers))
+    keras = dict(model_flops=flops, executed_flops=flops, call_share=KERAS_CALL_SHARE)
     return [
         Engine(names[0], str(path), lambda x: model.predict(x, verbose=0),
-               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), flops, flops),
-        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, flops, flops),
+               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), **keras),
+        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, **keras),
     ]
 
 
@@ -148,7 +150,7 @@ def onnx_engine(name: str, path: Path) -> Engine:
     except InputError as exc:
         return Engine(name, str(path), skipped=one_line(exc))
     return Engine(name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
-                  model_flops(predictor.metadata.get("architecture", "")), onnx_flops(path))
+                  model_flops=model_flops(predictor.metadata.get("architecture", "")), executed_flops=onnx_flops(path))
 
 
 # ---------------------------------------------------------------- measurements
@@ -176,8 +178,7 @@ def measure_latency(engines: list[Engine], rows: np.ndarray, settings: BenchSett
     for round_index in range(settings.rounds):
         progress(f"single-image latency, round {round_index + 1}/{settings.rounds}")
         for engine in live:
-            share = KERAS_CALL_SHARE if engine.name.startswith("Keras") else 1
-            calls = max(settings.calls // share // settings.rounds, 1)
+            calls = max(settings.calls // engine.call_share // settings.rounds, 1)
             for i in range(calls):
                 index = (round_index * calls + i) % len(rows)
                 image = rows[index : index + 1]
@@ -294,7 +295,8 @@ def run_bench(
     progress("loading test images and models")
     images, labels, source = bench_images(data, settings.images)
     rows = scale_pixels(images)
-    engines = [*keras_engines(keras_path), onnx_engine("ONNX fp32", onnx_path), onnx_engine("ONNX int8", int8_path)]
+    keras = keras_engines(keras_path)
+    engines = [*keras, onnx_engine("ONNX fp32", onnx_path), onnx_engine("ONNX int8", int8_path)]
     measure_latency(engines, rows, settings, progress)
     gflops, accuracy = measure_throughput(engines, rows, labels, progress)
     ceiling = statistics.median(gflops)
@@ -305,8 +307,7 @@ def run_bench(
         memory = {"skipped": "not requested"}
         if settings.measure_memory:
             progress("peak memory of a predictor process and a Keras process (subprocesses)")
-            keras_ok = not any(e.skipped for e in engines if e.name.startswith("Keras"))
-            memory = measure_memory(onnx_path, keras_path, images, Path(workdir), keras_ok)
+            memory = measure_memory(onnx_path, keras_path, images, Path(workdir), keras_ok=not keras[0].skipped)
     return build_report(engines, accuracy, ceiling, cold, memory, source, len(rows))
 
 
