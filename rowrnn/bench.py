@@ -29,6 +29,9 @@ from runtime.errors import InputError, one_line
 KERAS_CALL_SHARE = 10  # Keras is ~1000x slower per image: it gets 1/10 of the single-image calls
 CHUNK = 1024  # images per call when a Keras engine classifies many
 MATMUL_SIZE = 1536  # float32 [n, n] @ [n, n]: 7.2 GFLOP, long enough to reach full speed
+# Pause before each engine's turn: the previous engine's thread pools (TensorFlow's, BLAS's) spin
+# for a while after their work and would otherwise slow the next engine down.
+SETTLE_SECONDS = 0.05
 
 
 @dataclass
@@ -178,6 +181,7 @@ def measure_latency(engines: list[Engine], rows: np.ndarray, settings: BenchSett
     for round_index in range(settings.rounds):
         progress(f"single-image latency, round {round_index + 1}/{settings.rounds}")
         for engine in live:
+            time.sleep(SETTLE_SECONDS)
             calls = max(settings.calls // engine.call_share // settings.rounds, 1)
             for i in range(calls):
                 index = (round_index * calls + i) % len(rows)
