@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rowrnn.bench import own_peak_rss_mb  # noqa: E402
 from rowrnn_keras.data import load_mnist_dir  # noqa: E402
 from runtime.contract import scale_pixels  # noqa: E402
 from runtime.predictor import Predictor  # noqa: E402
@@ -71,8 +72,7 @@ def measure(cls, path: str, options: dict, rows_file: Path) -> dict:
     start = time.perf_counter()
     predictor.predict(images)
     rate = len(images) / (time.perf_counter() - start)
-    peak = int(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))) / 1024
-    return {"latencies": latencies, "rate": rate, "peak_mb": peak}
+    return {"latencies": latencies, "rate": rate, "peak_mb": own_peak_rss_mb()}
 
 
 def main() -> None:

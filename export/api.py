@@ -24,7 +24,7 @@ from export.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, convert
 from export.validate import DEFAULT_ATOL, accuracy, check_contract, op_counts, parity_report
 from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist, resolve_data_dir
-from rowrnn_keras.model import load_trained_model
+from rowrnn_keras.model import architecture, load_trained_model
 from runtime.contract import (
     CLASS_LABELS,
     FORMAT_VERSION,
@@ -77,12 +77,6 @@ def validation_set(data_dir: str | os.PathLike | None) -> ValidationSet:
         return ValidationSet(synthetic_rows(), None, "synthetic (no MNIST directory given)")
     mnist = load_mnist(data_dir)
     return ValidationSet(scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), f"MNIST test set ({mnist.source})")
-
-
-def architecture(model: keras.Model) -> str:
-    return " -> ".join(
-        f"{type(layer).__name__}({getattr(layer, 'units', '')})" for layer in model.layers
-    )
 
 
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:

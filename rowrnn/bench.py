@@ -8,6 +8,7 @@ in the same rounds. Cold start and peak memory are measured in fresh subprocesse
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import re
@@ -125,15 +126,15 @@ def keras_engines(path: Path) -> list[Engine]:
     try:
         from rowrnn.cli import needs_training_extra
 
-        load_trained_model = needs_training_extra("rowrnn_keras.model").load_trained_model
-        model = load_trained_model(path)
+        keras_side = needs_training_extra("rowrnn_keras.model")
+        model = keras_side.load_trained_model(path)
     except InputError as exc:
         return [Engine(n, str(path), skipped=one_line(exc)) for n in names]
 
     def call_many(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([model(rows[i : i + CHUNK], training=False).numpy().argmax(1) for i in range(0, len(rows), CHUNK)])
 
-    flops = model_flops(" -> ".join(f"{type(layer).__name__}({layer.units})" for layer in model.layers))
+    flops = model_flops(keras_side.architecture(model))
     keras = dict(model_flops=flops, executed_flops=flops, call_share=KERAS_CALL_SHARE)
     return [
         Engine(names[0], str(path), lambda x: model.predict(x, verbose=0),
@@ -235,21 +236,27 @@ def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: P
             "p50_s": statistics.median(seconds), "min_s": min(seconds)}
 
 
-# VmHWM, not getrusage's ru_maxrss: a spawned child inherits the parent's high-water mark there.
-PEAK_RSS = "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
-PREDICTOR_CHILD = f"""
+def own_peak_rss_mb() -> float:
+    """This process's peak RSS in MB. VmHWM, not getrusage's ru_maxrss: a spawned child inherits
+    its parent's high-water mark there."""
+    with open("/proc/self/status") as status:
+        return int(next(line.split()[1] for line in status if line.startswith("VmHWM"))) / 1024.0  # kB
+
+
+# The children carry the function's source, not an import of this module: its imports would
+# count against the predictor's memory.
+REPORT_PEAK_RSS = inspect.getsource(own_peak_rss_mb) + "print(own_peak_rss_mb())\n"
+PREDICTOR_CHILD = """
 import sys, numpy as np
 from runtime.predictor import Predictor
 Predictor(sys.argv[1]).predict(np.load(sys.argv[2]))
-{PEAK_RSS}
-"""
-KERAS_CHILD = f"""
+""" + REPORT_PEAK_RSS
+KERAS_CHILD = """
 import os, sys, numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from rowrnn_keras.model import load_trained_model
 load_trained_model(sys.argv[1]).predict(np.load(sys.argv[2]), batch_size=1024, verbose=0)
-{PEAK_RSS}
-"""
+""" + REPORT_PEAK_RSS
 
 
 def peak_rss_mb(code: str, model: Path, rows_file: Path) -> float | str:
@@ -257,7 +264,7 @@ def peak_rss_mb(code: str, model: Path, rows_file: Path) -> float | str:
     done = subprocess.run([sys.executable, "-c", code, str(model), str(rows_file)], capture_output=True, text=True)
     if done.returncode != 0:
         return f"child process failed: {one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode)}"
-    return int(done.stdout.split()[-1]) / 1024.0  # kB
+    return float(done.stdout.split()[-1])
 
 
 def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir: Path, keras_ok: bool) -> dict:

@@ -66,3 +66,8 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
     if len(model.outputs) != 1 or output_shape[1:] != (NUM_CLASSES,):
         raise InputError(f"{path}: model output shape {output_shape} is not (batch, 10)")
     return model
+
+
+def architecture(model: keras.Model) -> str:
+    """"Dense(128) -> LSTM(128) -> Dense(10)": what the ONNX metadata records and bench reads back."""
+    return " -> ".join(f"{type(layer).__name__}({getattr(layer, 'units', '')})" for layer in model.layers)

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,13 +111,6 @@ TRAIN_ARTIFACTS = {"model.keras": complete_keras, "history.csv": complete_csv, "
 EXPORT_ARTIFACTS = {"model.onnx": complete_onnx, "model.parity.json": complete_json, "model.int8.onnx": complete_onnx}
 
 
-def copy_dir(source: Path, target: Path) -> Path:
-    target.mkdir()
-    for path in source.iterdir():
-        (target / path.name).write_bytes(path.read_bytes())
-    return target
-
-
 def kill_at_each_point(out: Path, artifacts: dict, command: list, points: dict, sig: signal.Signals) -> None:
     """Stop `command` at each point in turn; after each, every artifact is whole. Then a normal
     run (`command` minus its last two arguments) succeeds and clears the leftovers."""
@@ -144,7 +138,7 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
     if not first.exists():
         done = start("train", "--out", first, *args)
         assert done.wait(timeout=300) == 0, done.stderr.read()
-    out = copy_dir(first, tmp_path_factory.mktemp("train-kill") / "out")
+    out = Path(shutil.copytree(first, tmp_path_factory.mktemp("train-kill") / "out"))
     points = {
         "starting": lambda: after(0.3),
         "training": lambda: any_match(out, ".rowrnn-*/model.keras"),  # best-epoch checkpoint in scratch
@@ -160,7 +154,7 @@ def test_killed_export_keeps_artifacts_whole(tmp_path_factory, tiny_keras_model,
     if not first.exists():
         done = start("export", first / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8")
         assert done.wait(timeout=300) == 0, done.stderr.read()
-    out = copy_dir(first, tmp_path_factory.mktemp("export-kill") / "out")
+    out = Path(shutil.copytree(first, tmp_path_factory.mktemp("export-kill") / "out"))
     report = out / "model.parity.json"
     report_before = report.read_bytes()
     points = {
