@@ -13,9 +13,14 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# The seed of every model trained inside the tests. Change it (ROWRNN_FIXTURE_SEED=7) to see the
+# suite as another machine would: training is deterministic only on one machine and thread layout,
+# so a test that passes for one seed and fails for another depends on where margins happen to fall.
+FIXTURE_SEED = int(os.environ.get("ROWRNN_FIXTURE_SEED", "0"))
 # A short real-MNIST run (~20 s): 4 epochs on 10 000 images. Augmentation slows early epochs, so
 # it is off here; the default 20-epoch run uses it (README: measured results).
-QUICK_REAL = dict(limit=10_000, epochs=4, learning_rate=3e-3, warmup_epochs=0, augment_shift=0.0, augment_rotation_degrees=0.0)
+QUICK_REAL = dict(limit=10_000, epochs=4, learning_rate=3e-3, warmup_epochs=0, augment_shift=0.0,
+                  augment_rotation_degrees=0.0, seed=FIXTURE_SEED)
 
 
 def rowrnn(*args, env=None, cwd=None):
@@ -115,15 +120,23 @@ def fake_mnist_dir(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_keras_model(tmp_path_factory) -> Path:
-    """A small Dense-LSTM-Dense trained briefly on synthetic digits (a real, non-trivial model)."""
+    """A small Dense-LSTM-Dense trained on synthetic digits until it is confidently right.
+
+    Trained to the end, not "briefly": a half-trained model's decision margins fall differently on
+    every machine, and whatever a test measures on them (int8 accuracy, say) moves with it. Measured
+    over seeds 0-2, on both cores and pinned to one: 100 % on `synthetic_digits(300, 5)`, the
+    lowest top probability 0.75-0.82, int8 agreeing with fp32 on every image; ~10-15 s.
+    """
     from rowrnn_keras.config import TrainConfig
     from rowrnn_keras.data import Mnist
     from rowrnn_keras.train import run_training
 
     out = tmp_path_factory.mktemp("tiny-model")
-    config = TrainConfig(hidden_units=32, dense_units=32, epochs=2, batch_size=32, learning_rate=1e-2,
-                         validation_size=50, augment_shift=0.0, augment_rotation_degrees=0.0)
-    run_training(config, Mnist(*synthetic_digits(500, 1), *synthetic_digits(100, 2), source="synthetic"), out, verbose=0)
+    config = TrainConfig(hidden_units=32, dense_units=32, epochs=6, warmup_epochs=0, batch_size=32,
+                         learning_rate=1e-2, validation_size=50, augment_shift=0.0,
+                         augment_rotation_degrees=0.0, seed=FIXTURE_SEED)
+    mnist = Mnist(*synthetic_digits(1000, 1), *synthetic_digits(100, 2), source="synthetic")
+    run_training(config, mnist, out, verbose=0)
     return out / "model.keras"
 
 
