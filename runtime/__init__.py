@@ -1,16 +1,17 @@
 """rowrnn runtime: run an exported rowrnn ONNX model with onnxruntime, no TensorFlow needed.
 
     from runtime import Predictor, preprocess_image
-    predictor = Predictor("model.onnx")
-    result = predictor.predict(preprocess_image("digit.png"))
+    with Predictor("model.onnx") as predictor:
+        result = predictor.predict(preprocess_image("digit.png"))
+    print(result.labels[0], result.confidence[0])
 """
 
-from runtime.contract import scale_pixels
 from runtime.errors import CheckFailed, InputError
-from runtime.idx import read_idx
 from runtime.predictor import Prediction, Predictor, as_rows
 from runtime.preprocess import preprocess_image
 
+# What apps use. Training and export import the contract, IDX reader and pixel scaling from
+# their modules (runtime.contract, runtime.idx) directly.
 __all__ = [
     "CheckFailed",
     "InputError",
@@ -18,6 +19,4 @@ __all__ = [
     "Predictor",
     "as_rows",
     "preprocess_image",
-    "read_idx",
-    "scale_pixels",
 ]

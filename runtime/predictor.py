@@ -11,6 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import (  # onnxruntime's own error types
+    Fail,
+    InvalidArgument,
+    InvalidGraph,
+    InvalidProtobuf,
+    NoSuchFile,
+)
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByOrt
 
 from runtime.contract import (
     FORMAT_VERSION,
@@ -30,12 +38,14 @@ PIXELS = IMAGE_ROWS * IMAGE_COLS
 # measured 37k images/s fp32 and 70k int8 at 32, against 32k and 50k at 256, and 30 MB less memory.
 CHUNK = 32
 ONE_AS_BITS = 0x3F800000  # the bit pattern of float32 1.0
+OUTPUTS = [LOGITS_NAME, PROBABILITIES_NAME]  # the order `_run` returns them in
 
 
 @dataclass(frozen=True)
 class Prediction:
-    labels: np.ndarray  # int64 [N]
-    probabilities: np.ndarray  # float32 [N, 10]
+    labels: np.ndarray  # int64 [N], argmax of the probabilities
+    probabilities: np.ndarray  # float32 [N, 10], softmax of the logits (computed in the graph)
+    logits: np.ndarray  # float32 [N, 10]
 
     @property
     def confidence(self) -> np.ndarray:
@@ -46,7 +56,7 @@ class Prediction:
         return len(self.labels)
 
 
-def checked_images(images: np.ndarray, name: str = "input") -> np.ndarray:
+def validate_images(images: np.ndarray, name: str = "input") -> np.ndarray:
     """Images in any accepted form -> uint8 or float32 [N, 28, 28], not yet scaled.
 
     Accepted: uint8 pixels 0-255, or floats in [0, 1]; shapes (28, 28), (N, 28, 28), (784,),
@@ -88,11 +98,12 @@ def as_batch_shape(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def as_rows(images: np.ndarray, name: str = "input") -> np.ndarray:
-    """Images in any accepted form (see `checked_images`) -> float32 [N, 28, 28] in [0, 1]."""
-    return to_rows(checked_images(images, name))
+    """Images in any accepted form (see `validate_images`) -> float32 [N, 28, 28] in [0, 1]."""
+    return scaled(validate_images(images, name))
 
 
-def to_rows(images: np.ndarray) -> np.ndarray:
+def scaled(images: np.ndarray) -> np.ndarray:
+    """A batch `validate_images` accepted -> the model's float32 input (uint8 is scaled here)."""
     return scale_pixels(images) if images.dtype == np.uint8 else images
 
 
@@ -119,7 +130,8 @@ class Predictor:
     Each session call runs on one core (`intra_op_threads`, default 1): an LSTM step is too small
     to split across cores without the hand-off costing more than it saves, and idle onnxruntime
     workers would spin on the cores of the app that embeds us. A large batch is cut into chunks of
-    32 that `threads` workers (default: every core this process may use) run at once.
+    32 that `threads` workers (default: every core this process may use) run at once; `close()`
+    (or leaving a `with Predictor(...)` block) stops those workers.
     """
 
     def __init__(
@@ -135,39 +147,33 @@ class Predictor:
         for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
-        options = session_options or ort.SessionOptions()
-        if intra_op_threads is not None or session_options is None:
-            options.intra_op_num_threads = intra_op_threads or 1
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
-            reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
-            raise InputError(f"{self.path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
+        if session_options is not None and intra_op_threads is not None:
+            # We would have to change the caller's object; say so instead.
+            raise InputError("give intra_op_threads or session_options, not both "
+                             "(set intra_op_num_threads on your SessionOptions)")
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.intra_op_num_threads = intra_op_threads or 1
+        self.session = load_session(self.path, session_options, providers or ["CPUExecutionProvider"])
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threads = threads or usable_cpus()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
-
-    def predict_logits(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Raw (logits, probabilities) for images in any form `checked_images` accepts."""
-        logits, probabilities = self._run(checked_images(images), [LOGITS_NAME, PROBABILITIES_NAME])
-        return logits, probabilities
+        self._closed = False
 
     def predict(self, images: np.ndarray) -> Prediction:
-        """Labels int64 [N] and probabilities float32 [N, 10]."""
-        (probabilities,) = self._run(checked_images(images), [PROBABILITIES_NAME])
-        return Prediction(probabilities.argmax(axis=1), probabilities)  # argmax gives int64 (intp)
+        """Labels int64 [N], probabilities and logits float32 [N, 10] for images in any form
+        `validate_images` accepts."""
+        logits, probabilities = self._run(validate_images(images))
+        return Prediction(probabilities.argmax(axis=1), probabilities, logits)  # argmax gives int64 (intp)
 
-    def _run(self, images: np.ndarray, outputs: list[str]) -> list[np.ndarray]:
+    def _run(self, images: np.ndarray) -> list[np.ndarray]:
         if len(images) <= CHUNK:  # the common case, kept free of any overhead
-            return self.session.run(outputs, {INPUT_NAME: to_rows(images)})
+            return self.session.run(OUTPUTS, {INPUT_NAME: scaled(images)})
 
         def run_chunk(start: int) -> list[np.ndarray]:
-            return self.session.run(outputs, {INPUT_NAME: to_rows(images[start : start + CHUNK])})
+            return self.session.run(OUTPUTS, {INPUT_NAME: scaled(images[start : start + CHUNK])})
 
         starts = range(0, len(images), CHUNK)
         pool = self._workers()
@@ -175,16 +181,49 @@ class Predictor:
         return [np.concatenate(parts) for parts in zip(*chunks)]
 
     def _workers(self) -> ThreadPoolExecutor | None:
-        """The pool that runs the chunks of large batches at once (made on first use)."""
+        """The pool that runs the chunks of large batches at once (made on first use); None runs
+        them in the calling thread (one thread wanted, or the predictor was closed)."""
         if self.threads == 1:
             return None
         with self._pool_lock:
+            if self._closed:
+                return None
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rowrnn-predict")
             return self._pool
 
+    def close(self) -> None:
+        """Stop the worker threads, after the chunks in flight. The predictor still works: large
+        batches then run in the calling thread."""
+        with self._pool_lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def __enter__(self) -> "Predictor":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r})"
+
+
+# onnxruntime's errors for a file that is not a usable model; anything else (a provider that
+# fails to start, out of memory) is not the file's fault and is raised as it is.
+MODEL_FILE_ERRORS = (InvalidProtobuf, InvalidGraph, InvalidArgument, NotImplementedByOrt, NoSuchFile, Fail)
+
+
+def load_session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """An onnxruntime session over `path`, or an InputError when the file is not a usable model."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except MODEL_FILE_ERRORS as exc:
+        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
+        reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
+        raise InputError(f"{path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
 
 
 def usable_cpus() -> int:

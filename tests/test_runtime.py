@@ -31,7 +31,8 @@ def test_predictions_match_keras(predictor, reference):
     assert result.labels.dtype == np.int64 and result.labels.shape == (37,)
     assert result.probabilities.dtype == np.float32 and result.probabilities.shape == (37, 10)
     np.testing.assert_array_equal(result.labels, logits.argmax(axis=1))
-    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(result.logits, logits, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(result.probabilities, keras.ops.softmax(logits).numpy(), atol=1e-5)
     np.testing.assert_allclose(result.confidence, result.probabilities.max(axis=1))
 
 
@@ -64,10 +65,48 @@ def test_huge_batch_is_chunked(predictor):
 
 def test_chunks_run_in_parallel_keep_their_order(exported):
     pixels = np.random.default_rng(4).integers(0, 256, (1000, 28, 28), dtype=np.uint8)  # 32 chunks
-    serial = Predictor(exported.onnx_path, threads=1).predict_logits(pixels)
-    parallel = Predictor(exported.onnx_path, threads=4).predict_logits(pixels)
-    for a, b in zip(serial, parallel):
-        np.testing.assert_array_equal(a, b)
+    serial = Predictor(exported.onnx_path, threads=1).predict(pixels)
+    with Predictor(exported.onnx_path, threads=4) as predictor:
+        parallel = predictor.predict(pixels)
+        assert predictor._pool is not None  # the chunks really went to the pool
+    for field in ("logits", "probabilities", "labels"):
+        np.testing.assert_array_equal(getattr(serial, field), getattr(parallel, field))
+
+
+def test_close_stops_the_workers_and_the_predictor_still_works(exported):
+    pixels = np.random.default_rng(6).integers(0, 256, (100, 28, 28), dtype=np.uint8)
+    predictor = Predictor(exported.onnx_path, threads=2)
+    others = set(threading.enumerate())
+    before = predictor.predict(pixels)
+    workers = [t for t in set(threading.enumerate()) - others if t.name.startswith("rowrnn-predict")]
+    assert workers  # this predictor's own pool
+    predictor.close()
+    assert not any(t.is_alive() for t in workers)
+    np.testing.assert_array_equal(predictor.predict(pixels).logits, before.logits)  # serial now
+    assert predictor._pool is None
+
+
+def test_session_options_of_the_caller_are_not_changed(exported):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 3
+    Predictor(exported.onnx_path, session_options=options)
+    assert options.intra_op_num_threads == 3
+    with pytest.raises(InputError, match="not both"):
+        Predictor(exported.onnx_path, session_options=options, intra_op_threads=1)
+
+
+def test_a_provider_failure_is_not_blamed_on_the_file(exported, monkeypatch):
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import EPFail
+
+    def failing_session(*args, **kwargs):
+        raise EPFail("[ONNXRuntimeError] : 11 : EP_FAIL : provider failed to start")
+
+    monkeypatch.setattr(ort, "InferenceSession", failing_session)
+    with pytest.raises(EPFail):
+        Predictor(exported.onnx_path)
 
 
 @pytest.mark.parametrize("option", ["threads", "intra_op_threads"])
@@ -86,8 +125,6 @@ def test_range_check_edges():
     for value in refused:
         with pytest.raises(InputError):
             as_rows(np.full((28, 28), value, np.float32))
-
-
 
 
 def test_foreign_models_are_refused(tmp_path):
