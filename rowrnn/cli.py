@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from runtime.errors import CheckFailed, InputError, one_line
+from serve.settings import ServeSettings
 
 app = typer.Typer(
     name="rowrnn",
@@ -275,6 +276,45 @@ def bench(
     if plot is not None:
         save_plot(report, plot)
         typer.echo(f"wrote {plot}")
+
+
+SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
+    port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
+    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name}.")] = ServeSettings.name,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images.")] = ServeSettings.max_batch,
+    max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for company (0: never).")] = ServeSettings.max_delay_ms,
+    max_queue: Annotated[int, typer.Option(help="Images that may wait; beyond it: 503 + Retry-After.")] = ServeSettings.max_queue,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = ServeSettings.max_body_mb,
+    body_timeout_s: Annotated[float, typer.Option(help="A body not received within this: 408.")] = ServeSettings.body_timeout_s,
+    drain_timeout_s: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")] = ServeSettings.drain_timeout_s,
+    api_key: Annotated[Optional[str], typer.Option(envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health).")] = None,
+    cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
+) -> None:
+    """Serve the model over HTTP: Open Inference Protocol (KServe v2), dynamic batching, /metrics.
+
+    Clients written for Triton, KServe or MLServer work unchanged. SIGTERM or Ctrl-C drains:
+    readiness turns false, requests in flight finish, exit 0.
+    """
+    missing = [name for name in SERVE_EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"rowrnn serve needs {', '.join(missing)}; install the serve extra: pip install 'rowrnn[serve]'")
+    from runtime.predictor import Predictor
+    from serve.app import create_app
+    from serve.server import run
+
+    settings = ServeSettings(
+        host=host, port=port, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+        max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
+        api_key=api_key, cors_origin=cors_origin, log_level=log_level,
+    )
+    run(create_app(Predictor(model), settings), settings)
 
 
 def show_progress(message: str) -> None:

@@ -1,0 +1,305 @@
+"""The ASGI app: the Open Inference Protocol over HTTP, the dynamic batcher, metrics, access log.
+
+`create_app` loads and warms up the model, so the app is ready when it returns: mount it in
+another Starlette/FastAPI app or run it under any ASGI server (`serve.server.run` is ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runtime.predictor import Predictor
+from serve.batcher import DynamicBatcher, QueueFull
+from serve.metrics import Metrics
+from serve.protocol import (
+    HEADER_LENGTH,
+    MODEL_VERSION,
+    ProtocolError,
+    encode_infer_response,
+    error_body,
+    model_metadata,
+    parse_infer_request,
+    server_metadata,
+)
+from serve.settings import ServeSettings
+
+access_log = logging.getLogger("rowrnn.serve.access")
+JSON = "application/json"
+BODY_TYPES = ("", "application/json", "application/octet-stream")
+RETRY_AFTER_S = "1"
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rowrnn")
+    except Exception:  # noqa: BLE001  (running from a source tree that is not installed)
+        return "0+unknown"
+
+
+class ServerState:
+    """What the endpoints share: the model, the batcher, readiness and requests in flight."""
+
+    def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
+        self.predictor, self.settings = predictor, settings
+        self.metrics = Metrics()
+        self.batcher = DynamicBatcher(predictor, settings.max_batch, settings.max_delay_ms / 1000,
+                                      settings.max_queue, self.observe_batch)
+        self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
+        self.version = package_version()
+        self.ready = False
+        self.draining = False
+        self.in_flight = 0  # inference requests between arrival and response
+
+    def observe_batch(self, images: int, seconds: float) -> None:
+        self.metrics.observe_batch(images, seconds)
+
+    def warm_up(self) -> None:
+        """Run the shapes the server will see once, so the first client does not pay for it."""
+        for size in sorted({1, self.settings.max_batch}):
+            self.predictor.predict(np.zeros((size, 28, 28), np.float32))
+        self.ready = True
+
+
+def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(message), status, headers, media_type=JSON)
+
+
+def json_response(body: dict) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(body), media_type=JSON)
+
+
+def check_key(request: Request, key: str | None) -> None:
+    """`Authorization: Bearer KEY`, compared in constant time, when a key is set."""
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+        raise ProtocolError("missing or wrong API key: send 'Authorization: Bearer KEY'", 401)
+
+
+def check_model(request: Request, name: str) -> None:
+    model = request.path_params.get("model")
+    if model != name:
+        raise ProtocolError(f"unknown model {model!r}; this server serves {name!r}", 404)
+    version = request.path_params.get("version", MODEL_VERSION)
+    if version != MODEL_VERSION:
+        raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}", 404)
+
+
+async def read_body(request: Request, settings: ServeSettings) -> bytes:
+    """The whole body, within --max-body-mb (413) and --body-timeout-s (408)."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in BODY_TYPES:
+        raise ProtocolError(f"content type {content_type!r} is not accepted; send application/json "
+                            "(or application/octet-stream with binary tensor data)", 415)
+    if request.headers.get("content-encoding", "identity").lower() != "identity":
+        raise ProtocolError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported", 415)
+    limit = settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ProtocolError(f"request body of {int(declared)} bytes is over the {settings.max_body_mb:g} MB limit", 413)
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ProtocolError(f"request body is over the {settings.max_body_mb:g} MB limit", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ProtocolError(f"the request body did not arrive within {settings.body_timeout_s:g} s", 408) from None
+    if not size:
+        raise ProtocolError("the request has no body")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def endpoint(name: str, inference: bool = False, public: bool = False):
+    """Wrap a handler: name it for metrics, check the key, turn ProtocolErrors into responses."""
+
+    def wrap(handler):
+        async def route(request: Request) -> Response:
+            state: ServerState = request.app.state.rowrnn
+            request.scope["rowrnn.endpoint"] = name
+            if inference:
+                state.in_flight += 1
+            try:
+                if not public:
+                    check_key(request, state.settings.api_key)
+                if inference and state.draining:
+                    raise ProtocolError("the server is shutting down", 503)
+                return await handler(request, state)
+            except ProtocolError as exc:
+                headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
+                if exc.status == 503:
+                    headers = {"retry-after": RETRY_AFTER_S}
+                    if state.draining:
+                        headers["connection"] = "close"
+                return error(str(exc), exc.status, headers)
+            except ClientDisconnect:
+                request.scope["rowrnn.status"] = 499  # nginx's "client closed request"
+                return Response(status_code=499)
+            finally:
+                if inference:
+                    state.in_flight -= 1
+
+        return route
+
+    return wrap
+
+
+@endpoint("live", public=True)
+async def live(request: Request, state: ServerState) -> Response:
+    return json_response({"live": True})
+
+
+@endpoint("ready", public=True)
+async def ready(request: Request, state: ServerState) -> Response:
+    if state.ready and not state.draining:
+        return json_response({"ready": True})
+    reason = "the server is shutting down" if state.draining else "the model is not loaded yet"
+    return Response(error_body(reason), 503, media_type=JSON)
+
+
+@endpoint("server_metadata")
+async def server_info(request: Request, state: ServerState) -> Response:
+    return json_response(server_metadata("rowrnn", state.version))
+
+
+@endpoint("model_metadata")
+async def model_info(request: Request, state: ServerState) -> Response:
+    check_model(request, state.settings.name)
+    return json_response(model_metadata(state.settings.name, state.model_parameters))
+
+
+@endpoint("model_ready")
+async def model_ready(request: Request, state: ServerState) -> Response:
+    check_model(request, state.settings.name)
+    if state.ready and not state.draining:
+        return json_response({"name": state.settings.name, "ready": True})
+    return Response(error_body(f"model {state.settings.name!r} is not ready"), 503, media_type=JSON)
+
+
+@endpoint("infer", inference=True)
+async def infer(request: Request, state: ServerState) -> Response:
+    check_model(request, state.settings.name)
+    body = await read_body(request, state.settings)
+    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    request.scope["rowrnn.images"] = len(parsed.images)
+    try:
+        prediction = await state.batcher.predict(parsed.images)
+    except QueueFull as exc:
+        raise ProtocolError(f"the server is busy: {exc}; retry later", 503) from None
+    finally:
+        state.metrics.queue_images.set(state.batcher.queued_images)
+    content, headers = encode_infer_response(parsed, prediction, state.settings.name)
+    return Response(content, headers=headers)
+
+
+@endpoint("metrics")
+async def metrics(request: Request, state: ServerState) -> Response:
+    state.metrics.queue_images.set(state.batcher.queued_images)
+    return Response(state.metrics.render(), media_type=state.metrics.content_type)
+
+
+class Observe:
+    """Pure ASGI middleware: the request counter, latency histogram and one access-log line."""
+
+    def __init__(self, app: ASGIApp, state: ServerState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = 500  # if the app fails before it answers
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            seconds = time.perf_counter() - started
+            status = scope.get("rowrnn.status", status)
+            self.state.metrics.observe_request(scope.get("rowrnn.endpoint", "other"), status, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                client = scope.get("client") or ("-", 0)
+                access_log.info('%s:%s "%s %s" %d %.2f ms %d images', client[0], client[1], scope["method"],
+                                scope["path"], status, seconds * 1000, scope.get("rowrnn.images", 0))
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    """Starlette's own 404/405 (no such route, wrong method) as protocol errors."""
+    message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return error(message.get(exc.status_code, str(exc.detail)), exc.status_code)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    logging.getLogger("rowrnn.serve").exception("internal error on %s", request.url.path)
+    return error(f"internal server error ({type(exc).__name__})", 500)
+
+
+MODEL = "/v2/models/{model}"
+VERSION = "/v2/models/{model}/versions/{version}"
+
+
+def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | None = None) -> Starlette:
+    """The serving ASGI app for a rowrnn ONNX model (a path, or a Predictor you made), loaded and
+    warmed up: ready to serve when this returns."""
+    settings = settings or ServeSettings()
+    predictor = model if isinstance(model, Predictor) else Predictor(model)
+    state = ServerState(predictor, settings)
+    state.warm_up()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        state.ready = False
+        await state.batcher.close()
+        predictor.close()
+
+    routes = [
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2", server_info),
+        Route(MODEL, model_info),
+        Route(VERSION, model_info),
+        Route(MODEL + "/ready", model_ready),
+        Route(VERSION + "/ready", model_ready),
+        Route(MODEL + "/infer", infer, methods=["POST"]),
+        Route(VERSION + "/infer", infer, methods=["POST"]),
+        Route("/metrics", metrics),
+    ]
+    middleware = [Middleware(Observe, state=state)]
+    if settings.cors_origin:
+        middleware.append(Middleware(CORSMiddleware, allow_origins=[settings.cors_origin],
+                                     allow_methods=["GET", "POST"], allow_headers=["*"],
+                                     expose_headers=["Inference-Header-Content-Length"]))
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: server_error})
+    app.state.rowrnn = state
+    return app

@@ -1,0 +1,128 @@
+"""The dynamic batcher: concurrent requests share one session call (Triton's dynamic batching).
+
+A request waits at most `max_delay` for company; a batch closes at `max_batch` images; a request
+larger than `max_batch` runs as its own call. Inference runs on one worker thread, never on the
+event loop, and the next batch gathers while the current one runs. At most `max_queue` images
+wait: beyond that `submit` refuses at once (`QueueFull`), so memory and latency stay bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.predictor import Prediction, Predictor
+
+
+class QueueFull(Exception):
+    """The queue holds `max_queue` images already: the caller should answer 503."""
+
+
+@dataclass
+class Job:
+    images: np.ndarray
+    future: asyncio.Future
+    arrived: float = field(default_factory=time.monotonic)
+
+
+# Called after each session call with (images in the batch, seconds it took).
+BatchObserver = Callable[[int, float], None]
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        on_batch: BatchObserver | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
+        self.on_batch = on_batch or (lambda images, seconds: None)
+        self.queued_images = 0
+        self._jobs: deque[Job] = deque()
+        self._arrival: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rowrnn-batcher")
+
+    async def predict(self, images: np.ndarray) -> Prediction:
+        """The prediction for `images`, computed in a batch with whatever else is waiting."""
+        if self.queued_images and self.queued_images + len(images) > self.max_queue:
+            raise QueueFull(f"{self.queued_images} images are waiting (--max-queue {self.max_queue})")
+        loop = asyncio.get_running_loop()
+        if self._task is None:  # started by the first request, in the server's own loop
+            self._arrival = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="rowrnn-batcher")
+        job = Job(images, loop.create_future())
+        self._jobs.append(job)
+        self.queued_images += len(images)
+        self._arrival.set()
+        return await job.future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._gather()
+            jobs = self._take()
+            images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
+            started = time.perf_counter()
+            try:
+                prediction = await loop.run_in_executor(self._executor, self.predictor.predict, images)
+            except Exception as exc:  # noqa: BLE001  (each waiting request gets the error)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            self.on_batch(len(images), time.perf_counter() - started)
+            start = 0
+            for job in jobs:
+                end = start + len(job.images)
+                if not job.future.done():  # its client may have gone away
+                    job.future.set_result(Prediction(prediction.labels[start:end],
+                                                     prediction.probabilities[start:end],
+                                                     prediction.logits[start:end]))
+                start = end
+
+    async def _gather(self) -> None:
+        """Wait until a batch is full, or the oldest request has waited `max_delay_s`."""
+        while not self._jobs:
+            self._arrival.clear()
+            await self._arrival.wait()
+        deadline = self._jobs[0].arrived + self.max_delay_s
+        while self.queued_images < self.max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[Job]:
+        """The oldest jobs that fit in `max_batch` images (always at least one)."""
+        jobs = [self._jobs.popleft()]
+        size = len(jobs[0].images)
+        while self._jobs and size + len(self._jobs[0].images) <= self.max_batch:
+            jobs.append(self._jobs.popleft())
+            size += len(jobs[-1].images)
+        self.queued_images -= size
+        return jobs
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=True)

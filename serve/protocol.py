@@ -1,0 +1,229 @@
+"""The Open Inference Protocol (KServe v2) over HTTP/REST, for the rowrnn model: pure functions.
+
+Requests and responses as Triton, KServe, Seldon MLServer and OpenVINO Model Server speak them,
+including the binary tensor data extension: the JSON inference header first, then the raw
+little-endian tensors, with `Inference-Header-Content-Length` giving the header's size.
+Everything a client can get wrong raises `ProtocolError` with the status and a message that
+names the problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from runtime.contract import (
+    IMAGE_COLS,
+    IMAGE_ROWS,
+    INPUT_NAME,
+    LOGITS_NAME,
+    NUM_CLASSES,
+    PROBABILITIES_NAME,
+)
+from runtime.errors import InputError, one_line
+from runtime.predictor import Prediction, validate_images
+
+PROTOCOL_VERSION = "2"
+MODEL_VERSION = "1"
+PLATFORM = "onnxruntime_onnx"  # what Triton calls a model run by onnxruntime
+DATATYPE = "FP32"
+OUTPUT_NAMES = (LOGITS_NAME, PROBABILITIES_NAME)
+EXTENSIONS = ("binary_tensor_data",)
+HEADER_LENGTH = "inference-header-content-length"
+PIXELS = IMAGE_ROWS * IMAGE_COLS
+FLOAT32_LE = np.dtype("<f4")
+
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: `status` is the HTTP status, the message says why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    images: np.ndarray  # float32 [N, 28, 28], checked against the contract (range, NaN)
+    outputs: tuple[tuple[str, bool], ...]  # (output name, as binary data), in the order asked
+
+
+def server_metadata(name: str, version: str) -> dict:
+    return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def model_metadata(name: str, parameters: dict[str, str]) -> dict:
+    tensor = lambda tensor_name, shape: {"name": tensor_name, "datatype": DATATYPE, "shape": shape}  # noqa: E731
+    return {
+        "name": name,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [tensor(INPUT_NAME, [-1, IMAGE_ROWS, IMAGE_COLS])],
+        "outputs": [tensor(output, [-1, NUM_CLASSES]) for output in OUTPUT_NAMES],
+        "parameters": parameters,  # the model file's own metadata: architecture, accuracy, ...
+    }
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """(JSON inference header, binary tensor data) of a request body."""
+    if header_length is None:
+        return body, memoryview(b"")
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"Inference-Header-Content-Length {header_length!r} is not a number") from None
+    if not 0 < length <= len(body):
+        raise ProtocolError(
+            f"Inference-Header-Content-Length {length} is past the end of the body ({len(body)} bytes)"
+            if length > 0 else f"Inference-Header-Content-Length {length} must be positive"
+        )
+    return body[:length], memoryview(body)[length:]
+
+
+def parse_json(header: bytes) -> dict:
+    try:
+        request = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"malformed JSON: {one_line(exc, limit=120)}") from None
+    if not isinstance(request, dict):
+        raise ProtocolError(f"the inference request must be a JSON object, got {type(request).__name__}")
+    return request
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse and check an inference request (JSON, or JSON + binary tensor data)."""
+    header, binary = split_body(body, header_length)
+    request = parse_json(header)
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    images = parse_input(request.get("inputs"), binary)
+    parameters = as_object(request.get("parameters", {}), "'parameters'")
+    binary_default = as_bool(parameters.get("binary_data_output", False), "'binary_data_output'")
+    return InferRequest(request_id, images, parse_outputs(request.get("outputs"), binary_default))
+
+
+def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError(f"'inputs' must be a list with the one input '{INPUT_NAME}'")
+    names = [item.get("name") if isinstance(item, dict) else None for item in inputs]
+    unknown = [name for name in names if name != INPUT_NAME]
+    if unknown:
+        raise ProtocolError(f"unknown input {unknown[0]!r}; this model has one input, '{INPUT_NAME}'")
+    if len(inputs) > 1:
+        raise ProtocolError(f"input '{INPUT_NAME}' is given {len(inputs)} times")
+    tensor = inputs[0]
+    if tensor.get("datatype") != DATATYPE:
+        raise ProtocolError(f"input '{INPUT_NAME}' has datatype {tensor.get('datatype')!r}; the model takes {DATATYPE}")
+    count = image_count(tensor.get("shape"))
+    values = PIXELS * count
+    binary_size = as_object(tensor.get("parameters", {}), "input parameters").get("binary_data_size")
+    if binary_size is not None:
+        if "data" in tensor:
+            raise ProtocolError(f"input '{INPUT_NAME}' has both 'data' and binary_data_size")
+        if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
+            raise ProtocolError(f"binary_data_size {binary_size!r} must be a whole number of bytes")
+        if binary_size > len(binary):
+            raise ProtocolError(f"binary_data_size {binary_size} runs past the end of the body "
+                                f"({len(binary)} bytes of binary data)")
+        if binary_size != values * FLOAT32_LE.itemsize:
+            raise ProtocolError(f"binary data of {binary_size} bytes does not match shape "
+                                f"[{count}, 28, 28] ({values * FLOAT32_LE.itemsize} bytes of FP32)")
+        if len(binary) != binary_size:
+            raise ProtocolError(f"{len(binary) - binary_size} bytes of binary data follow the tensors, "
+                                "claimed by no input")
+        images = np.frombuffer(binary, FLOAT32_LE, count=values)  # a view: no copy
+    else:
+        if len(binary):
+            raise ProtocolError(f"{len(binary)} bytes of binary data, but no input has binary_data_size")
+        if "data" not in tensor:
+            raise ProtocolError(f"input '{INPUT_NAME}' has neither 'data' nor binary_data_size")
+        images = json_values(tensor["data"], values, count)
+    try:
+        return validate_images(images.reshape(count, IMAGE_ROWS, IMAGE_COLS), f"input '{INPUT_NAME}'")
+    except InputError as exc:
+        raise ProtocolError(str(exc)) from None
+
+
+def image_count(shape: object) -> int:
+    """N of a shape [N, 28, 28] (N >= 1), or a ProtocolError."""
+    if (not isinstance(shape, list) or len(shape) != 3 or shape[1:] != [IMAGE_ROWS, IMAGE_COLS]
+            or not all(type(d) is int for d in shape) or shape[0] < 1):
+        raise ProtocolError(f"input '{INPUT_NAME}' has shape {shape!r}; expected [N, 28, 28] with N >= 1")
+    return shape[0]
+
+
+def json_values(data: object, values: int, count: int) -> np.ndarray:
+    """The JSON 'data' of an FP32 tensor (flat or nested, row-major) as float32."""
+    if not isinstance(data, list):
+        raise ProtocolError(f"input '{INPUT_NAME}' data must be a list of numbers")
+    try:
+        array = np.asarray(data, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise ProtocolError(f"input '{INPUT_NAME}' data must be numbers in a flat or evenly nested list") from None
+    if array.size != values:
+        raise ProtocolError(f"input '{INPUT_NAME}' data holds {array.size} values; shape [{count}, 28, 28] needs {values}")
+    return array
+
+
+def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, bool], ...]:
+    if outputs is None:
+        return tuple((name, binary_default) for name in OUTPUT_NAMES)
+    if not isinstance(outputs, list) or not outputs:
+        raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...} objects")
+    chosen = []
+    for item in outputs:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name not in OUTPUT_NAMES:
+            raise ProtocolError(f"unknown output {name!r}; this model has {', '.join(map(repr, OUTPUT_NAMES))}")
+        parameters = as_object(item.get("parameters", {}), f"parameters of output '{name}'")
+        chosen.append((name, as_bool(parameters.get("binary_data", binary_default), "'binary_data'")))
+    if len({name for name, _ in chosen}) != len(chosen):
+        raise ProtocolError("an output is asked for twice")
+    return tuple(chosen)
+
+
+def as_object(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object")
+    return value
+
+
+def as_bool(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ProtocolError(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def encode_infer_response(
+    request: InferRequest, prediction: Prediction, model_name: str
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its headers: JSON, or JSON + binary tensors when any is binary."""
+    arrays = {LOGITS_NAME: prediction.logits, PROBABILITIES_NAME: prediction.probabilities}
+    outputs, blobs = [], []
+    for name, binary in request.outputs:
+        array = np.ascontiguousarray(arrays[name], dtype=FLOAT32_LE)
+        tensor: dict = {"name": name, "datatype": DATATYPE, "shape": list(array.shape)}
+        if binary:
+            blobs.append(array.tobytes())
+            tensor["parameters"] = {"binary_data_size": len(blobs[-1])}
+        else:
+            tensor["data"] = array.ravel()  # orjson writes float32 values in their shortest exact form
+        outputs.append(tensor)
+    response: dict = {"model_name": model_name, "model_version": MODEL_VERSION, "outputs": outputs}
+    if request.id is not None:
+        response["id"] = request.id
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return b"".join([header, *blobs]), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

@@ -1,0 +1,59 @@
+"""One place for every serving setting: `rowrnn serve` takes its defaults from here."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from runtime.errors import InputError
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 8000
+    name: str = "rowrnn"  # the model name in /v2/models/{name}
+    max_batch: int = 64  # images per session call the batcher forms
+    max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_queue: int = 1024  # images waiting; beyond it: 503 + Retry-After
+    max_body_mb: float = 16.0  # larger request bodies: 413
+    body_timeout_s: float = 30.0  # a client that stops sending its body mid-way: 408
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may take
+    api_key: str | None = None  # when set: `Authorization: Bearer KEY` on all but health
+    cors_origin: str | None = None  # no CORS headers unless an origin is given
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port {self.port} is not a TCP port (0-65535)")
+        if not self.name or "/" in self.name or not self.name.isprintable():
+            raise InputError(f"--name {self.name!r} must be a non-empty name without '/'")
+        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue)):
+            if value < 1:
+                raise InputError(f"{option} must be at least 1, got {value}")
+        for option, value in (("--max-delay-ms", self.max_delay_ms), ("--max-body-mb", self.max_body_mb),
+                              ("--body-timeout-s", self.body_timeout_s), ("--drain-timeout-s", self.drain_timeout_s)):
+            if not value >= 0:  # also refuses NaN
+                raise InputError(f"{option} must be a non-negative number, got {value}")
+        if self.max_body_mb == 0:
+            raise InputError("--max-body-mb must be above 0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("--api-key is empty")
+        if self.log_level not in LOG_LEVELS:
+            raise InputError(f"--log-level {self.log_level!r}: choose one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def exposed(self) -> bool:
+        """True when the server listens beyond this machine's loopback interface."""
+        if self.host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: assume it is reachable from elsewhere
+            return True
