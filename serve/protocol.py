@@ -161,7 +161,8 @@ def json_values(data: object, values: int, count: int) -> np.ndarray:
     if not isinstance(data, list):
         raise ProtocolError(f"input '{INPUT_NAME}' data must be a list of numbers")
     try:
-        array = np.asarray(data, dtype=np.float32)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf, which the range check then names
+            array = np.asarray(data, dtype=np.float32)
     except (ValueError, TypeError):
         raise ProtocolError(f"input '{INPUT_NAME}' data must be numbers in a flat or evenly nested list") from None
     if array.size != values:

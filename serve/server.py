@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import sys
 import time
 from types import FrameType
 
@@ -55,7 +56,9 @@ class DrainingServer(uvicorn.Server):
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
                 host = f"[{host}]" if ":" in host else host
-                log.info("rowrnn serve: model %r ready at http://%s:%d/", self.state.settings.name, host, port)
+                # printed, not logged: the one line a user needs, at every --log-level
+                print(f"rowrnn serve: model {self.state.settings.name!r} ready at http://{host}:{port}/ "
+                      "(Ctrl-C to stop)", file=sys.stderr, flush=True)
 
 
 def configure_logging(level: str) -> None:

@@ -179,3 +179,87 @@ def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, met
         helper.set_model_props(model, metadata)
     onnx.save(model, path)
     return path
+
+
+# --- a real `rowrnn serve` process on a free loopback port --------------------------------------
+
+# Starts the real console entry point; at exit (after the drain) it writes the names of every
+# module the server process imported to $ROWRNN_TEST_MODULES, so a test can check what it loaded.
+SERVER_BOOT = """
+import atexit, json, os, sys
+out = os.environ.get("ROWRNN_TEST_MODULES")
+if out:
+    atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv = ["rowrnn", *sys.argv[1:]]
+from rowrnn.__main__ import run
+run()
+"""
+
+
+class RunningServer:
+    def __init__(self, process: subprocess.Popen, log: Path) -> None:
+        self.process, self.log = process, log
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, timeout: float = 90.0) -> "RunningServer":
+        import re
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            found = re.search(r"ready at http://127\.0\.0\.1:(\d+)/", self.log.read_text())
+            if found:
+                self.port = int(found.group(1))
+                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=5) as response:
+                    assert response.status == 200
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def stop(self, sig: int = 15, timeout: float = 60.0) -> int:
+        """Send `sig` (SIGTERM by default) to the server's PID and wait for it to exit."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"server did not stop within {timeout} s after signal {sig}") from None
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """`start_server(model, *options, env=...)` -> a ready RunningServer on 127.0.0.1 (any free
+    port); every server still running is stopped by its PID at the end of the test."""
+    pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+    servers: list[RunningServer] = []
+
+    def start(model, *options, env=None) -> RunningServer:
+        log = tmp_path / f"server{len(servers)}.log"
+        with open(log, "wb") as stream:
+            process = subprocess.Popen(
+                [sys.executable, "-c", SERVER_BOOT, "serve", str(model), "--host", "127.0.0.1", "--port", "0",
+                 *map(str, options)],
+                stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+            )
+        servers.append(RunningServer(process, log))
+        return servers[-1].wait_ready()
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.stop(9)

@@ -1,0 +1,82 @@
+"""A Triton Inference Server model repository for an exported rowrnn model.
+
+    DIR/<name>/config.pbtxt      platform onnxruntime_onnx, dims without the batch dim,
+                                 dynamic batching with a max queue delay
+    DIR/<name>/1/model.onnx      the model file, byte for byte
+
+Triton (and KServe, which runs it) then serves the same Open Inference Protocol as
+`rowrnn serve`: a client changes only the URL. Light: needs onnxruntime, not TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from rowrnn_keras.artifacts import write_bytes_atomic, write_text_atomic
+from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, NUM_CLASSES, PROBABILITIES_NAME
+from runtime.errors import InputError, require_file
+from runtime.predictor import Predictor
+
+MODEL_VERSION = "1"
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_DELAY_MS = 2.0
+
+
+def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
+    """Triton's model configuration (protobuf text format) for the rowrnn contract."""
+    def tensor(tensor_name: str, dims: list[int]) -> str:
+        return f'  {{ name: "{tensor_name}" data_type: TYPE_FP32 dims: {dims} }}'
+
+    return "\n".join([
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch}",
+        f"version_policy: {{ specific: {{ versions: [ {MODEL_VERSION} ] }} }}",
+        "input [",
+        tensor(INPUT_NAME, [IMAGE_ROWS, IMAGE_COLS]),
+        "]",
+        "output [",
+        tensor(LOGITS_NAME, [NUM_CLASSES]) + ",",
+        tensor(PROBABILITIES_NAME, [NUM_CLASSES]),
+        "]",
+        f"dynamic_batching {{ max_queue_delay_microseconds: {round(max_delay_ms * 1000)} }}",
+        "instance_group [ { count: 1 kind: KIND_CPU } ]",
+        "",
+    ])
+
+
+def write_triton_repository(
+    model: str | os.PathLike,
+    directory: str | os.PathLike,
+    *,
+    name: str = "rowrnn",
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+) -> Path:
+    """Write DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx; returns DIR/<name>.
+
+    The model is checked against the rowrnn contract first (the config describes that contract),
+    and each file is written atomically.
+    """
+    model = require_file(model, "an .onnx model file")
+    if not name or any(c in name for c in '/\\"') or name in (".", ".."):
+        raise InputError(f"--name {name!r} is not a usable model directory name")
+    if max_batch < 1:
+        raise InputError(f"--max-batch must be at least 1, got {max_batch}")
+    if not max_delay_ms >= 0:
+        raise InputError(f"--max-delay-ms must be a non-negative number, got {max_delay_ms}")
+    with Predictor(model, threads=1):  # refuses anything that is not a rowrnn model
+        pass
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: exists and is not a directory")
+    model_dir = directory / name
+    version_dir = model_dir / MODEL_VERSION
+    try:
+        version_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{version_dir}: cannot create ({exc.strerror or exc})") from None
+    write_bytes_atomic(version_dir / "model.onnx", model.read_bytes())
+    write_text_atomic(model_dir / "config.pbtxt", config_pbtxt(name, max_batch, max_delay_ms))
+    return model_dir

@@ -1,0 +1,388 @@
+"""rowrnn serve as a real process on 127.0.0.1: Triton's own client, load, bad requests, drain.
+
+Every server is started by the test on a free loopback port and stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from runtime import Predictor
+
+pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+INFER = "/v2/models/rowrnn/infer"
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return (pixels / np.float32(255)).astype(np.float32)
+
+
+def infer_body(rows: np.ndarray, binary: bool, **extra) -> tuple[bytes, dict[str, str]]:
+    tensor = {"name": "rows", "datatype": "FP32", "shape": list(rows.shape)}
+    if not binary:
+        tensor["data"] = rows.ravel().tolist()
+        return json.dumps({"inputs": [tensor], **extra}).encode(), {"Content-Type": "application/json"}
+    tensor["parameters"] = {"binary_data_size": rows.nbytes}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}, **extra}).encode()
+    return header + rows.tobytes(), {"Content-Type": "application/octet-stream",
+                                     "Inference-Header-Content-Length": str(len(header))}
+
+
+def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndarray]:
+    """Output name -> float32 array, from a JSON or a binary-tensor response."""
+    length = response.getheader("Inference-Header-Content-Length")
+    header = json.loads(body[: int(length)] if length else body)
+    arrays, offset = {}, int(length or 0)
+    for output in header["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            arrays[output["name"]] = np.array(output["data"], np.float32).reshape(output["shape"])
+        else:
+            arrays[output["name"]] = np.frombuffer(body, "<f4", size // 4, offset).reshape(output["shape"])
+            offset += size
+    return arrays
+
+
+def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        return response, response.read()
+    finally:
+        connection.close()
+
+
+def good_request_works(port: int, predictor: Predictor) -> None:
+    rows = images(2, 99)
+    response, body = call(port, "POST", INFER, *infer_body(rows, binary=True))
+    assert response.status == 200, body
+    np.testing.assert_array_equal(decode(response, body)["logits"], predictor.predict(rows).logits)
+
+
+@pytest.fixture(scope="module")
+def predictor(exported):
+    return Predictor(exported.onnx_path)
+
+
+def test_tritonclient_speaks_to_rowrnn_serve(exported, predictor, start_server):
+    """Triton's own HTTP client: health, metadata, and inference with binary and JSON tensors;
+    every tensor equals the in-process Predictor's, bit for bit."""
+    import tritonclient.http as triton
+
+    server = start_server(exported.onnx_path)
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("rowrnn") and client.is_model_ready("rowrnn", "1")
+    assert not client.is_model_ready("other")
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    metadata = client.get_model_metadata("rowrnn", "1")
+    assert metadata["platform"] == "onnxruntime_onnx" and metadata["versions"] == ["1"]
+    assert metadata["inputs"] == [{"name": "rows", "datatype": "FP32", "shape": [-1, 28, 28]}]
+    assert [(o["name"], o["shape"]) for o in metadata["outputs"]] == [("logits", [-1, 10]), ("probabilities", [-1, 10])]
+    assert metadata["parameters"]["architecture"] == predictor.metadata["architecture"]
+
+    rows = images(5, 1)
+    expected = predictor.predict(rows)
+    for binary in (True, False):
+        tensor = triton.InferInput("rows", list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows, binary_data=binary)
+        for version in ("", "1"):
+            result = client.infer("rowrnn", [tensor], model_version=version, request_id=f"req-{binary}",
+                                  outputs=[triton.InferRequestedOutput(name, binary_data=binary)
+                                           for name in ("logits", "probabilities")])
+            assert result.get_response()["id"] == f"req-{binary}"
+            np.testing.assert_array_equal(result.as_numpy("logits"), expected.logits)
+            np.testing.assert_array_equal(result.as_numpy("probabilities"), expected.probabilities)
+        only = client.infer("rowrnn", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)])
+        assert [o["name"] for o in only.get_response()["outputs"]] == ["probabilities"]
+        assert only.as_numpy("logits") is None
+    with pytest.raises(triton.InferenceServerException, match="no version '2'"):
+        client.infer("rowrnn", [tensor], model_version="2")
+    client.close()
+
+
+def metric(text: str, name: str) -> float:
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    assert found, name
+    return float(found.group(1))
+
+
+def run_load(port: int, pool: list, clients: int, per_client: int) -> list[str]:
+    """`clients` threads x `per_client` requests drawn from `pool`; returns every failure."""
+    failures: list[str] = []
+
+    def client(seed: int) -> None:
+        chooser = random.Random(seed)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for _ in range(per_client):
+                body, headers, expected = chooser.choice(pool)
+                connection.request("POST", INFER, body, headers)
+                response = connection.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    failures.append(f"{response.status}: {data[:200]!r}")
+                    continue
+                outputs = decode(response, data)
+                if not (np.array_equal(outputs["logits"], expected.logits)
+                        and np.array_equal(outputs["probabilities"], expected.probabilities)):
+                    failures.append("an answer differs from the in-process Predictor's")
+        except Exception as exc:  # noqa: BLE001  (a thread's exception would vanish)
+            failures.append(repr(exc))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    return failures
+
+
+def test_load_32_clients_get_their_own_answers(exported, predictor, start_server):
+    """32 concurrent clients x 100 requests, single-image and 50-image, JSON and binary, twice:
+    no errors, every answer is the in-process Predictor's for those images (batches shared by
+    several requests never mix them up), and the server's memory does not grow."""
+    server = start_server(exported.onnx_path, "--log-level", "warning")
+    pool = []
+    for i in range(16):
+        rows = images(50 if i % 4 == 0 else 1, 100 + i)
+        pool.append((*infer_body(rows, binary=i % 2 == 0), predictor.predict(rows)))
+    assert run_load(server.port, pool, clients=32, per_client=100) == []
+    rss_first = server.rss_bytes()
+    assert run_load(server.port, pool, clients=32, per_client=100) == []
+    rss_second = server.rss_bytes()
+    assert rss_second - rss_first < 16 * 2**20, (rss_first, rss_second)
+
+    _, text = call(server.port, "GET", "/metrics")
+    text = text.decode()
+    batches = metric(text, "rowrnn_inference_batch_size_count")
+    batched_images = metric(text, "rowrnn_inference_batch_size_sum")
+    requests = metric(text, 'rowrnn_requests_total{code="200",endpoint="infer"}')
+    assert requests == 6400
+    assert batches < requests * 0.8, "requests were not batched together"  # proof that batches were shared
+    assert batched_images > batches  # on average more than one image per session call
+
+
+def raw_exchange(port: int, data: bytes, close_after: bool = False, timeout: float = 30) -> bytes:
+    """Send raw bytes (a request written by hand, maybe broken) and read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        if close_after:
+            return b""
+        chunks = []
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if b"\r\n\r\n" in b"".join(chunks):  # enough to read the status and the JSON error
+                head, _, rest = b"".join(chunks).partition(b"\r\n\r\n")
+                length = re.search(rb"content-length: (\d+)", head, re.I)
+                if length and len(rest) >= int(length.group(1)):
+                    break
+        return b"".join(chunks)
+
+
+def binary_request(declared_size: int, blob: bytes) -> tuple[bytes, dict[str, str]]:
+    header = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28],
+                                     "parameters": {"binary_data_size": declared_size}}]}).encode()
+    return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+
+BAD_REQUESTS = [
+    # (name, method, path, body, headers, status, message)
+    ("malformed JSON", "POST", INFER, b'{"inputs": [', {}, 400, "malformed JSON"),
+    ("unknown input", "POST", INFER, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 28, 28], "data": []}]}', {}, 400, "unknown input 'x'"),
+    ("wrong datatype", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "datatype 'UINT8'"),
+    ("shape not [N, 28, 28]", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 784], "data": [0] * 784}]}).encode(), {}, 400, "[N, 28, 28]"),
+    ("negative shape", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [-5, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "[N, 28, 28]"),
+    ("huge shape", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2**40, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "holds 784 values"),
+    ("data length", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "holds 784 values"),
+    ("value above 1", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [255] * 784}]}).encode(), {}, 400, "must be in [0, 1]"),
+    ("unknown output", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}], "outputs": [{"name": "features"}]}).encode(), {}, 400, "unknown output 'features'"),
+    ("binary size vs shape", "POST", INFER, *binary_request(100, b"\0" * 100), 400, "does not match shape"),
+    ("binary size past the body", "POST", INFER, *binary_request(3136, b"\0" * 100), 400, "runs past the end"),
+    ("header length past the body", "POST", INFER, b'{"inputs": []}', {"Inference-Header-Content-Length": "5000"}, 400, "past the end of the body"),
+    ("NaN in binary data", "POST", INFER, *binary_request(3136, np.full(784, np.nan, "<f4").tobytes()), 400, "NaN"),
+    ("empty body", "POST", INFER, b"", {}, 400, "no body"),
+    ("wrong content type", "POST", INFER, b"rows=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "content type"),
+    ("compressed body", "POST", INFER, b"\x1f\x8b", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
+    ("unknown model", "POST", "/v2/models/mnist/infer", b"{}", {}, 404, "unknown model 'mnist'"),
+    ("unknown version", "GET", "/v2/models/rowrnn/versions/7", None, {}, 404, "no version '7'"),
+    ("unknown endpoint", "GET", "/v1/models/rowrnn:predict", None, {}, 404, "no such endpoint"),
+    ("wrong method", "GET", INFER, None, {}, 405, "GET is not allowed"),
+    ("body over --max-body-mb", "POST", INFER, b"[" * (1024 * 1024 + 1), {}, 413, "over the 1 MB limit"),
+]
+
+
+@pytest.fixture(scope="module")
+def battery_server(exported, tmp_path_factory):
+    """One server for the whole battery: proving that it keeps serving after every bad request."""
+    from conftest import SERVER_BOOT, REPO, RunningServer  # noqa: F401  (the fixture is per test)
+
+    log = tmp_path_factory.mktemp("battery") / "server.log"
+    with open(log, "wb") as stream:
+        process = subprocess.Popen([sys.executable, "-c", SERVER_BOOT, "serve", str(exported.onnx_path),
+                                    "--port", "0", "--max-body-mb", "1", "--body-timeout-s", "1"],
+                                   stdout=stream, stderr=subprocess.STDOUT, cwd=REPO)
+    server = RunningServer(process, log).wait_ready()
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("name, method, path, body, headers, status, message", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_request_gets_its_status_and_one_clear_message(battery_server, predictor, name, method, path, body, headers, status, message):
+    response, data = call(battery_server.port, method, path, body, headers)
+    assert response.status == status, data
+    assert response.getheader("Content-Type") == "application/json"
+    error = json.loads(data)
+    assert list(error) == ["error"] and message in error["error"] and "\n" not in error["error"]
+    good_request_works(battery_server.port, predictor)
+
+
+def test_broken_connections_leave_the_server_serving(battery_server, predictor):
+    port = battery_server.port
+    head = f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    # a body cut short: the client promises 1000 bytes, sends 10 and hangs up
+    raw_exchange(port, (head + "Content-Length: 1000\r\n\r\n").encode() + b'{"inputs":', close_after=True)
+    good_request_works(port, predictor)
+    # a slow client that stops sending mid-body: 408 after --body-timeout-s (1 s here)
+    started = time.monotonic()
+    reply = raw_exchange(port, (head + "Content-Length: 1000\r\n\r\n").encode() + b'{"inputs":')
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"did not arrive within 1 s" in reply and time.monotonic() - started < 10
+    good_request_works(port, predictor)
+    # garbage instead of HTTP
+    raw_exchange(port, b"\x16\x03\x01\x02\x00 not http at all\r\n\r\n")
+    good_request_works(port, predictor)
+    _, text = call(port, "GET", "/metrics")
+    assert b'code="500"' not in text  # no client mistake ever became a server error
+
+
+def test_api_key(exported, predictor, start_server):
+    import tritonclient.http as triton
+
+    server = start_server(exported.onnx_path, env={"ROWRNN_API_KEY": "s3cret"})
+    assert call(server.port, "GET", "/v2/health/ready")[0].status == 200  # probes need no key
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        response, data = call(server.port, "GET", "/v2/models/rowrnn", headers=headers)
+        assert response.status == 401 and "API key" in json.loads(data)["error"]
+        assert response.getheader("WWW-Authenticate") == "Bearer"
+    assert call(server.port, "GET", "/metrics")[0].status == 401
+    body, headers = infer_body(images(1, 3), binary=False)
+    assert call(server.port, "POST", INFER, body, headers)[0].status == 401
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    tensor = triton.InferInput("rows", [1, 28, 28], "FP32")
+    tensor.set_data_from_numpy(images(1, 3))
+    result = client.infer("rowrnn", [tensor], headers={"Authorization": "Bearer s3cret"})
+    np.testing.assert_array_equal(result.as_numpy("logits"), predictor.predict(images(1, 3)).logits)
+
+
+def test_full_queue_answers_503_at_once_and_recovers(exported, predictor, start_server):
+    server = start_server(exported.onnx_path, "--max-queue", "1", "--max-batch", "8", "--log-level", "warning")
+    rows = images(256, 4)
+    pool = [(*infer_body(rows, binary=True), predictor.predict(rows))]
+    statuses, lock = [], threading.Lock()
+
+    def client() -> None:
+        body, headers, _ = pool[0]
+        for _ in range(5):
+            response, data = call(server.port, "POST", INFER, body, headers)
+            with lock:
+                statuses.append(response.status)
+            if response.status == 503:
+                assert response.getheader("Retry-After") == "1"
+                assert "busy" in json.loads(data)["error"]
+            else:
+                assert response.status == 200
+                np.testing.assert_array_equal(decode(response, data)["logits"], pool[0][2].logits)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert 503 in statuses and 200 in statuses, statuses
+    assert run_load(server.port, pool, clients=1, per_client=3) == []  # serving normally afterwards
+
+
+def test_sigterm_drains_without_losing_an_accepted_request(exported, predictor, start_server, tmp_path):
+    """SIGTERM in the middle of a load: readiness turns false, new requests get 503, the ones
+    in flight finish, the process exits 0; every request the server accepted was answered."""
+    modules = tmp_path / "modules.json"
+    server = start_server(exported.onnx_path, env={"ROWRNN_TEST_MODULES": str(modules)})
+    rows = images(50, 5)
+    body, headers = infer_body(rows, binary=True)
+    expected = predictor.predict(rows)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    terminated = threading.Event()
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        while True:
+            try:
+                connection.request("POST", INFER, body, headers)
+            except ConnectionRefusedError:
+                outcome = "refused"  # never accepted: the listener was closed
+            else:
+                try:
+                    response = connection.getresponse()
+                    data = response.read()
+                except (ConnectionError, http.client.HTTPException) as exc:
+                    outcome = f"lost: {exc!r}"  # sent, then no answer
+                else:
+                    if response.status == 200:
+                        same = np.array_equal(decode(response, data)["logits"], expected.logits)
+                        outcome = "200" + ("" if same else " but wrong")
+                    else:
+                        outcome = str(response.status)
+            with lock:
+                outcomes.append(outcome)
+            if outcome != "200" or (terminated.is_set() and len(outcomes) > 10_000):
+                break
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(outcomes) < 200:
+        time.sleep(0.01)
+    server.process.send_signal(signal.SIGTERM)
+    terminated.set()
+    ready = call(server.port, "GET", "/v2/health/ready")[0].status
+    for thread in threads:
+        thread.join(60)
+    assert server.process.wait(60) == 0
+    assert ready == 503  # readiness turned false at once
+
+    counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
+    assert set(counts) <= {"200", "503", "refused"}, counts  # nothing lost, nothing wrong
+    assert counts.get("503", 0) >= 1, counts  # the drain was seen: the signal landed mid-load
+    served = len(re.findall(rf'"POST {INFER}" 200 ', server.log.read_text()))
+    assert served == counts["200"], (served, counts)  # every request the server answered arrived
+    assert "draining" in server.log.read_text()
+
+    # The running server imported the light runtime only.
+    loaded = json.loads(modules.read_text())
+    heavy = [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export")]
+    assert heavy == [] and "serve.app" in loaded and "runtime.predictor" in loaded
