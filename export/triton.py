@@ -17,10 +17,12 @@ from rowrnn_keras.artifacts import write_bytes_atomic, write_text_atomic
 from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, NUM_CLASSES, PROBABILITIES_NAME
 from runtime.errors import InputError, require_file
 from runtime.predictor import Predictor
+from serve.settings import ServeSettings
 
 MODEL_VERSION = "1"
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_DELAY_MS = 2.0
+# Triton batches as `rowrnn serve` does by default, so scaling out changes nothing for clients.
+DEFAULT_MAX_BATCH = ServeSettings.max_batch
+DEFAULT_MAX_DELAY_MS = ServeSettings.max_delay_ms
 
 
 def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:

@@ -317,6 +317,21 @@ def serve(
     run(create_app(Predictor(model), settings), settings)
 
 
+@app.command("triton-repo")
+def triton_repo(
+    model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
+    directory: Annotated[Path, typer.Argument(help="Model repository directory to write into.")],
+    name: Annotated[str, typer.Option(help="Model name (its directory in the repository).")] = ServeSettings.name,
+    max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")] = ServeSettings.max_batch,
+    max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
+) -> None:
+    """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx) for a model."""
+    from export.triton import write_triton_repository
+
+    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms)
+    typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
+
+
 def show_progress(message: str) -> None:
     """One status line on stderr, rewritten in place on a terminal; cleared by an empty message."""
     if sys.stderr.isatty():

@@ -61,12 +61,13 @@ class ServerState:
         self.predictor, self.settings = predictor, settings
         self.metrics = Metrics()
         self.batcher = DynamicBatcher(predictor, settings.max_batch, settings.max_delay_ms / 1000,
-                                      settings.max_queue, self.observe_batch)
+                                      settings.max_queue, self.observe_batch, lambda: self.receiving)
         self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
         self.version = package_version()
         self.ready = False
         self.draining = False
         self.in_flight = 0  # inference requests between arrival and response
+        self.receiving = 0  # inference requests not yet handed to the batcher (body, parsing)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.metrics.observe_batch(images, seconds)
@@ -203,8 +204,15 @@ async def model_ready(request: Request, state: ServerState) -> Response:
 @endpoint("infer", inference=True)
 async def infer(request: Request, state: ServerState) -> Response:
     check_model(request, state.settings.name)
-    body = await read_body(request, state.settings)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    state.receiving += 1
+    try:
+        body = await read_body(request, state.settings)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    except BaseException:
+        state.batcher.wake()  # the batch need not wait for this one
+        raise
+    finally:
+        state.receiving -= 1
     request.scope["rowrnn.images"] = len(parsed.images)
     try:
         prediction = await state.batcher.predict(parsed.images)

@@ -1,7 +1,9 @@
 """The dynamic batcher: concurrent requests share one session call (Triton's dynamic batching).
 
-A request waits at most `max_delay` for company; a batch closes at `max_batch` images; a request
-larger than `max_batch` runs as its own call. Inference runs on one worker thread, never on the
+A batch closes at `max_batch` images, or when its oldest request has waited `max_delay`, or
+as soon as no other request is on its way in (`arriving()`: requests the server is still
+receiving): waiting then would only add latency, which matters most to a lone client. A
+request larger than `max_batch` runs as its own call. Inference runs on one worker thread, never on the
 event loop, and the next batch gathers while the current one runs. At most `max_queue` images
 wait: beyond that `submit` refuses at once (`QueueFull`), so memory and latency stay bounded.
 """
@@ -43,10 +45,12 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue: int,
         on_batch: BatchObserver | None = None,
+        arriving: Callable[[], int] | None = None,
     ) -> None:
         self.predictor = predictor
         self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
         self.on_batch = on_batch or (lambda images, seconds: None)
+        self.arriving = arriving or (lambda: 1)  # unknown: always wait, as Triton does
         self.queued_images = 0
         self._jobs: deque[Job] = deque()
         self._arrival: asyncio.Event | None = None
@@ -66,6 +70,11 @@ class DynamicBatcher:
         self.queued_images += len(images)
         self._arrival.set()
         return await job.future
+
+    def wake(self) -> None:
+        """A request on its way in will not come (it was refused): stop waiting for it."""
+        if self._arrival is not None:
+            self._arrival.set()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,12 +101,13 @@ class DynamicBatcher:
                 start = end
 
     async def _gather(self) -> None:
-        """Wait until a batch is full, or the oldest request has waited `max_delay_s`."""
+        """Wait until a batch is full, the oldest request has waited `max_delay_s`, or no other
+        request is on its way in."""
         while not self._jobs:
             self._arrival.clear()
             await self._arrival.wait()
         deadline = self._jobs[0].arrived + self.max_delay_s
-        while self.queued_images < self.max_batch:
+        while self.queued_images < self.max_batch and self.arriving() > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

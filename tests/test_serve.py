@@ -386,3 +386,77 @@ def test_sigterm_drains_without_losing_an_accepted_request(exported, predictor, 
     loaded = json.loads(modules.read_text())
     heavy = [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export")]
     assert heavy == [] and "serve.app" in loaded and "runtime.predictor" in loaded
+
+
+# Runs `rowrnn` with the web stack hidden, as on the plain `pip install .`.
+WITHOUT_SERVE_EXTRA = """
+import sys
+HIDDEN = {"starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson"}
+class HideServeExtra:
+    def __init__(self, finders):
+        self.finders = finders
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        for finder in self.finders:
+            spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+            if spec is not None:
+                return spec
+        return None
+sys.meta_path[:] = [HideServeExtra(list(sys.meta_path))]
+sys.argv = ["rowrnn", *sys.argv[1:]]
+from rowrnn.__main__ import run
+run()
+"""
+
+
+def test_without_the_serve_extra_it_names_the_extra(exported):
+    from conftest import REPO, assert_one_line_error
+
+    result = subprocess.run([sys.executable, "-c", WITHOUT_SERVE_EXTRA, "serve", str(exported.onnx_path)],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert_one_line_error(result, "pip install 'rowrnn[serve]'", "starlette")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--port", "70000"], "--port 70000"),
+    (["--max-batch", "0"], "--max-batch must be at least 1"),
+    (["--max-delay-ms", "-1"], "--max-delay-ms"),
+    (["--log-level", "loud"], "--log-level 'loud'"),
+    (["--api-key", " "], "--api-key is empty"),
+])
+def test_bad_options_are_one_line(exported, options, message):
+    from conftest import assert_one_line_error, rowrnn
+
+    assert_one_line_error(rowrnn("serve", exported.onnx_path, *options), message)
+
+
+def test_bad_model_and_busy_port_are_one_line(exported, tmp_path):
+    from conftest import assert_one_line_error, foreign_model, rowrnn
+
+    assert_one_line_error(rowrnn("serve", tmp_path / "absent.onnx"), "no such file")
+    assert_one_line_error(rowrnn("serve", foreign_model(tmp_path / "f.onnx", input_name="x")), "not a rowrnn model")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_one_line_error(rowrnn("serve", exported.onnx_path, "--port", port), f"cannot listen on 127.0.0.1:{port}")
+
+
+def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch, caplog):
+    """Checked without binding anything but loopback: the listener and uvicorn are stand-ins."""
+    import serve.server
+    from serve import ServeSettings, create_app
+
+    assert not ServeSettings().exposed and not ServeSettings(host="::1").exposed
+    assert ServeSettings(host="0.0.0.0").exposed and ServeSettings(host="192.0.2.1").exposed
+    started = []
+    monkeypatch.setattr(serve.server, "listen", lambda host, port: None)
+    monkeypatch.setattr(serve.server.DrainingServer, "run", lambda self, sockets: started.append(self))
+    app = create_app(exported.onnx_path)
+    for settings, warned in ((ServeSettings(host="0.0.0.0"), True), (ServeSettings(host="0.0.0.0", api_key="k"), False),
+                             (ServeSettings(), False)):
+        caplog.clear()
+        serve.server.run(app, settings)
+        assert ("without --api-key" in caplog.text) == warned
+    assert len(started) == 3
