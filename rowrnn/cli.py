@@ -185,13 +185,14 @@ def export(
 
 @app.command()
 def info(
-    model: Annotated[Path, typer.Argument(help="ONNX model file.")],
+    model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (default: the bundled one).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Inputs, outputs, opset, op counts, size and metadata of an ONNX model."""
     from runtime.info import describe_model, format_description
+    from runtime.predictor import BUNDLED_MODEL
 
-    description = describe_model(model)
+    description = describe_model(BUNDLED_MODEL if model is None else model)
     typer.echo(json.dumps(description, indent=2) if as_json else format_description(description))
 
 
@@ -283,7 +284,7 @@ SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client
 
 @app.command()
 def serve(
-    model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
+    model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
     name: Annotated[str, typer.Option(help="Model name in /v2/models/{name}.")] = ServeSettings.name,
@@ -297,7 +298,8 @@ def serve(
     cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
 ) -> None:
-    """Serve the model over HTTP: Open Inference Protocol (KServe v2), dynamic batching, /metrics.
+    """Serve the model: a page to draw digits on (/), the Open Inference Protocol (KServe v2)
+    with dynamic batching, and /metrics.
 
     Clients written for Triton, KServe or MLServer work unchanged. SIGTERM or Ctrl-C drains:
     readiness turns false, requests in flight finish, exit 0.

@@ -34,6 +34,9 @@ from runtime.contract import (
 from runtime.errors import InputError, one_line, require_file
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
+# The model that ships inside the package (scripts/build_bundled_model.sh makes it): what
+# `Predictor()`, `rowrnn predict`, `rowrnn info` and `rowrnn serve` use when given no model.
+BUNDLED_MODEL = Path(__file__).with_name("models") / "mnist.onnx"
 # Images per session call. Small chunks keep one LSTM step's gates (32 x 512 floats) in cache:
 # measured 37k images/s fp32 and 70k int8 at 32, against 32k and 50k at 256, and 30 MB less memory.
 CHUNK = 32
@@ -124,7 +127,7 @@ def check_session(session: ort.InferenceSession, path: Path) -> None:
 
 
 class Predictor:
-    """Classify 28x28 digit images with an exported rowrnn ONNX model.
+    """Classify 28x28 digit images with an exported rowrnn ONNX model (default: the bundled one).
 
     One session is shared by all calls; `predict` is safe to call from many threads at once.
     Each session call runs on one core (`intra_op_threads`, default 1): an LSTM step is too small
@@ -136,14 +139,14 @@ class Predictor:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         *,
         threads: int | None = None,
         intra_op_threads: int | None = None,
         providers: list[str] | None = None,
         session_options: ort.SessionOptions | None = None,
     ) -> None:
-        self.path = require_file(path, "an .onnx model file")
+        self.path = require_file(BUNDLED_MODEL if path is None else path, "an .onnx model file")
         for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{option} must be a whole number >= 1, got {value!r}")

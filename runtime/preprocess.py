@@ -8,6 +8,7 @@ the background is light, stretch the contrast, crop to the ink, and then do what
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -21,13 +22,19 @@ INK_THRESHOLD = 0.25  # of full contrast: fainter pixels are paper texture or no
 MAX_IMAGE_PIXELS = 64_000_000  # refuse absurdly large images before decoding them
 
 
-def open_image(source: str | os.PathLike | Image.Image) -> Image.Image:
-    """Open an image file (PNG, JPEG, BMP, ...) and decode it fully, or raise InputError."""
+def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+    """Open an image file or the bytes of one (PNG, JPEG, BMP, ...) and decode it fully, or
+    raise InputError."""
     if isinstance(source, Image.Image):
         return source
-    path = require_file(source, "an image file")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise InputError("image: empty (0 bytes)")
+        path, stream = "image", io.BytesIO(source)
+    else:
+        path = stream = require_file(source, "an image file")
     try:
-        with Image.open(path) as image:
+        with Image.open(stream) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise InputError(f"{path}: image of {image.width}x{image.height} pixels is too large")
             image.load()  # decode now, so a truncated file fails here
@@ -93,12 +100,16 @@ def centre_by_mass(digit: np.ndarray, size: int = IMAGE_ROWS) -> np.ndarray:
     return field
 
 
-def preprocess_image(source: str | os.PathLike | Image.Image | np.ndarray) -> np.ndarray:
+def preprocess_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> np.ndarray:
     """A photo, scan or drawing of one digit -> float32 (28, 28) in [0, 1], MNIST-style.
 
-    `source` is a file path, a PIL image, or a 2-D array (uint8 0-255 or float 0-1, any size).
+    `source` is a file path, the bytes of an image file, a PIL image, or a 2-D array (uint8
+    0-255 or float 0-1, any size).
     """
-    name = str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    if isinstance(source, (str, os.PathLike)):
+        name = str(source)
+    else:
+        name = "image" if isinstance(source, (bytes, bytearray, memoryview)) else type(source).__name__
     if isinstance(source, np.ndarray):
         gray = grayscale_array(source)
     else:

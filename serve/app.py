@@ -12,7 +12,9 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from html import escape
+from pathlib import Path
 
 import numpy as np
 from starlette.applications import Starlette
@@ -24,7 +26,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runtime.predictor import Predictor
+from runtime.errors import InputError
+from runtime.predictor import Prediction, Predictor
+from runtime.preprocess import preprocess_image
 from serve.batcher import DynamicBatcher, QueueFull
 from serve.metrics import Metrics
 from serve.protocol import (
@@ -41,8 +45,16 @@ from serve.settings import ServeSettings
 
 access_log = logging.getLogger("rowrnn.serve.access")
 JSON = "application/json"
-BODY_TYPES = ("", "application/json", "application/octet-stream")
 RETRY_AFTER_S = "1"
+PAGE_DIR = Path(__file__).with_name("page")
+PAGE_ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
+# The page loads nothing from anywhere else and runs no inline code: the browser enforces it.
+PAGE_HEADERS = {
+    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
 
 
 def package_version() -> str:
@@ -64,6 +76,9 @@ class ServerState:
                                       settings.max_queue, self.observe_batch, lambda: self.receiving)
         self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
         self.version = package_version()
+        name = escape(settings.name, quote=True)
+        self.page = (PAGE_DIR / "index.html").read_text().replace("{{MODEL_NAME}}", name).encode()
+        self.page_assets = {asset: (PAGE_DIR / asset).read_bytes() for asset in PAGE_ASSETS}
         self.ready = False
         self.draining = False
         self.in_flight = 0  # inference requests between arrival and response
@@ -108,12 +123,20 @@ def check_model(request: Request, name: str) -> None:
         raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}", 404)
 
 
-async def read_body(request: Request, settings: ServeSettings) -> bytes:
+def accepts_tensors(content_type: str) -> bool:
+    return content_type in ("", "application/json", "application/octet-stream")
+
+
+def accepts_images(content_type: str) -> bool:
+    return content_type in ("", "application/octet-stream") or content_type.startswith("image/")
+
+
+async def read_body(request: Request, settings: ServeSettings, accepts=accepts_tensors, expected: str = (
+        "application/json (or application/octet-stream with binary tensor data)")) -> bytes:
     """The whole body, within --max-body-mb (413) and --body-timeout-s (408)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type not in BODY_TYPES:
-        raise ProtocolError(f"content type {content_type!r} is not accepted; send application/json "
-                            "(or application/octet-stream with binary tensor data)", 415)
+    if not accepts(content_type):
+        raise ProtocolError(f"content type {content_type!r} is not accepted; send {expected}", 415)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise ProtocolError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported", 415)
     limit = settings.max_body_bytes
@@ -150,6 +173,8 @@ def endpoint(name: str, inference: bool = False, public: bool = False):
                 if inference and state.draining:
                     raise ProtocolError("the server is shutting down", 503)
                 return await handler(request, state)
+            except InputError as exc:  # bad input the runtime found (an image it cannot read, ...)
+                return error(str(exc), 400)
             except ProtocolError as exc:
                 headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
                 if exc.status == 503:
@@ -201,27 +226,70 @@ async def model_ready(request: Request, state: ServerState) -> Response:
     return Response(error_body(f"model {state.settings.name!r} is not ready"), 503, media_type=JSON)
 
 
-@endpoint("infer", inference=True)
-async def infer(request: Request, state: ServerState) -> Response:
-    check_model(request, state.settings.name)
+@contextlib.contextmanager
+def arriving(state: ServerState) -> Iterator[None]:
+    """A request on its way to the batcher (body, parsing): a batch may wait for it."""
     state.receiving += 1
     try:
-        body = await read_body(request, state.settings)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        yield
     except BaseException:
-        state.batcher.wake()  # the batch need not wait for this one
+        state.batcher.wake()  # it will not come: the batch need not wait for it
         raise
     finally:
         state.receiving -= 1
-    request.scope["rowrnn.images"] = len(parsed.images)
+
+
+async def predict_batched(request: Request, state: ServerState, images) -> Prediction:
+    request.scope["rowrnn.images"] = len(images)
     try:
-        prediction = await state.batcher.predict(parsed.images)
+        return await state.batcher.predict(images)
     except QueueFull as exc:
         raise ProtocolError(f"the server is busy: {exc}; retry later", 503) from None
     finally:
         state.metrics.queue_images.set(state.batcher.queued_images)
+
+
+@endpoint("infer", inference=True)
+async def infer(request: Request, state: ServerState) -> Response:
+    check_model(request, state.settings.name)
+    with arriving(state):
+        body = await read_body(request, state.settings)
+        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+    prediction = await predict_batched(request, state, parsed.images)
     content, headers = encode_infer_response(parsed, prediction, state.settings.name)
     return Response(content, headers=headers)
+
+
+@endpoint("classify", inference=True)
+async def classify(request: Request, state: ServerState) -> Response:
+    """The page's endpoint: the bytes of an image (PNG, JPEG, BMP, ...) of one digit."""
+    with arriving(state):
+        body = await read_body(request, state.settings, accepts_images, "an image (image/png, image/jpeg, ...)")
+        # decoding and MNIST-style preprocessing take a millisecond or two: not on the event loop
+        rows = await asyncio.get_running_loop().run_in_executor(None, preprocess_image, body)
+    prediction = await predict_batched(request, state, rows[np.newaxis])
+    label = int(prediction.labels[0])
+    return json_response({
+        "label": label,
+        "confidence": float(prediction.probabilities[0, label]),
+        "probabilities": prediction.probabilities[0].tolist(),
+        "input": np.rint(rows * 255).astype(np.uint8).tolist(),  # the 28x28 image the model saw
+        "model": {"name": state.settings.name, **{key: state.model_parameters.get(key) for key in
+                                                   ("architecture", "test_accuracy", "size_bytes")}},
+    })
+
+
+@endpoint("page", public=True)
+async def page(request: Request, state: ServerState) -> Response:
+    return Response(state.page, headers=PAGE_HEADERS, media_type="text/html; charset=utf-8")
+
+
+@endpoint("page", public=True)
+async def page_asset(request: Request, state: ServerState) -> Response:
+    name = request.path_params["asset"]
+    if name not in PAGE_ASSETS:
+        raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
+    return Response(state.page_assets[name], headers=PAGE_HEADERS, media_type=PAGE_ASSETS[name])
 
 
 @endpoint("metrics")
@@ -301,6 +369,9 @@ def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | N
         Route(MODEL + "/infer", infer, methods=["POST"]),
         Route(VERSION + "/infer", infer, methods=["POST"]),
         Route("/metrics", metrics),
+        Route("/", page),
+        Route("/page/{asset}", page_asset),
+        Route("/v1/classify", classify, methods=["POST"]),
     ]
     middleware = [Middleware(Observe, state=state)]
     if settings.cors_origin:
