@@ -358,7 +358,9 @@ def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | N
         await state.batcher.close()
         predictor.close()
 
-    routes = [
+    routes = [  # the router tries them in order: the hot path first
+        Route(MODEL + "/infer", infer, methods=["POST"]),
+        Route(VERSION + "/infer", infer, methods=["POST"]),
         Route("/v2/health/live", live),
         Route("/v2/health/ready", ready),
         Route("/v2", server_info),
@@ -366,8 +368,6 @@ def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | N
         Route(VERSION, model_info),
         Route(MODEL + "/ready", model_ready),
         Route(VERSION + "/ready", model_ready),
-        Route(MODEL + "/infer", infer, methods=["POST"]),
-        Route(VERSION + "/infer", infer, methods=["POST"]),
         Route("/metrics", metrics),
         Route("/", page),
         Route("/page/{asset}", page_asset),

@@ -113,7 +113,8 @@ class DynamicBatcher:
                 return
             self._arrival.clear()
             try:
-                await asyncio.wait_for(self._arrival.wait(), remaining)
+                async with asyncio.timeout(remaining):  # unlike wait_for, no task per wait
+                    await self._arrival.wait()
             except TimeoutError:
                 return
 
