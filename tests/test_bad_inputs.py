@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import assert_one_line_error, foreign_model, idx_bytes, rowrnn, synthetic_digits, write_mnist_dir
+from helpers import assert_one_line_error, foreign_model, idx_bytes, rowrnn, synthetic_digits, write_mnist_dir
 from rowrnn import cli
 from runtime import InputError, Predictor, preprocess_image, read_idx
 from runtime.inputs import load_input

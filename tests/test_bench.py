@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import assert_one_line_error, rowrnn
+from helpers import assert_one_line_error, rowrnn
 from rowrnn.bench import model_flops, onnx_flops, percentiles
 
 

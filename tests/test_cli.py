@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, rowrnn
+from helpers import REPO, assert_one_line_error, rowrnn
 
 
 def test_help_lists_the_commands():
@@ -77,7 +77,7 @@ def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from conftest import idx_bytes, synthetic_digits
+    from helpers import idx_bytes, synthetic_digits
 
     image = Image.new("L", (120, 160), 240)
     ImageDraw.Draw(image).line([(60, 20), (60, 140)], fill=10, width=12)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, write_idx, write_mnist_dir
+from helpers import synthetic_digits, write_idx, write_mnist_dir
 from rowrnn_keras.data import (
     DATA_ENV,
     FILES,

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import export.api as api
-from conftest import synthetic_digits
+from helpers import synthetic_digits
 from export.api import ValidationSet, export_model, quantize_checked, synthetic_rows
 from export.validate import check_contract, op_counts
 from rowrnn_keras.artifacts import sha256_file

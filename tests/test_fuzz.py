@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays, scalar_dtypes
 from PIL import Image
 
-from conftest import idx_bytes
+from helpers import idx_bytes
 from runtime import InputError, Predictor, preprocess_image
 from runtime.idx import parse_idx, read_idx
 

@@ -5,7 +5,7 @@ import gzip
 import numpy as np
 import pytest
 
-from conftest import idx_bytes, write_idx
+from helpers import idx_bytes, write_idx
 from runtime.errors import InputError
 from runtime.idx import parse_idx, read_idx
 

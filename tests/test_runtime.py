@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, foreign_model
+from helpers import REPO, foreign_model
 from runtime import InputError, Predictor, as_rows
 
 
