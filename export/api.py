@@ -20,8 +20,17 @@ import tensorflow as tf
 import tf2onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from export.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, convert
-from export.validate import DEFAULT_ATOL, accuracy, check_contract, op_counts, parity_report
+from export.convert import convert
+from export.defaults import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_INT8_DROP,
+    DEFAULT_OPSET,
+    MAX_ATOL,
+    MAX_OPSET,
+    MIN_OPSET,
+    QUANTIZE_CHOICES,
+)
+from export.validate import accuracy, check_contract, op_counts, parity_report
 from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist, resolve_data_dir
 from rowrnn_keras.model import architecture, load_trained_model
@@ -33,10 +42,6 @@ from runtime.contract import (
     scale_pixels,
 )
 from runtime.errors import CheckFailed, InputError
-
-DEFAULT_MAX_INT8_DROP = 0.005  # accuracy, as a fraction: 0.5 percentage points
-QUANTIZE_CHOICES = ("int8",)
-
 
 @dataclass(frozen=True)
 class ValidationSet:
@@ -127,8 +132,8 @@ def export_model(
     keras_path, output = Path(keras_path), Path(output)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"--opset {opset} is not supported; choose {MIN_OPSET}-{MAX_OPSET}")
-    if not 0 < atol <= 1e-2:
-        raise InputError(f"--atol {atol} must be in (0, 0.01]")
+    if not 0 < atol <= MAX_ATOL:
+        raise InputError(f"--atol {atol:g} must be in (0, {MAX_ATOL:g}]")
     if not 0 <= max_int8_drop <= 1:
         raise InputError(f"--max-int8-drop {max_int8_drop * 100:g} must be between 0 and 100 points")
     if quantize not in (None, *QUANTIZE_CHOICES):

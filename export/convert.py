@@ -16,6 +16,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import helper, numpy_helper
 
+from export.defaults import DEFAULT_OPSET
 from runtime.contract import (
     BATCH_DIM,
     IMAGE_SHAPE,
@@ -23,10 +24,6 @@ from runtime.contract import (
     LOGITS_NAME,
     PROBABILITIES_NAME,
 )
-
-DEFAULT_OPSET = 17
-MIN_OPSET, MAX_OPSET = 14, 18  # LSTM layout of opset 14; tf2onnx 1.17 targets up to 18
-
 
 def input_signature() -> list[tf.TensorSpec]:
     """The ONNX input: float32 rows [batch, 28, 28], named by the contract."""

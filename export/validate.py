@@ -20,7 +20,6 @@ from runtime.contract import (
 from runtime.errors import CheckFailed
 
 PARITY_BATCH_SIZES = (1, 7, 128, "full")
-DEFAULT_ATOL = 1e-4  # measured: ~5e-6 max-abs logit difference on MNIST test
 UNROLLED_OPS = {"Loop", "Scan", "If"}
 
 

@@ -124,7 +124,7 @@ def keras_engines(path: Path) -> list[Engine]:
     if not path.is_file():
         return [Engine(n, str(path), skipped=f"{path}: not found (run `rowrnn train`)") for n in names]
     try:
-        from rowrnn.cli import needs_training_extra
+        from rowrnn.extras import needs_training_extra
 
         keras_side = needs_training_extra("rowrnn_keras.model")
         model = keras_side.load_trained_model(path)
