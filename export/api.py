@@ -33,7 +33,7 @@ from export.defaults import (
 from export.validate import accuracy, check_contract, op_counts, parity_report
 from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist, resolve_data_dir
-from rowrnn_keras.model import architecture, load_trained_model
+from rowrnn_keras.model import architecture_layers, format_architecture, load_trained_model
 from runtime.contract import (
     CLASS_LABELS,
     FORMAT_VERSION,
@@ -155,12 +155,14 @@ def export_model(
             f"(atol {atol:g}), argmax agreement {report['argmax_agreement']:.4%}; see {report_path}"
         )
 
+    layers = architecture_layers(model)
     metadata = {
         "format_version": FORMAT_VERSION,
         "class_labels": json.dumps(list(CLASS_LABELS)),
         "input_scaling": INPUT_SCALING,
-        "architecture": architecture(model),
-        "hidden_units": str(model.layers[1].units),
+        "architecture": format_architecture(layers),  # for people
+        "architecture_json": json.dumps(layers),  # for code: [{"layer": "Dense", "units": 128}, ...]
+        "hidden_units": str(next((layer["units"] for layer in layers if layer["layer"] == "LSTM"), "")),
         "source_model_sha256": sha256_file(keras_path),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
