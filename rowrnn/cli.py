@@ -127,6 +127,7 @@ def export(
         f"wrote {result.onnx_path}: parity on {report['images']} images ({report['inputs']}): "
         f"max-abs logit diff {report['max_abs_logit_diff']:.2g}, argmax agreement {report['argmax_agreement']:.2%}"
     )
+    typer.echo(api.format_rewrites(report["rewrites"]))
     if report.get("onnx_test_accuracy") is not None:
         typer.echo(f"ONNX test accuracy {report['onnx_test_accuracy']:.4f}")
     if result.int8_path is not None:
