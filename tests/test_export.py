@@ -176,8 +176,6 @@ def test_real_mnist_parity_and_int8(real_model, mnist_dir, tmp_path):
         assert str(mnist_dir) not in value and str(mnist_dir.resolve()) not in value and str(tmp_path) not in value
 
 
-
-
 # ---------------------------------------------------------------- the rewrites, one by one
 
 
