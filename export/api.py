@@ -6,6 +6,7 @@ Describe the I/O (the contract in runtime.contract) -> convert (export.convert) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,11 +21,20 @@ import tensorflow as tf
 import tf2onnx
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from export.convert import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, convert
-from export.validate import DEFAULT_ATOL, accuracy, check_contract, op_counts, parity_report
+from export.convert import convert, format_rewrites  # noqa: F401 (format_rewrites: for the CLI)
+from export.defaults import (
+    DEFAULT_ATOL,
+    DEFAULT_MAX_INT8_DROP,
+    DEFAULT_OPSET,
+    MAX_ATOL,
+    MAX_OPSET,
+    MIN_OPSET,
+    QUANTIZE_CHOICES,
+)
+from export.validate import accuracy, check_contract, op_counts, parity_report
 from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
-from rowrnn_keras.data import load_mnist, resolve_data_dir
-from rowrnn_keras.model import architecture, load_trained_model
+from rowrnn_keras.data import FILES, load_mnist, resolve_data_dir
+from rowrnn_keras.model import architecture_layers, format_architecture, load_trained_model
 from runtime.contract import (
     CLASS_LABELS,
     FORMAT_VERSION,
@@ -33,16 +43,19 @@ from runtime.contract import (
     scale_pixels,
 )
 from runtime.errors import CheckFailed, InputError
+from runtime.idx import encode_idx
 
-DEFAULT_MAX_INT8_DROP = 0.005  # accuracy, as a fraction: 0.5 percentage points
-QUANTIZE_CHOICES = ("int8",)
+# What the model's `parity` metadata repeats from the report: no local paths (a shipped model
+# must not say where its maker's files were).
+PARITY_METADATA_KEYS = ("passed", "atol", "max_abs_logit_diff", "argmax_agreement", "images", "inputs", "inputs_sha256")
 
 
 @dataclass(frozen=True)
 class ValidationSet:
     rows: np.ndarray  # float32 [N, 28, 28] in [0, 1]
     labels: np.ndarray | None  # None for synthetic inputs
-    source: str
+    source: str  # what the inputs are, for people: never a local path (it goes into the metadata)
+    checksums: dict[str, str] = field(default_factory=dict)  # name -> sha256 of the data checked on
 
 
 @dataclass
@@ -72,11 +85,22 @@ def synthetic_rows(n: int = 512, seed: int = 0) -> np.ndarray:
 
 
 def validation_set(data_dir: str | os.PathLike | None) -> ValidationSet:
-    """The MNIST test set when a data directory is given (or $ROWRNN_DATA), else synthetic inputs."""
+    """The MNIST test set when a data directory is given (or $ROWRNN_DATA), else synthetic inputs.
+
+    The checksums identify the data without naming where it was: for MNIST, the sha256 of the two
+    uncompressed test files (`gunzip -c t10k-images-idx3-ubyte.gz | sha256sum` gives the same).
+    """
     if resolve_data_dir(data_dir) is None:
-        return ValidationSet(synthetic_rows(), None, "synthetic (no MNIST directory given)")
+        rows = synthetic_rows()
+        return ValidationSet(rows, None, "synthetic (no MNIST directory given)", {"synthetic_rows_float32": sha256_hex(rows.tobytes())})
     mnist = load_mnist(data_dir)
-    return ValidationSet(scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), f"MNIST test set ({mnist.source})")
+    checksums = {FILES["test_images"]: sha256_hex(encode_idx(mnist.test_images)),
+                 FILES["test_labels"]: sha256_hex(encode_idx(mnist.test_labels))}
+    return ValidationSet(scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), "MNIST test set", checksums)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
@@ -127,8 +151,8 @@ def export_model(
     keras_path, output = Path(keras_path), Path(output)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise InputError(f"--opset {opset} is not supported; choose {MIN_OPSET}-{MAX_OPSET}")
-    if not 0 < atol <= 1e-2:
-        raise InputError(f"--atol {atol} must be in (0, 0.01]")
+    if not 0 < atol <= MAX_ATOL:
+        raise InputError(f"--atol {atol:g} must be in (0, {MAX_ATOL:g}]")
     if not 0 <= max_int8_drop <= 1:
         raise InputError(f"--max-int8-drop {max_int8_drop * 100:g} must be between 0 and 100 points")
     if quantize not in (None, *QUANTIZE_CHOICES):
@@ -137,11 +161,12 @@ def export_model(
     model = load_trained_model(keras_path)
     inputs = validation or validation_set(data_dir)
 
-    proto = convert(model, opset)
+    proto, rewrites = convert(model, opset)
     check_contract(proto)
-    keras_logits = model.predict(inputs.rows, batch_size=1024, verbose=0)
+    keras_logits = model.predict(inputs.rows, batch_size=1024, verbose=0)  # the original model, unfolded
     report = parity_report(keras_logits, proto, inputs.rows, atol, inputs.labels)
-    report.update(inputs=inputs.source, opset=opset, ops=op_counts(proto), source_model=str(keras_path))
+    report.update(inputs=inputs.source, inputs_sha256=inputs.checksums, opset=opset, ops=op_counts(proto),
+                  rewrites={r.name: r.to_dict() for r in rewrites}, source_model=str(keras_path))
     test_accuracy = report["onnx_test_accuracy"]
     report_path = write_json_atomic(report_path_for(output), report)
     if not report["passed"]:
@@ -150,19 +175,21 @@ def export_model(
             f"(atol {atol:g}), argmax agreement {report['argmax_agreement']:.4%}; see {report_path}"
         )
 
+    layers = architecture_layers(model)
     metadata = {
         "format_version": FORMAT_VERSION,
         "class_labels": json.dumps(list(CLASS_LABELS)),
         "input_scaling": INPUT_SCALING,
-        "architecture": architecture(model),
-        "hidden_units": str(model.layers[1].units),
+        "architecture": format_architecture(layers),  # for people
+        "architecture_json": json.dumps(layers),  # for code: [{"layer": "Dense", "units": 128}, ...]
+        "hidden_units": str(next((layer["units"] for layer in layers if layer["layer"] == "LSTM"), "")),
         "source_model_sha256": sha256_file(keras_path),
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
         "tf2onnx_version": tf2onnx.__version__,
         "onnx_version": onnx.__version__,
         "test_accuracy": "" if test_accuracy is None else f"{test_accuracy:.6f}",
-        "parity": json.dumps({k: report[k] for k in ("passed", "atol", "max_abs_logit_diff", "argmax_agreement", "images", "inputs")}),
+        "parity": json.dumps({k: report[k] for k in PARITY_METADATA_KEYS}),
         "quantization": "none",
     }
     set_metadata(proto, metadata)

@@ -1,14 +1,50 @@
-"""Keras model -> ONNX: describe the I/O, convert with tf2onnx, simplify the graph.
+"""Keras model -> ONNX: fold the input layer in Keras weight space, convert with tf2onnx, then
+rewrite the few things in tf2onnx's graph that it cannot express itself.
 
-`tf2onnx.convert.from_keras` is broken on Keras 3 (tf2onnx issues #2329, #2348, #2448), so we
-convert a `tf.function` around the model with an explicit, named input signature and a dict of
-named outputs; tf2onnx then fuses the Keras LSTM into one ONNX `LSTM` op. Its graph still
-computes shapes at run time (Shape/Gather/Concat chains feeding Reshape, an Expand that builds
-the zero initial state); `simplify` folds those, since batch is the only dynamic dimension.
+Conversion: `tf2onnx.convert.from_keras` is broken on Keras 3 (tf2onnx issues #2329, #2348,
+#2448), so we convert a `tf.function` around the model with an explicit, named input signature and
+a dict of named outputs; tf2onnx then fuses the Keras LSTM into one ONNX `LSTM` op.
+
+The rewrites, each reported as a `Rewrite` (applied or not, and why) in the parity report and in
+`rowrnn export`'s output, so an export that silently lost one is visible:
+
+- `fold_input_layer` (Keras weights, before conversion): the linear `Dense` layer feeding the LSTM
+  is folded into the LSTM's input kernel, so the LSTM reads the 28 raw pixels of a row.
+- `constant_reshape_shapes` (ONNX): Reshape targets computed at run time (Shape/Gather/Concat
+  chains) become constants, with -1 for the batch.
+- `zero_initial_state` (ONNX): the LSTM's initial state, built at run time as an Expand of zeros
+  to the batch size, is omitted; ONNX's default is zero.
+- `final_hidden_state` (ONNX): the last step, sliced out of the LSTM's whole output sequence `Y`,
+  is read from its final state `Y_h` instead, so the sequence is never written.
+
+Why hand-written ONNX rewrites rather than a library optimizer (checked with tf2onnx 1.17 and
+onnxscript 0.7.2 on tf2onnx's graph of this model):
+
+- tf2onnx's own `ReshapeOptimizer` runs inside `from_function` but folds `x -> Shape -> [Gather,
+  Concat, ...] -> Reshape(x, ...)` only when the Shape reads the very tensor being reshaped: it
+  gives symbolic dimensions only to Shape nodes on the Reshape's own input, and its
+  `SymbolicExecutor` stops at any other Shape ("Unsupported op Shape"). Keras's Dense on a 3-D input
+  (a Tensordot) reshapes the MatMul's [batch*28, D] output back to a shape computed from
+  `Shape(rows)`, a different tensor, so the optimizer gives up. No tf2onnx optimizer touches the
+  Expand that builds the zero state (`ConstFoldOptimizer` needs every input constant; the batch is
+  not) or knows that `Y_h` is the last step of `Y`.
+- onnxscript's `optimizer.optimize` tracks symbolic shapes but replaces a Reshape only when its
+  target equals the input's shape (by Identity), and folds Shape/Gather to constants only when every
+  dimension gathered is static; a target holding the symbolic batch stays computed, and so does the
+  Expand. On this model it removed nothing but the unused LSTM outputs (`drop_unused_lstm_outputs`
+  here): a dependency for no gain.
+
+Folding the input layer is done on the Keras weights rather than on the ONNX graph: there it is a
+matter of layer types and two matrix products, checked Keras against Keras, instead of matching
+tf2onnx's spelling of a Dense layer (MatMul+Add in either operand order, Gemm, Tensordot reshapes).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import keras
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -16,6 +52,7 @@ import tensorflow as tf
 import tf2onnx
 from onnx import helper, numpy_helper
 
+from export.defaults import DEFAULT_OPSET
 from runtime.contract import (
     BATCH_DIM,
     IMAGE_SHAPE,
@@ -23,9 +60,30 @@ from runtime.contract import (
     LOGITS_NAME,
     PROBABILITIES_NAME,
 )
+from runtime.errors import CheckFailed
 
-DEFAULT_OPSET = 17
-MIN_OPSET, MAX_OPSET = 14, 18  # LSTM layout of opset 14; tf2onnx 1.17 targets up to 18
+# Batch sizes the graph is run at to learn which values depend on the batch (see `probe_values`).
+PROBE_BATCH_SIZES = (1, 3, 8)
+# Largest |folded - original| Keras logit difference, relative to the logits' scale: float32
+# reassociation of x·(A·K) against (x·A)·K, far below the export's parity tolerance.
+FOLD_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One optimisation of the exported graph: whether it applied, and what it did or why not."""
+
+    name: str
+    applied: bool
+    detail: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"applied": self.applied, "detail": self.detail}
+
+
+class Conversion(NamedTuple):
+    model: onnx.ModelProto
+    rewrites: list[Rewrite]
 
 
 def input_signature() -> list[tf.TensorSpec]:
@@ -33,7 +91,7 @@ def input_signature() -> list[tf.TensorSpec]:
     return [tf.TensorSpec((None, *IMAGE_SHAPE), tf.float32, name=INPUT_NAME)]
 
 
-def serving_function(model: tf.keras.Model) -> tf.types.experimental.GenericFunction:
+def serving_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
     """Inference-mode forward pass returning the contract's named outputs."""
 
     @tf.function(input_signature=input_signature())
@@ -44,37 +102,115 @@ def serving_function(model: tf.keras.Model) -> tf.types.experimental.GenericFunc
     return serve
 
 
-def convert(model: tf.keras.Model, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """tf2onnx conversion of the serving function, then graph simplification."""
-    serve = serving_function(model)
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=input_signature(), opset=opset)
-    return simplify(proto)
+def convert(model: keras.Model, opset: int = DEFAULT_OPSET) -> Conversion:
+    """Fold the input layer (Keras), convert with tf2onnx, rewrite the graph; report each rewrite."""
+    folded, fold = fold_input_layer(model)
+    proto, _ = tf2onnx.convert.from_function(serving_function(folded), input_signature=input_signature(), opset=opset)
+    # tf2onnx writes "<version> <git hash>", and a wheel has no hash: "1.17.0 None"
+    proto.producer_version = tf2onnx.__version__
+    proto, rewrites = simplify(proto)
+    return Conversion(proto, [fold, *rewrites])
 
 
-# ---------------------------------------------------------------- graph simplification
+def format_rewrites(rewrites: dict[str, dict]) -> str:
+    """One line for `rowrnn export`: which rewrites applied, and why the others did not."""
+    applied = [name for name, r in rewrites.items() if r["applied"]]
+    skipped = [f"{name} ({r['detail']})" for name, r in rewrites.items() if not r["applied"]]
+    return f"graph rewrites applied: {', '.join(applied) or 'none'}" + (
+        f"; not applied: {'; '.join(skipped)}" if skipped else ""
+    )
 
 
-def simplify(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Fold run-time shape computation into constants and drop what becomes dead.
+# ---------------------------------------------------------------- Keras weight space
 
-    Batch is the only dynamic dimension, so every tensor's shape is known up to it. We learn
-    which dimension is the batch by running the graph at two batch sizes ("probing"); this does
-    not depend on how tf2onnx happened to spell the shape arithmetic.
+
+def fold_input_layer(model: keras.Model) -> tuple[keras.Model, Rewrite]:
+    """Dense(28 -> D) feeding LSTM(H) -> one LSTM whose input kernel is A·K and bias b + a·K.
+
+    The LSTM only sees the rows through `h = x·A + a`, and its input gates compute `h·K + b =
+    x·(A·K) + (a·K + b)`; so the folded LSTM reads the 28 raw pixels of a row and the Dense layer's
+    work disappears. Applied only to a Sequential model whose first layer is a linear Dense and
+    whose second is a plain LSTM (last output only, forwards, stateless), and only when it saves
+    arithmetic: 28·4H multiply-adds per row instead of 28·D + D·4H (a Dense narrower than about 28
+    would make it dearer). The folded model is checked against the original, Keras against Keras,
+    before anything is converted; the export's parity check then compares ONNX with the original.
+    """
+    name = "fold_input_layer"
+    layers = model.layers if isinstance(model, keras.Sequential) else []
+    if len(layers) < 2 or not isinstance(layers[0], keras.layers.Dense) or not isinstance(layers[1], keras.layers.LSTM):
+        return model, Rewrite(name, False, "the model does not start with Dense -> LSTM")
+    dense, lstm = layers[0], layers[1]
+    if getattr(dense.activation, "__name__", None) != "linear":
+        return model, Rewrite(name, False, f"the Dense layer has a {dense.activation.__name__} activation: not linear")
+    if lstm.return_sequences or lstm.return_state or lstm.go_backwards or lstm.stateful:
+        return model, Rewrite(name, False, "the LSTM is not a plain forward, last-output LSTM")
+    width, units, gates = IMAGE_SHAPE[1], dense.units, 4 * lstm.units
+    if width * gates >= width * units + units * gates:
+        return model, Rewrite(name, False, f"Dense({units}) is too narrow: folding would add multiply-adds")
+
+    kernel, bias = (w.astype(np.float64) for w in dense_weights(dense))
+    lstm_kernel, recurrent, *lstm_bias = lstm.get_weights()
+    lstm_kernel = lstm_kernel.astype(np.float64)
+    folded_bias = bias @ lstm_kernel + (lstm_bias[0] if lstm_bias else 0.0)
+    config = {**lstm.get_config(), "use_bias": True}  # a·K is not zero even if b was absent
+    folded_lstm = keras.layers.LSTM.from_config(config)
+    rest = [type(layer).from_config(layer.get_config()) for layer in layers[2:]]
+    folded = keras.Sequential([keras.Input(IMAGE_SHAPE, name=INPUT_NAME), folded_lstm, *rest], name=model.name)
+    folded_lstm.set_weights([(kernel @ lstm_kernel).astype(np.float32), recurrent, folded_bias.astype(np.float32)])
+    for source, target in zip(layers[2:], rest):
+        target.set_weights(source.get_weights())
+
+    rows = np.random.default_rng(0).random((16, *IMAGE_SHAPE), dtype=np.float32)
+    expected = np.asarray(model(rows, training=False))
+    difference = float(np.abs(np.asarray(folded(rows, training=False)) - expected).max())
+    if difference > FOLD_RTOL * max(1.0, float(np.abs(expected).max())):
+        raise CheckFailed(f"folding Dense({units}) into the LSTM changed the Keras model's logits by {difference:.3g}")
+    return folded, Rewrite(name, True, f"Dense({units}) folded into the LSTM's input weights: it reads {width} pixels a row")
+
+
+def dense_weights(dense: keras.layers.Dense) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel [in, out], bias [out]); a zero bias for a layer built without one."""
+    weights = dense.get_weights()
+    return weights[0], weights[1] if dense.use_bias else np.zeros(dense.units, weights[0].dtype)
+
+
+# ---------------------------------------------------------------- ONNX graph rewrites
+
+
+def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Rewrite]]:
+    """Apply the ONNX rewrites (module docstring) to a copy of `model`; then drop dead nodes,
+    unused LSTM outputs and stale shape annotations, and name the batch dimension.
+
+    Each rewrite decides from values, not from how tf2onnx spelled the graph: the graph is run at
+    a few batch sizes first (`probe_values`), and a rewrite fires only where the probes show the
+    pattern holds (a shape that changes only in the batch dimension, a state that is always zero, a
+    tensor always equal to `Y_h`).
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
-    probes = probe_values(model, batch_sizes=(2, 3))
-    fold_reshape_shapes(model, probes)
-    drop_zero_initial_states(model, probes)
-    fold_input_projection(model, probes)
-    use_final_hidden_state(model, probes)
+    probes = probe_values(model)
+    rewrites = [
+        fold_reshape_shapes(model, probes),
+        drop_zero_initial_states(model, probes),
+        use_final_hidden_state(model, probes),
+    ]
     remove_dead_nodes(model)
     drop_unused_lstm_outputs(model)
     name_batch_dimension(model)
-    return model
+    return model, rewrites
 
 
-def probe_values(model: onnx.ModelProto, batch_sizes: tuple[int, int]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every tensor's value (the input's too) at two batch sizes, on random inputs."""
+def probe_values(model: onnx.ModelProto, batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES) -> dict[str, tuple[np.ndarray, ...]]:
+    """Every tensor's value (graph input, initializers and node outputs) at each batch size, on
+    random rows: what the rewrites decide from.
+
+    What probing can show: which dimensions and values change with the batch at the probed sizes.
+    What it cannot: that a dimension or value equal at every probe is equal at every batch size
+    (a graph could compute `min(batch, 8)` or `batch // 16`). The sizes 1, 3 and 8 rule out what
+    two sizes would miss: a dimension that is 1 only because the batch is 1, and one like
+    `ceil(batch / 4)` that agrees at two small sizes (1, 1, 2 here). tf2onnx's graphs of Keras
+    layers take the batch from `Shape(rows)[0]` and use it as it is, which is what the probes
+    assume; the parity check at batch sizes 1, 7, 128 and the whole set is what proves the result.
+    """
     exposed = onnx.ModelProto.FromString(model.SerializeToString())
     existing = {o.name for o in exposed.graph.output}
     for node in exposed.graph.node:
@@ -88,123 +224,85 @@ def probe_values(model: onnx.ModelProto, batch_sizes: tuple[int, int]) -> dict[s
     rng = np.random.default_rng(0)
     inputs = [rng.random((b, *IMAGE_SHAPE), dtype=np.float32) for b in batch_sizes]
     runs = [session.run(None, {INPUT_NAME: rows}) for rows in inputs]
-    probes = {name: (np.asarray(a), np.asarray(b)) for name, a, b in zip(names, *runs)}
-    probes[INPUT_NAME] = (inputs[0], inputs[1])
+    probes = {name: tuple(np.asarray(run[i]) for run in runs) for i, name in enumerate(names)}
+    probes[INPUT_NAME] = tuple(inputs)
+    for init in model.graph.initializer:
+        probes[init.name] = (numpy_helper.to_array(init),) * len(batch_sizes)
     return probes
 
 
-def batch_shape(values: tuple[np.ndarray, np.ndarray]) -> list[int] | None:
-    """The shape with -1 for the one dimension that changes with batch, or None if not so."""
-    first, second = values
-    if first.ndim != second.ndim:
+def batch_shape(values: tuple[np.ndarray, ...]) -> list[int] | None:
+    """The shape with -1 for the one dimension that changes across the probes; None if the rank
+    changes or more than one dimension does (see `probe_values` for what this can show)."""
+    if len({v.ndim for v in values}) != 1:
         return None
-    shape = [a if a == b else -1 for a, b in zip(first.shape, second.shape)]
+    shape = [sizes[0] if len(set(sizes)) == 1 else -1 for sizes in zip(*(v.shape for v in values))]
     return shape if shape.count(-1) <= 1 else None
 
 
-def initializer_names(model: onnx.ModelProto) -> set[str]:
-    return {init.name for init in model.graph.initializer}
-
-
-def fold_reshape_shapes(model: onnx.ModelProto, probes: dict) -> None:
+def fold_reshape_shapes(model: onnx.ModelProto, probes: dict) -> Rewrite:
     """Reshape(x, <computed shape>) -> Reshape(x, <constant shape with -1 for batch>)."""
     constants = initializer_names(model)
+    folded, kept = 0, 0
     for node in model.graph.node:
         if node.op_type != "Reshape" or node.input[1] in constants:
             continue
         shape = batch_shape(probes[node.output[0]])
         if shape is None:
+            kept += 1
             continue
         name = f"{node.output[0]}__static_shape"
         model.graph.initializer.append(numpy_helper.from_array(np.array(shape, np.int64), name))
         node.input[1] = name
+        folded += 1
+    left = f"{kept} left computed: more than one dimension changes with the batch" if kept else ""
+    if not folded:
+        return Rewrite("constant_reshape_shapes", False, left or "no Reshape has a computed shape")
+    return Rewrite("constant_reshape_shapes", True, f"{folded} Reshape shape(s) made constant" + (f"; {left}" if left else ""))
 
 
-def drop_zero_initial_states(model: onnx.ModelProto, probes: dict) -> None:
-    """LSTM initial_h / initial_c that are always zero -> omitted (ONNX's default is zero)."""
+def drop_zero_initial_states(model: onnx.ModelProto, probes: dict) -> Rewrite:
+    """LSTM initial_h / initial_c that are zero at every probe -> omitted (ONNX's default is zero)."""
+    dropped, nonzero = [], []
     for node in model.graph.node:
         if node.op_type != "LSTM":
             continue
-        for index in (5, 6):  # initial_h, initial_c
+        for index, state in ((5, "initial_h"), (6, "initial_c")):
             if len(node.input) > index and node.input[index]:
                 values = probes.get(node.input[index])
                 if values is not None and not any(np.any(v) for v in values):
                     node.input[index] = ""
+                    dropped.append(state)
+                else:
+                    nonzero.append(state)
         while node.input and node.input[-1] == "":
             node.input.pop()
+    if dropped:
+        return Rewrite("zero_initial_state", True, f"{' and '.join(dropped)} omitted (always zero)")
+    reason = f"{' and '.join(nonzero)} not always zero" if nonzero else "the LSTM has no initial state input"
+    return Rewrite("zero_initial_state", False, reason)
 
 
-def fold_input_projection(model: onnx.ModelProto, probes: dict) -> None:
-    """Dense(28 -> 128) feeding the LSTM -> folded into the LSTM's input weights.
-
-    The LSTM only ever sees the rows through `h = x·A + a`, and its input gates compute
-    `h·Wᵀ + Wb = x·(W·Aᵀ)ᵀ + (Wb + W·a)`. So the folded LSTM reads the 28 raw pixels of a row:
-    the Dense layer's work disappears and the input half of the LSTM shrinks 128 -> 28 wide
-    (about 40 % of the model's multiply-adds). Only applied when the chain from the graph input to
-    the LSTM is exactly Reshape/MatMul/Add/Transpose and the probes confirm `h = x·A + a`.
-    """
-    producers = {name: node for node in model.graph.node for name in node.output}
-    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    lstm = lstm_node(model)
-    transpose = producers.get(lstm.input[0]) if lstm is not None else None
-    if transpose is None or transpose.op_type != "Transpose" or attribute(transpose, "perm") != [1, 0, 2]:
-        return
-    projection_name = transpose.input[0]
-    chain, name = [], projection_name
-    while name != INPUT_NAME:
-        node = producers.get(name)
-        if node is None or node.op_type not in ("Reshape", "MatMul", "Add"):
-            return
-        chain.append(node)
-        name = node.input[0]
-    matmuls = [n for n in chain if n.op_type == "MatMul"]
-    adds = [n for n in chain if n.op_type == "Add"]
-    if len(matmuls) != 1 or len(adds) > 1 or matmuls[0].input[1] not in weights:
-        return
-    if adds and adds[0].input[1] not in weights:
-        return
-    kernel = weights[matmuls[0].input[1]].astype(np.float64)  # A [28, 128]
-    bias = weights[adds[0].input[1]].astype(np.float64) if adds else np.zeros(kernel.shape[1])
-    if kernel.shape != (IMAGE_SHAPE[1], bias.shape[-1]) or bias.ndim != 1:
-        return
-    for rows, projected in zip(probes[INPUT_NAME], probes[projection_name]):
-        if not np.allclose(rows @ kernel + bias, projected, rtol=1e-5, atol=1e-5):
-            return
-    w = weights[lstm.input[1]].astype(np.float64)  # [1, 4H, 128]
-    hidden = attribute(lstm, "hidden_size")
-    b = weights[lstm.input[3]].astype(np.float64) if len(lstm.input) > 3 and lstm.input[3] else np.zeros((1, 8 * hidden))
-    folded_w = w @ kernel.T  # [1, 4H, 28]
-    folded_b = b.copy()
-    folded_b[:, : 4 * hidden] += w @ bias
-    prefix = f"{lstm.output[0]}__folded"
-    model.graph.initializer.extend(
-        [
-            numpy_helper.from_array(folded_w.astype(np.float32), f"{prefix}_W"),
-            numpy_helper.from_array(folded_b.astype(np.float32), f"{prefix}_B"),
-        ]
-    )
-    while len(lstm.input) < 4:
-        lstm.input.append("")
-    lstm.input[1], lstm.input[3] = f"{prefix}_W", f"{prefix}_B"
-    transpose.input[0] = INPUT_NAME
-
-
-def use_final_hidden_state(model: onnx.ModelProto, probes: dict) -> None:
+def use_final_hidden_state(model: onnx.ModelProto, probes: dict) -> Rewrite:
     """The last step sliced out of the LSTM's sequence output Y -> its final state Y_h.
 
     tf2onnx takes Keras's last output as Squeeze/Slice/Squeeze of Y; Y_h is the same tensor, so
-    the LSTM need not return the whole sequence. The probes pick the tensor equal to Y_h.
+    the LSTM need not return the whole sequence. The probes pick the tensor equal to Y_h however
+    it was computed; a model that reads another step (the first, say) has none.
     """
+    name = "final_hidden_state"
     lstm = lstm_node(model)
     if lstm is None or len(lstm.output) < 2 or lstm.output[1] not in probes:
-        return
+        return Rewrite(name, False, "no LSTM with a Y_h output")
+    if attribute(lstm, "direction") not in (None, b"forward", "forward"):
+        return Rewrite(name, False, "the LSTM is not a forward LSTM")
     final = tuple(v[0] for v in probes[lstm.output[1]])  # Y_h [1, batch, H] -> [batch, H]
     graph_outputs = {o.name for o in model.graph.output}
     for node in model.graph.node:
-        for name in node.output:
-            if node is lstm or name in graph_outputs or name not in probes:
+        for tensor in node.output:
+            if node is lstm or tensor in graph_outputs or tensor not in probes:
                 continue
-            if all(np.array_equal(a, b) for a, b in zip(probes[name], final)):
+            if all(np.array_equal(a, b) for a, b in zip(probes[tensor], final)):
                 squeezed = f"{lstm.output[1]}__squeezed"
                 axes = f"{squeezed}_axes"
                 model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
@@ -212,9 +310,13 @@ def use_final_hidden_state(model: onnx.ModelProto, probes: dict) -> None:
                 model.graph.node.insert(index, helper.make_node("Squeeze", [lstm.output[1], axes], [squeezed]))
                 for consumer in model.graph.node:
                     for i, used in enumerate(consumer.input):
-                        if used == name:
+                        if used == tensor:
                             consumer.input[i] = squeezed
-                return
+                return Rewrite(name, True, f"the last step is read from Y_h ({node.op_type} output replaced)")
+    return Rewrite(name, False, "no tensor equals the LSTM's last step")
+
+
+# ---------------------------------------------------------------- clean-up and helpers
 
 
 def drop_unused_lstm_outputs(model: onnx.ModelProto) -> None:
@@ -229,11 +331,16 @@ def drop_unused_lstm_outputs(model: onnx.ModelProto) -> None:
                 node.output.pop()
 
 
+def initializer_names(model: onnx.ModelProto) -> set[str]:
+    return {init.name for init in model.graph.initializer}
+
+
 def lstm_node(model: onnx.ModelProto) -> onnx.NodeProto | None:
     return next((node for node in model.graph.node if node.op_type == "LSTM"), None)
 
 
-def attribute(node: onnx.NodeProto, name: str):
+def attribute(node: onnx.NodeProto, name: str) -> object:
+    """The value of `node`'s attribute `name`, or None when it is not set."""
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
 
 

@@ -9,9 +9,9 @@ in the same rounds. Cold start and peak memory are measured in fresh subprocesse
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -28,7 +28,7 @@ from runtime.contract import IMAGE_SHAPE, scale_pixels
 from runtime.errors import InputError, one_line
 
 KERAS_CALL_SHARE = 10  # Keras is ~1000x slower per image: it gets 1/10 of the single-image calls
-CHUNK = 1024  # images per call when a Keras engine classifies many
+KERAS_BATCH = 1024  # images per call when a Keras engine classifies many
 MATMUL_SIZE = 1536  # float32 [n, n] @ [n, n]: 7.2 GFLOP, long enough to reach full speed
 # Pause before each engine's turn: the previous engine's thread pools (TensorFlow's, BLAS's) spin
 # for a while after their work and would otherwise slow the next engine down.
@@ -39,7 +39,8 @@ SETTLE_SECONDS = 0.05
 class Engine:
     """Something that classifies images: one at a time (latency) and in bulk (throughput)."""
 
-    name: str
+    key: str  # what the code matches on: "keras_predict", "keras_call", "onnx_fp32", "onnx_int8"
+    name: str  # what people read in the table
     model: str
     predict_one: Callable[[np.ndarray], object] | None = None
     predict_many: Callable[[np.ndarray], np.ndarray] | None = None  # -> labels
@@ -49,6 +50,7 @@ class Engine:
     skipped: str | None = None  # why it was not measured
     latencies: list[float] = field(default_factory=list)  # seconds
     batch_seconds: list[float] = field(default_factory=list)
+    accuracy: float | None = None  # on the labelled test images, when there are labels
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,27 @@ def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.n
     return images, None, f"synthetic images, accuracy not measured: {reason}"
 
 
-def model_flops(architecture: str) -> float | None:
-    """2 x multiply-adds per image of "Dense(D) -> LSTM(H) -> Dense(C)" on 28 rows of 28 pixels:
-    the work the trained model defines, whatever graph an engine runs it as."""
-    match = re.fullmatch(r"Dense\((\d+)\) -> LSTM\((\d+)\) -> Dense\((\d+)\)", architecture)
-    if match is None:
+def model_flops(layers: list[dict] | None) -> float | None:
+    """2 x multiply-adds per image of a Dense/LSTM stack on 28 rows of 28 pixels: the work the
+    trained model defines, whatever graph an engine runs it as. `layers` is the structured
+    architecture (`rowrnn_keras.model.architecture_layers`, the ONNX metadata's `architecture_json`);
+    None for anything else. Layers before the LSTM run once per row, the LSTM once per row with
+    four gates over [input, state], layers after it once per image."""
+    if not layers:
         return None
-    d, h, c = map(int, match.groups())
     steps, width = IMAGE_SHAPE
-    return 2.0 * (steps * width * d + steps * 4 * h * (d + h) + h * c)
+    flops, per_row = 0.0, True
+    for layer in layers:
+        kind, units = layer.get("layer"), layer.get("units")
+        if not isinstance(units, int) or kind not in ("Dense", "LSTM"):
+            return None
+        if kind == "LSTM":
+            flops += 2.0 * steps * 4 * units * (width + units)
+            per_row = False
+        else:
+            flops += 2.0 * (steps if per_row else 1) * width * units
+        width = units
+    return flops
 
 
 def onnx_flops(path: Path) -> float | None:
@@ -120,41 +134,53 @@ def onnx_flops(path: Path) -> float | None:
 
 def keras_engines(path: Path) -> list[Engine]:
     """Keras `predict` and Keras called directly, or two skipped rows saying why."""
-    names = ("Keras predict", "Keras call")
+    names = {"keras_predict": "Keras predict", "keras_call": "Keras call"}
     if not path.is_file():
-        return [Engine(n, str(path), skipped=f"{path}: not found (run `rowrnn train`)") for n in names]
+        return [Engine(k, n, str(path), skipped=f"{path}: not found (run `rowrnn train`)") for k, n in names.items()]
     try:
-        from rowrnn.cli import needs_training_extra
+        from rowrnn.extras import needs_training_extra
 
         keras_side = needs_training_extra("rowrnn_keras.model")
         model = keras_side.load_trained_model(path)
     except InputError as exc:
-        return [Engine(n, str(path), skipped=one_line(exc)) for n in names]
+        return [Engine(k, n, str(path), skipped=one_line(exc)) for k, n in names.items()]
 
     def call_many(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([model(rows[i : i + CHUNK], training=False).numpy().argmax(1) for i in range(0, len(rows), CHUNK)])
+        return np.concatenate([model(rows[i : i + KERAS_BATCH], training=False).numpy().argmax(1)
+                               for i in range(0, len(rows), KERAS_BATCH)])
 
-    flops = model_flops(keras_side.architecture(model))
-    keras = dict(model_flops=flops, executed_flops=flops, call_share=KERAS_CALL_SHARE)
+    flops = model_flops(keras_side.architecture_layers(model))
+    keras = dict(model=str(path), model_flops=flops, executed_flops=flops, call_share=KERAS_CALL_SHARE)
     return [
-        Engine(names[0], str(path), lambda x: model.predict(x, verbose=0),
-               lambda rows: model.predict(rows, batch_size=CHUNK, verbose=0).argmax(1), **keras),
-        Engine(names[1], str(path), lambda x: model(x, training=False), call_many, **keras),
+        Engine("keras_predict", names["keras_predict"], predict_one=lambda x: model.predict(x, verbose=0),
+               predict_many=lambda rows: model.predict(rows, batch_size=KERAS_BATCH, verbose=0).argmax(1), **keras),
+        Engine("keras_call", names["keras_call"], predict_one=lambda x: model(x, training=False),
+               predict_many=call_many, **keras),
     ]
 
 
-def onnx_engine(name: str, path: Path) -> Engine:
+def onnx_engine(key: str, name: str, path: Path) -> Engine:
     """The runtime Predictor on one ONNX file, or a skipped row saying why."""
     from runtime.predictor import Predictor
 
     if not path.is_file():
-        return Engine(name, str(path), skipped=f"{path}: not found (run `rowrnn export`)")
+        return Engine(key, name, str(path), skipped=f"{path}: not found (run `rowrnn export`)")
     try:
         predictor = Predictor(path)
     except InputError as exc:
-        return Engine(name, str(path), skipped=one_line(exc))
-    return Engine(name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
-                  model_flops=model_flops(predictor.metadata.get("architecture", "")), executed_flops=onnx_flops(path))
+        return Engine(key, name, str(path), skipped=one_line(exc))
+    return Engine(key, name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
+                  model_flops=model_flops(metadata_architecture(predictor.metadata)), executed_flops=onnx_flops(path))
+
+
+def metadata_architecture(metadata: dict[str, str]) -> list[dict] | None:
+    """The structured architecture an export recorded (`architecture_json`); None in files
+    exported before it was recorded, or if it does not parse."""
+    try:
+        layers = json.loads(metadata["architecture_json"])
+    except (KeyError, ValueError):
+        return None
+    return layers if isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers) else None
 
 
 # ---------------------------------------------------------------- measurements
@@ -192,10 +218,10 @@ def measure_latency(engines: list[Engine], rows: np.ndarray, settings: BenchSett
                 engine.latencies.append(time.perf_counter() - start)
 
 
-def measure_throughput(engines: list[Engine], rows: np.ndarray, labels: np.ndarray | None, progress) -> tuple[list[float], dict]:
-    """Whole-set passes, interleaved with the matmul ceiling; returns (GFLOP/s samples, accuracy)."""
+def measure_throughput(engines: list[Engine], rows: np.ndarray, labels: np.ndarray | None, progress) -> list[float]:
+    """Whole-set passes, interleaved with the matmul ceiling; returns the GFLOP/s samples."""
     live = [e for e in engines if not e.skipped]
-    gflops, accuracy = [], {}
+    gflops = []
     for round_index in range(3):
         progress(f"throughput on {len(rows)} images, round {round_index + 1}/3")
         gflops.append(matmul_gflops())
@@ -204,8 +230,8 @@ def measure_throughput(engines: list[Engine], rows: np.ndarray, labels: np.ndarr
             predicted = engine.predict_many(rows)
             engine.batch_seconds.append(time.perf_counter() - start)
             if labels is not None:
-                accuracy[engine.name] = float(np.mean(predicted == labels))
-    return gflops, accuracy
+                engine.accuracy = float(np.mean(predicted == labels))
+    return gflops
 
 
 def rowrnn_command() -> list[str]:
@@ -223,7 +249,7 @@ def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: P
 
     png = workdir / "one.png"
     Image.fromarray(image).save(png)
-    command = [*rowrnn_command(), "predict", str(onnx_path), str(png)]
+    command = [*rowrnn_command(), "predict", str(png), "--model", str(onnx_path)]
     seconds = []
     for _ in range(runs + 1):
         start = time.perf_counter()
@@ -307,9 +333,9 @@ def run_bench(
     images, labels, source = bench_images(data, settings.images)
     rows = scale_pixels(images)
     keras = keras_engines(keras_path)
-    engines = [*keras, onnx_engine("ONNX fp32", onnx_path), onnx_engine("ONNX int8", int8_path)]
+    engines = [*keras, onnx_engine("onnx_fp32", "ONNX fp32", onnx_path), onnx_engine("onnx_int8", "ONNX int8", int8_path)]
     measure_latency(engines, rows, settings, progress)
-    gflops, accuracy = measure_throughput(engines, rows, labels, progress)
+    gflops = measure_throughput(engines, rows, labels, progress)
     ceiling = statistics.median(gflops)
     with tempfile.TemporaryDirectory(prefix="rowrnn-bench-") as workdir:
         progress("cold start of `rowrnn predict` (subprocesses)")
@@ -319,21 +345,21 @@ def run_bench(
         if settings.measure_memory:
             progress("peak memory of a predictor process and a Keras process (subprocesses)")
             memory = measure_memory(onnx_path, keras_path, images, Path(workdir), keras_ok=not keras[0].skipped)
-    return build_report(engines, accuracy, ceiling, cold, memory, source, len(rows))
+    return build_report(engines, ceiling, cold, memory, source, len(rows))
 
 
-def build_report(engines: list[Engine], accuracy: dict, ceiling_gflops: float, cold: dict, memory: dict,
+def build_report(engines: list[Engine], ceiling_gflops: float, cold: dict, memory: dict,
                  source: str, images: int) -> dict:
-    keras = next((e for e in engines if e.name == "Keras predict" and not e.skipped), None)
+    keras = next((e for e in engines if e.key == "keras_predict" and not e.skipped), None)
     keras_p50 = percentiles(keras.latencies)["p50_us"] if keras else None
     keras_rate = images_per_second(keras, images) if keras else None
     rows = []
     for engine in engines:
-        row: dict = {"engine": engine.name, "model": engine.model, "skipped": engine.skipped}
+        row: dict = {"key": engine.key, "engine": engine.name, "model": engine.model, "skipped": engine.skipped}
         if not engine.skipped:
             latency = percentiles(engine.latencies)
             rate = images_per_second(engine, images)
-            row.update(latency_us=latency, images_per_s=rate, accuracy=accuracy.get(engine.name),
+            row.update(latency_us=latency, images_per_s=rate, accuracy=engine.accuracy,
                        model_flops_per_image=engine.model_flops, executed_flops_per_image=engine.executed_flops,
                        latency_speedup_vs_keras=keras_p50 / latency["p50_us"] if keras_p50 else None,
                        throughput_vs_keras=rate / keras_rate if keras_rate else None,

@@ -8,8 +8,6 @@ Heavy packages (TensorFlow, tf2onnx) are imported inside the commands that need 
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -19,6 +17,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
+from rowrnn.bench import BenchSettings
+from rowrnn.extras import check_training_extra, needs_training_extra
 from runtime.errors import CheckFailed, InputError, one_line
 from serve.settings import ServeSettings
 
@@ -39,53 +40,6 @@ DataOption = Annotated[
     ),
 ]
 DEFAULT_MODEL = Path("artifacts/model.keras")
-
-
-@contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Mute C++ log lines TensorFlow prints at import and device set-up.
-
-    TF_CPP_MIN_LOG_LEVEL no longer silences them (absl logs before InitializeLog; tensorflow
-    issue #100442), and they would bury the one-line errors this CLI promises.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-TRAINING_EXTRA = ("tensorflow", "keras", "tf2onnx", "matplotlib")
-
-
-def check_training_extra() -> None:
-    """Fail fast, in one line, when the light install runs a command that needs TensorFlow."""
-    missing = [name for name in TRAINING_EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        raise InputError(
-            f"this command needs {', '.join(missing)}; install the training extra: pip install 'rowrnn[train]'"
-        )
-
-
-def needs_training_extra(module: str = "rowrnn_keras.train"):
-    """Import a TensorFlow-side module (quietly), or explain which extra installs it."""
-    check_training_extra()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        with native_stderr_silenced():
-            imported = importlib.import_module(module)
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()  # device probing logs too; do it while muted
-    except ModuleNotFoundError as exc:
-        raise InputError(
-            f"this command needs {exc.name}; install the training extra: pip install 'rowrnn[train]'"
-        ) from None
-    return imported
 
 
 @app.command()
@@ -158,10 +112,10 @@ def export(
     output: Annotated[Path, typer.Argument(help="ONNX file to write (e.g. model.onnx).")],
     model: Annotated[Path, typer.Option(help="Trained Keras model.")] = DEFAULT_MODEL,
     data: DataOption = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset to target (14-18).")] = 17,
-    atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = 1e-4,
-    quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model: 'int8'.")] = None,
-    max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = 0.5,
+    opset: Annotated[int, typer.Option(help=f"ONNX opset to target ({MIN_OPSET}-{MAX_OPSET}).")] = DEFAULT_OPSET,
+    atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = DEFAULT_ATOL,
+    quantize: Annotated[Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")] = None,
+    max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
     api = needs_training_extra("export.api")
@@ -174,6 +128,7 @@ def export(
         f"wrote {result.onnx_path}: parity on {report['images']} images ({report['inputs']}): "
         f"max-abs logit diff {report['max_abs_logit_diff']:.2g}, argmax agreement {report['argmax_agreement']:.2%}"
     )
+    typer.echo(api.format_rewrites(report["rewrites"]))
     if report.get("onnx_test_accuracy") is not None:
         typer.echo(f"ONNX test accuracy {report['onnx_test_accuracy']:.4f}")
     if result.int8_path is not None:
@@ -211,8 +166,8 @@ def reader_may_stop() -> Iterator[None]:
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
     inputs: Annotated[list[Path], typer.Argument(help="Image files, .npy arrays or IDX files (.gz or raw), any mix.")],
+    model: Annotated[Optional[Path], typer.Option(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines with input, index, label, confidence, probabilities.")] = False,
 ) -> None:
     """Classify digits: one line per image. Bad files are reported; good ones still predicted."""
@@ -250,23 +205,22 @@ def bench(
     data: DataOption = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG bar chart.")] = None,
-    calls: Annotated[int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")] = 1000,
-    images: Annotated[Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")] = None,
-    cold_starts: Annotated[int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")] = 5,
+    calls: Annotated[int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")] = BenchSettings.calls,
+    images: Annotated[Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")] = BenchSettings.images,
+    cold_starts: Annotated[int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")] = BenchSettings.cold_starts,
 ) -> None:
     """Keras vs the ONNX predictor side by side: latency, throughput, ceiling, cold start, memory.
 
     Missing models or data skip the rows they affect, with the reason; the rest is still measured.
     """
-    from rowrnn.bench import BenchSettings, format_report, run_bench, save_plot
+    from rowrnn.bench import format_report, run_bench, save_plot
     from rowrnn_keras.artifacts import check_writable, write_json_atomic
 
     if json_path is not None:
         check_writable(json_path, ".json")
     if plot is not None:
         check_writable(plot, ".png")
-        if importlib.util.find_spec("matplotlib") is None:
-            raise InputError("--plot needs matplotlib; install the training extra: pip install 'rowrnn[train]'")
+        check_training_extra(("matplotlib",), needed_by="--plot")
     settings = BenchSettings(calls=calls, images=images, cold_starts=cold_starts)
     report = run_bench(keras, onnx, int8, data, settings, progress=show_progress)
     show_progress("")

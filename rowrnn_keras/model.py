@@ -68,6 +68,18 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
     return model
 
 
+def architecture_layers(model: keras.Model) -> list[dict[str, object]]:
+    """The layer stack as data, e.g. [{"layer": "Dense", "units": 128}, {"layer": "LSTM", "units": 128},
+    ...]: what code reads (bench's FLOP count, export's `hidden_units`); the ONNX metadata records it
+    as `architecture_json`. `units` is None for a layer without units."""
+    return [{"layer": type(layer).__name__, "units": getattr(layer, "units", None)} for layer in model.layers]
+
+
+def format_architecture(layers: list[dict[str, object]]) -> str:
+    """"Dense(128) -> LSTM(128) -> Dense(10)": the display form of `architecture_layers`, for people."""
+    return " -> ".join(f"{layer['layer']}({'' if layer['units'] is None else layer['units']})" for layer in layers)
+
+
 def architecture(model: keras.Model) -> str:
-    """"Dense(128) -> LSTM(128) -> Dense(10)": what the ONNX metadata records and bench reads back."""
-    return " -> ".join(f"{type(layer).__name__}({getattr(layer, 'units', '')})" for layer in model.layers)
+    """The model's display string (the ONNX metadata's `architecture`); code reads `architecture_layers`."""
+    return format_architecture(architecture_layers(model))

@@ -79,3 +79,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (`.gz` or raw) into a numpy array."""
     return parse_idx(read_idx_bytes(path), str(path))
 
+
+def encode_idx(array: np.ndarray) -> bytes:
+    """The IDX bytes of `array` (uncompressed): `parse_idx`'s inverse, for the dtypes IDX has."""
+    array = np.asarray(array)
+    codes = {dtype.newbyteorder("="): code for code, dtype in _DTYPES.items()}
+    code = codes.get(array.dtype.newbyteorder("="))
+    if code is None or array.ndim == 0:
+        raise InputError(f"cannot write {array.dtype} array of shape {array.shape} as IDX")
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    return header + array.astype(_DTYPES[code], copy=False).tobytes()
+

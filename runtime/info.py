@@ -10,6 +10,7 @@ from runtime.errors import InputError, require_file
 
 
 def dims(value) -> list[int | str]:
+    """A graph input's or output's dims, symbolic ones by name."""
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
@@ -30,7 +31,7 @@ def describe_model(path: str | os.PathLike) -> dict:
         "size_bytes": path.stat().st_size,
         "ir_version": model.ir_version,
         "opsets": {imp.domain or "ai.onnx": imp.version for imp in model.opset_import},
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "producer": producer(model),
         "inputs": [{"name": v.name, "dtype": elem(v), "shape": dims(v)} for v in model.graph.input],
         "outputs": [{"name": v.name, "dtype": elem(v), "shape": dims(v)} for v in model.graph.output],
         "ops": dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items())),
@@ -39,7 +40,15 @@ def describe_model(path: str | os.PathLike) -> dict:
     }
 
 
+def producer(model) -> str:
+    """"tf2onnx 1.17.0". tf2onnx writes its version as "<version> <git hash>", and a wheel has no
+    hash: files exported before rowrnn cleaned that up say "1.17.0 None", and the "None" is dropped."""
+    words = f"{model.producer_name} {model.producer_version}".split()
+    return " ".join(word for word in words if word != "None")
+
+
 def format_description(info: dict) -> str:
+    """The `rowrnn info` text: a header line, inputs, outputs, op counts, then the metadata."""
     lines = [
         f"{info['path']}  ({info['size_bytes']:,} bytes, {info['parameters']:,} parameters)",
         f"producer: {info['producer']}   ir_version: {info['ir_version']}   opsets: "

@@ -46,6 +46,7 @@ def light_site_packages(target: Path) -> Path:
     """A directory with links to the plain install's dependencies only (numpy, onnxruntime,
     onnx, typer, pillow and what they need) and the build tools: a fresh venv that cannot
     reach PyPI sees these and nothing else (no TensorFlow, no web stack)."""
+    target.mkdir()
     wanted, seen = ["numpy", "onnxruntime", "onnx", "typer", "pillow", "setuptools", "wheel"], set()
     while wanted:
         name = wanted.pop().lower().replace("_", "-")

@@ -6,15 +6,60 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 
-from conftest import REPO, assert_one_line_error, rowrnn
+from helpers import REPO, assert_one_line_error, rowrnn
+from rowrnn import cli
+
+COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "triton-repo")
 
 
-def test_help_lists_the_commands():
+def test_help_lists_every_command():
     result = rowrnn("--help")
     assert result.returncode == 0
-    for command in ("train", "evaluate"):
-        assert command in result.stdout
+    listed = [line.split()[0] for line in result.stdout.split("Commands:")[1].strip().splitlines()]
+    assert listed == list(COMMANDS)
+
+
+@pytest.mark.parametrize("command, options", [
+    ("evaluate", ["--model", "--data", "--plot", "--json"]),
+    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop"]),
+    ("info", ["--json"]),
+    ("predict", ["--model", "--json"]),
+    ("serve", ["--host", "--port", "--name", "--max-batch", "--max-delay-ms", "--max-queue", "--max-body-mb",
+               "--body-timeout-s", "--drain-timeout-s", "--api-key", "ROWRNN_API_KEY", "--cors-origin", "--log-level"]),
+    ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
+    ("bench", ["--keras", "--onnx", "--int8", "--data", "--json", "--plot", "--calls", "--images", "--cold-starts"]),
+])
+def test_command_help_shows_its_options(command, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"Usage: rowrnn {command} ")
+    for option in options:
+        assert option in shown, option
+
+
+def test_option_defaults_are_the_librarys():
+    """The CLI takes its defaults from the library, so the two cannot drift apart."""
+    from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET
+    from rowrnn.bench import BenchSettings
+
+    commands = typer.main.get_command(cli.app).commands
+    defaults = {name: {p.name: p.default for p in command.params} for name, command in commands.items()}
+    assert defaults["export"]["opset"] == DEFAULT_OPSET
+    assert defaults["export"]["atol"] == DEFAULT_ATOL
+    assert defaults["export"]["max_int8_drop"] == pytest.approx(DEFAULT_MAX_INT8_DROP * 100)  # points
+    for option in ("calls", "images", "cold_starts"):
+        assert defaults["bench"][option] == getattr(BenchSettings(), option), option
+    from serve.settings import ServeSettings
+
+    for option in ("host", "port", "name", "max_batch", "max_delay_ms", "max_queue", "max_body_mb",
+                   "body_timeout_s", "drain_timeout_s", "log_level"):
+        assert defaults["serve"][option] == getattr(ServeSettings(), option), option
+    for option in ("name", "max_batch", "max_delay_ms"):
+        assert defaults["triton-repo"][option] == getattr(ServeSettings(), option), option
 
 
 def test_train_help_shows_options():
@@ -24,19 +69,9 @@ def test_train_help_shows_options():
         assert option in result.stdout
 
 
-
-
-
-
-
-
 def test_env_var_points_at_data(tmp_path):
     result = rowrnn("train", "--out", tmp_path / "o", env={"ROWRNN_DATA": str(tmp_path / "envdir")})
     assert_one_line_error(result, "envdir")
-
-
-
-
 
 
 @pytest.mark.slow
@@ -59,25 +94,42 @@ def test_export_writes_a_checked_model(tmp_path, tiny_keras_model):
     result = rowrnn("export", tmp_path / "m.onnx", "--model", tiny_keras_model, env={"ROWRNN_DATA": ""})
     assert result.returncode == 0, result.stderr
     assert "max-abs logit diff" in result.stdout and "argmax agreement 100.00%" in result.stdout
+    assert ("graph rewrites applied: fold_input_layer, zero_initial_state, final_hidden_state; "
+            "not applied: constant_reshape_shapes (no Reshape has a computed shape)") in result.stdout
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.parity.json").exists()
     info = rowrnn("info", tmp_path / "m.onnx", "--json")
     assert info.returncode == 0, info.stderr
     described = json.loads(info.stdout)
     assert described["inputs"] == [{"name": "rows", "dtype": "float", "shape": ["batch", 28, 28]}]
     assert described["ops"]["LSTM"] == 1 and described["metadata"]["format_version"] == "1"
+    import tf2onnx
+
+    assert described["producer"] == f"tf2onnx {tf2onnx.__version__}"  # not "tf2onnx 1.17.0 None"
     text = rowrnn("info", tmp_path / "m.onnx")
-    assert "ops (" in text.stdout and "LSTM x1" in text.stdout
+    assert "ops (" in text.stdout and "LSTM x1" in text.stdout and "None" not in text.stdout
 
 
+def test_info_names_the_producer_without_a_missing_git_hash(tmp_path, capsys):
+    """Files exported before the fix carry tf2onnx's "1.17.0 None" (no git hash in a wheel)."""
+    import onnx
 
+    from helpers import foreign_model
 
+    model = onnx.load(foreign_model(tmp_path / "old.onnx", metadata={"format_version": "1"}))
+    model.producer_name, model.producer_version = "tf2onnx", "1.17.0 None"
+    onnx.save(model, tmp_path / "old.onnx")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["info", str(tmp_path / "old.onnx")])
+    assert exit_info.value.code == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("producer:"))
+    assert line.split("   ")[0] == "producer: tf2onnx 1.17.0"
 
 
 def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
     import numpy as np
     from PIL import Image, ImageDraw
 
-    from conftest import idx_bytes, synthetic_digits
+    from helpers import idx_bytes, synthetic_digits
 
     image = Image.new("L", (120, 160), 240)
     ImageDraw.Draw(image).line([(60, 20), (60, 140)], fill=10, width=12)
@@ -86,7 +138,8 @@ def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
     np.save(tmp_path / "three.npy", images)
     (tmp_path / "two-idx3-ubyte").write_bytes(idx_bytes(images[:2]))
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    args = ["predict", exported.onnx_path, tmp_path / "one.png", tmp_path / "bad.png", tmp_path / "three.npy", tmp_path / "two-idx3-ubyte"]
+    args = ["predict", tmp_path / "one.png", tmp_path / "bad.png", tmp_path / "three.npy", tmp_path / "two-idx3-ubyte",
+            "--model", exported.onnx_path]
     result = rowrnn(*args, "--json")
     assert result.returncode == 2
     lines = [json.loads(line) for line in result.stdout.splitlines()]
@@ -97,26 +150,8 @@ def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
         assert 0 <= record["label"] <= 9 and len(record["probabilities"]) == 10
         assert abs(sum(record["probabilities"]) - 1) < 1e-4
     assert result.stderr.strip().count("\n") == 0 and "bad.png" in result.stderr
-    plain = rowrnn(*args[:3])
+    plain = rowrnn("predict", tmp_path / "one.png", "--model", exported.onnx_path)
     assert plain.returncode == 0 and plain.stdout.split("\t")[0].endswith("one.png")
-
-
-
-
-def test_predict_imports_no_tensorflow(exported, tmp_path):
-    """The predict command path stays TensorFlow-free (it is what a light install runs)."""
-    script = (
-        "import sys; from rowrnn.cli import main\n"
-        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')))"
-    )
-    np_path = tmp_path / "x.npy"
-    import numpy as np
-
-    np.save(np_path, np.zeros((28, 28), np.uint8))
-    result = subprocess.run([sys.executable, "-c", script, "predict", str(exported.onnx_path), str(np_path)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("command", [["train"], ["evaluate"], ["export", "m.onnx"]])
@@ -141,7 +176,22 @@ def test_predict_into_a_closed_pipe_stops_quietly(exported, tmp_path):
     import numpy as np
 
     np.save(tmp_path / "many.npy", np.zeros((20_000, 28, 28), np.uint8))
-    command = f"{sys.executable} -m rowrnn predict {exported.onnx_path} {tmp_path / 'many.npy'} | head -1; exit ${{PIPESTATUS[0]}}"
+    command = f"{sys.executable} -m rowrnn predict {tmp_path / 'many.npy'} --model {exported.onnx_path} | head -1; exit ${{PIPESTATUS[0]}}"
     result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1 and result.stderr == ""
+
+
+def test_without_a_model_the_bundled_one_is_used(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from runtime import BUNDLED_MODEL
+
+    info = rowrnn("info", "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["path"] == str(BUNDLED_MODEL)
+    image = Image.new("L", (120, 120), 255)
+    ImageDraw.Draw(image).line([(60, 15), (62, 105)], fill=0, width=10)
+    image.save(tmp_path / "one.png")
+    result = rowrnn("predict", tmp_path / "one.png")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[1:3] == ["0", "1"]  # index 0, label 1

@@ -1,4 +1,7 @@
-"""rowrnn_keras.data: the four MNIST files are found, validated and split without leaking."""
+"""rowrnn_keras.data: the four MNIST files are found, validated and split without leaking.
+
+A data path that is a file, and files of the wrong size: the bad-input battery (test_bad_inputs.py).
+"""
 
 import hashlib
 import os
@@ -6,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import synthetic_digits, write_idx, write_mnist_dir
+from helpers import synthetic_digits, write_idx, write_mnist_dir
 from rowrnn_keras.data import (
     DATA_ENV,
     FILES,
@@ -67,17 +70,6 @@ def test_bad_directory_contents_are_named(tmp_path, name, payload, message):
     corrupt(directory, name, payload)
     with pytest.raises(InputError, match=message):
         load_mnist_dir(directory, SMALL)
-
-
-def test_wrong_total_count_is_refused(tmp_path):
-    with pytest.raises(InputError, match="expected 60000 MNIST train images, found 120"):
-        load_mnist_dir(write_mnist_dir(tmp_path))
-
-
-def test_not_a_directory(tmp_path):
-    (tmp_path / "file").write_text("x")
-    with pytest.raises(InputError, match="not a directory"):
-        load_mnist_dir(tmp_path / "file")
 
 
 def test_validation_split_is_seeded_disjoint_and_complete():

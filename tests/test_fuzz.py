@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays, scalar_dtypes
 from PIL import Image
 
-from conftest import idx_bytes
+from helpers import idx_bytes
 from runtime import InputError, Predictor, preprocess_image
 from runtime.idx import parse_idx, read_idx
 
@@ -143,16 +143,29 @@ def assert_probabilities(result, n: int) -> None:
     np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=1))
 
 
+def images_in(shape: tuple[int, ...]) -> int | None:
+    """How many images an input of `shape` holds by the accepted forms: (28, 28) and (784,) one,
+    (N, 28, 28) and (N, 784) N; None for any other shape."""
+    if shape in ((28, 28), (784,)):
+        return 1
+    if (len(shape) == 3 and shape[1:] == (28, 28)) or (len(shape) == 2 and shape[1] == 784):
+        return shape[0]
+    return None
+
+
 @FUZZ
 @given(arrays(scalar_dtypes(), array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=30)))
 @example(np.zeros((0, 28, 28), np.float32))
 @example(np.full((1, 784), np.nan, np.float64))
+@example(np.zeros((3, 28, 28), np.uint8))
 def test_predict_any_array_gives_probabilities_or_input_error(predictor, array):
     try:
         result = predictor.predict(array)
     except InputError:
         return
-    assert_probabilities(result, len(result))
+    expected = images_in(array.shape)
+    assert expected is not None, f"shape {array.shape} accepted"
+    assert_probabilities(result, expected)  # one result per input image, none dropped
 
 
 @FUZZ

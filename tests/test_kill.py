@@ -1,9 +1,14 @@
 """Killing `rowrnn train` or `rowrnn export` never leaves a partial artifact; Ctrl-C is one line.
 
-Each run is stopped with SIGKILL or SIGINT at a point read off the file system (during start-up,
-mid-run, while writing). Afterwards every artifact path must hold the previous complete file or a
-complete new one, never a partial file; a later run must succeed and clear what the killed ones
-left behind.
+Each run is stopped with SIGKILL or SIGINT inside a named stage: importing TensorFlow, training,
+between two of train's renames, and halfway through writing each of export's artifacts. The runs go
+through tests/stage_markers.py, which marks each stage's start and normal end in files and pauses
+at the points where a signal must land (with half an artifact's bytes in its temporary file, say).
+A kill counts as landed when its stage started and never finished; every test asserts that all its
+kills landed, so none can pass by arriving after the work was done.
+
+After each kill every artifact path must hold the previous complete file or a complete new one,
+never a partial file; a later run must succeed and clear what the killed ones left behind.
 """
 
 from __future__ import annotations
@@ -19,29 +24,56 @@ import sys
 import time
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
+from rowrnn_keras.artifacts import sha256_file
 from runtime import Predictor
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
+TESTS = Path(__file__).resolve().parent
+MARKED_ROWRNN = f"import sys; sys.path.insert(1, {str(TESTS)!r}); import stage_markers; stage_markers.main()"
 
 
-def start(*args) -> subprocess.Popen:
+def start(*args, markers: Path | None = None) -> subprocess.Popen:
+    """`rowrnn ARGS` in a new process; with `markers`, through stage_markers (see its docstring)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "ROWRNN_DATA": ""}
+    command = [sys.executable, "-m", "rowrnn"]
+    if markers is not None:
+        env["ROWRNN_STAGE_DIR"] = str(markers)
+        command = [sys.executable, "-c", MARKED_ROWRNN]
     # A background job inherits SIGINT ignored (so Python installs no handler): restore the default.
-    return subprocess.Popen([sys.executable, "-m", "rowrnn", *map(str, args)], cwd=REPO, env=env,
+    return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def stop_when(process: subprocess.Popen, ready: Callable[[], bool], sig: signal.Signals, timeout: float = 120) -> tuple[int, str]:
-    """Send `sig` as soon as `ready()` holds (polled every millisecond); return (exit code, stderr)."""
+@dataclass(frozen=True)
+class KillPoint:
+    stage: str  # the stage that must be running when the signal lands (its markers' name)
+    ready: str  # the marker whose appearance sends the signal
+
+
+@dataclass
+class Kills:
+    """Which kills landed inside their stage, which did not."""
+
+    landed: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        total = len(self.landed) + len(self.missed)
+        return f"{len(self.landed)} of {total} kills landed inside their stage; missed: {self.missed or 'none'}"
+
+
+def stop_at(process: subprocess.Popen, marker: Path, sig: signal.Signals, timeout: float = 300) -> tuple[int, str]:
+    """Send `sig` as soon as `marker` exists (polled every millisecond); return (exit code, stderr)."""
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        if ready():
+        if marker.exists():
             process.send_signal(sig)
             break
         time.sleep(0.001)
@@ -49,18 +81,8 @@ def stop_when(process: subprocess.Popen, ready: Callable[[], bool], sig: signal.
     return process.returncode, stderr
 
 
-def after(seconds: float) -> Callable[[], bool]:
-    moment = time.monotonic() + seconds
-    return lambda: time.monotonic() >= moment
-
-
-def any_match(directory: Path, pattern: str) -> Callable[[], bool]:
-    return lambda: any(directory.glob(pattern))
-
-
-def assert_stopped_cleanly(sig: signal.Signals, code: int, stderr: str, may_finish: bool) -> None:
-    if code == 0 and may_finish:
-        return  # the run finished before the signal arrived: its artifacts are checked as new ones
+def assert_stopped_by(sig: signal.Signals, code: int, stderr: str) -> None:
+    """The process ended by the signal: SIGKILL's -9, or Ctrl-C's one line and exit code 130."""
     if sig == signal.SIGKILL:
         assert code == -signal.SIGKILL, (code, stderr)
     else:
@@ -111,23 +133,38 @@ TRAIN_ARTIFACTS = {"model.keras": complete_keras, "history.csv": complete_csv, "
 EXPORT_ARTIFACTS = {"model.onnx": complete_onnx, "model.parity.json": complete_json, "model.int8.onnx": complete_onnx}
 
 
-def kill_at_each_point(out: Path, artifacts: dict, command: list, points: dict, sig: signal.Signals) -> None:
-    """Stop `command` at each point in turn; after each, every artifact is whole. Then a normal
-    run (`command` minus its last two arguments) succeeds and clears the leftovers."""
-    for point, ready in points.items():
+def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[KillPoint], sig: signal.Signals,
+                       markers: Path, check: Callable[[KillPoint, dict[str, bytes]], None] = lambda point, previous: None) -> Kills:
+    """Stop `command` at each point in turn; after each, every artifact is whole and `check` holds.
+    Then a normal run (`command` minus its last two arguments) succeeds and clears the leftovers."""
+    kills = Kills()
+    for point in points:
         previous = {name: (out / name).read_bytes() for name in artifacts}
-        code, stderr = stop_when(start(*command), ready(), sig)
-        assert_stopped_cleanly(sig, code, stderr, may_finish=point != "starting")
+        run_markers = markers / f"{sig.name}-{point.stage}"
+        run_markers.mkdir(parents=True)
+        code, stderr = stop_at(start(*command, markers=run_markers), run_markers / point.ready, sig)
+        landed = (run_markers / f"{point.stage}.entered").exists() and not (run_markers / f"{point.stage}.left").exists()
+        (kills.landed if landed else kills.missed).append(point.stage)
+        if not landed:
+            continue  # counted; the test fails on the summary
+        assert_stopped_by(sig, code, stderr)
         for name, is_complete in artifacts.items():
             try:
                 assert_whole(out / name, previous[name], is_complete)
             except Exception as exc:
-                raise AssertionError(f"{sig.name} while {point}: {name} is not whole: {exc!r}") from exc
+                raise AssertionError(f"{sig.name} while {point.stage}: {name} is not whole: {exc!r}") from exc
+        if point.stage.startswith("write-") and sig == signal.SIGKILL:  # the half-written temporary is still there
+            target = Path(point.stage.removeprefix("write-"))
+            assert [n for n in leftovers(out) if n.startswith(f".{target.stem}.rowrnn-") and n.endswith(f".tmp{target.suffix}")], leftovers(out)
+        if sig == signal.SIGINT:
+            assert leftovers(out) == [], "Ctrl-C left temporaries behind"
+        check(point, previous)
     again = start(*command[:-2])
     assert again.wait(timeout=300) == 0, again.stderr.read()
     assert leftovers(out) == [], "the killed runs' temporaries were not cleared"
     for name, is_complete in artifacts.items():
         is_complete(out / name)
+    return kills
 
 
 @pytest.mark.slow
@@ -139,13 +176,24 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
         done = start("train", "--out", first, *args)
         assert done.wait(timeout=300) == 0, done.stderr.read()
     out = Path(shutil.copytree(first, tmp_path_factory.mktemp("train-kill") / "out"))
-    points = {
-        "starting": lambda: after(0.3),
-        "training": lambda: any_match(out, ".rowrnn-*/model.keras"),  # best-epoch checkpoint in scratch
-        "publishing": lambda: any_match(out, ".rowrnn-*/metrics.json"),  # the last file before the renames
-    }
+    points = [
+        KillPoint("importing", "importing.entered"),
+        KillPoint("training", "checkpoint-saved"),  # the best epoch so far sits in the scratch directory
+        KillPoint("publish-metrics.json", "renamed-metrics.json"),  # between it and the model's rename
+    ]
+
+    def between_renames_is_detectable(point: KillPoint, previous: dict[str, bytes]) -> None:
+        if point.stage != "publish-metrics.json":
+            return
+        assert (out / "model.keras").read_bytes() == previous["model.keras"]  # the model was not renamed yet
+        metrics = json.loads((out / "metrics.json").read_text())  # but the new reports were
+        assert (out / "metrics.json").read_bytes() != previous["metrics.json"]
+        assert metrics["model_sha256"] != sha256_file(out / "model.keras")  # and they say so
+
     # --seed 1 makes every new artifact differ from the previous one
-    kill_at_each_point(out, TRAIN_ARTIFACTS, ["train", "--out", out, *args, "--seed", "1"], points, SIGNALS[sig_name])
+    kills = kill_at_each_point(out, TRAIN_ARTIFACTS, ["train", "--out", out, *args, "--seed", "1"], points,
+                               SIGNALS[sig_name], tmp_path_factory.mktemp("train-markers"), between_renames_is_detectable)
+    assert not kills.missed, kills.summary()
 
 
 @pytest.mark.parametrize("sig_name", list(SIGNALS))
@@ -155,13 +203,11 @@ def test_killed_export_keeps_artifacts_whole(tmp_path_factory, tiny_keras_model,
         done = start("export", first / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8")
         assert done.wait(timeout=300) == 0, done.stderr.read()
     out = Path(shutil.copytree(first, tmp_path_factory.mktemp("export-kill") / "out"))
-    report = out / "model.parity.json"
-    report_before = report.read_bytes()
-    points = {
-        "starting": lambda: after(0.3),
-        "report-written": lambda: (lambda: report.exists() and report.read_bytes() != report_before),
-        "writing-model": lambda: any_match(out, ".model.rowrnn-*.tmp.onnx"),
-    }
-    # --atol changes the report, so "report-written" can tell the new one from the previous
+    points = [
+        KillPoint("importing", "importing.entered"),  # nothing written yet (converting: the same)
+        *(KillPoint(f"write-{name}", f"write-{name}.half") for name in ("model.parity.json", "model.onnx", "model.int8.onnx")),
+    ]
+    # --atol changes the report, so a new one differs from the previous
     command = ["export", out / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8", "--atol", "0.001"]
-    kill_at_each_point(out, EXPORT_ARTIFACTS, command, points, SIGNALS[sig_name])
+    kills = kill_at_each_point(out, EXPORT_ARTIFACTS, command, points, SIGNALS[sig_name], tmp_path_factory.mktemp("export-markers"))
+    assert not kills.missed, kills.summary()

@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.model import create_model, learning_rate_schedule, load_trained_model
+from rowrnn_keras.model import (
+    architecture,
+    architecture_layers,
+    create_model,
+    format_architecture,
+    learning_rate_schedule,
+    load_trained_model,
+)
 from runtime.errors import InputError
 
 
@@ -21,11 +28,35 @@ def test_architecture_is_dense_lstm_dense():
     assert model.count_params() == 3712 + 131584 + 1290
 
 
-def test_forward_shapes_and_logits():
+def numpy_forward(model: keras.Model, rows: np.ndarray) -> np.ndarray:
+    """Dense -> LSTM (gates i, f, c, o; sigmoid and tanh) -> Dense, written out in numpy."""
+    (a, a_bias), (kernel, recurrent, bias), (d, d_bias) = (layer.get_weights() for layer in model.layers)
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    embedded = rows.astype(np.float64) @ a + a_bias
+    state = cell = np.zeros((len(rows), recurrent.shape[0]))
+    for step in range(rows.shape[1]):
+        i, f, c, o = np.split(embedded[:, step] @ kernel + state @ recurrent + bias, 4, axis=1)
+        cell = sigmoid(f) * cell + sigmoid(i) * np.tanh(c)
+        state = sigmoid(o) * np.tanh(cell)
+    return state @ d + d_bias
+
+
+def test_forward_pass_is_dense_lstm_dense_row_by_row():
     model = create_model(TrainConfig(hidden_units=16, dense_units=8))
-    out = model(np.zeros((3, 28, 28), np.float32))
-    assert tuple(out.shape) == (3, 10)
-    assert not np.allclose(keras.ops.sum(keras.ops.softmax(out), axis=1), 0)
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in model.get_weights()])
+    rows = rng.random((3, 28, 28), dtype=np.float32)
+    out = np.asarray(model(rows))
+    assert out.shape == (3, 10)
+    np.testing.assert_allclose(out, numpy_forward(model, rows), atol=1e-5, rtol=1e-5)
+    assert not np.allclose(out[0], out[1])  # the logits depend on the image
+
+
+def test_architecture_as_data_and_for_people():
+    model = create_model(TrainConfig(hidden_units=16, dense_units=8))
+    layers = architecture_layers(model)
+    assert layers == [{"layer": "Dense", "units": 8}, {"layer": "LSTM", "units": 16}, {"layer": "Dense", "units": 10}]
+    assert architecture(model) == format_architecture(layers) == "Dense(8) -> LSTM(16) -> Dense(10)"
 
 
 def test_forget_gate_bias_starts_at_one():
@@ -67,14 +98,8 @@ def test_nonsense_config_is_refused(kwargs, message):
         TrainConfig(**kwargs)
 
 
-def test_load_checks_file_and_shapes(tmp_path):
-    with pytest.raises(InputError, match="no such file"):
-        load_trained_model(tmp_path / "absent.keras")
-    with pytest.raises(InputError, match="is a directory"):
-        load_trained_model(tmp_path)
-    (tmp_path / "junk.keras").write_bytes(b"not a zip")
-    with pytest.raises(InputError, match="not a Keras model file"):
-        load_trained_model(tmp_path / "junk.keras")
+def test_load_checks_the_model_shapes(tmp_path):
+    # missing, empty, broken files: the bad-input battery (test_bad_inputs.py)
     other = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(), keras.layers.Dense(3)])
     other.save(tmp_path / "other.keras")
     with pytest.raises(InputError, match=r"output shape .* is not \(batch, 10\)"):

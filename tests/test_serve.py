@@ -237,14 +237,10 @@ BAD_REQUESTS = [
 @pytest.fixture(scope="module")
 def battery_server(exported, tmp_path_factory):
     """One server for the whole battery: proving that it keeps serving after every bad request."""
-    from conftest import SERVER_BOOT, REPO, RunningServer  # noqa: F401  (the fixture is per test)
+    from helpers import start_server_process
 
-    log = tmp_path_factory.mktemp("battery") / "server.log"
-    with open(log, "wb") as stream:
-        process = subprocess.Popen([sys.executable, "-c", SERVER_BOOT, "serve", str(exported.onnx_path),
-                                    "--port", "0", "--max-body-mb", "1", "--body-timeout-s", "1"],
-                                   stdout=stream, stderr=subprocess.STDOUT, cwd=REPO)
-    server = RunningServer(process, log).wait_ready()
+    server = start_server_process(exported.onnx_path, "--max-body-mb", "1", "--body-timeout-s", "1",
+                                  log=tmp_path_factory.mktemp("battery") / "server.log")
     yield server
     assert server.stop() == 0
 
@@ -411,7 +407,7 @@ run()
 
 
 def test_without_the_serve_extra_it_names_the_extra(exported):
-    from conftest import REPO, assert_one_line_error
+    from helpers import REPO, assert_one_line_error
 
     result = subprocess.run([sys.executable, "-c", WITHOUT_SERVE_EXTRA, "serve", str(exported.onnx_path)],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -426,13 +422,13 @@ def test_without_the_serve_extra_it_names_the_extra(exported):
     (["--api-key", " "], "--api-key is empty"),
 ])
 def test_bad_options_are_one_line(exported, options, message):
-    from conftest import assert_one_line_error, rowrnn
+    from helpers import assert_one_line_error, rowrnn
 
     assert_one_line_error(rowrnn("serve", exported.onnx_path, *options), message)
 
 
 def test_bad_model_and_busy_port_are_one_line(exported, tmp_path):
-    from conftest import assert_one_line_error, foreign_model, rowrnn
+    from helpers import assert_one_line_error, foreign_model, rowrnn
 
     assert_one_line_error(rowrnn("serve", tmp_path / "absent.onnx"), "no such file")
     assert_one_line_error(rowrnn("serve", foreign_model(tmp_path / "f.onnx", input_name="x")), "not a rowrnn model")

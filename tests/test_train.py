@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import QUICK_REAL, synthetic_digits
+from helpers import QUICK_REAL, synthetic_digits
 from rowrnn_keras.artifacts import sha256_file, write_json_atomic
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist

@@ -4,7 +4,7 @@ whose inputs and outputs are the ONNX file's."""
 import onnx
 import pytest
 
-from conftest import assert_one_line_error, rowrnn
+from helpers import assert_one_line_error, rowrnn
 from export.triton import write_triton_repository
 from runtime.errors import InputError
 
@@ -53,7 +53,7 @@ def test_cli_writes_a_repository_for_an_existing_model(exported, tmp_path):
 
 
 def test_refuses_what_it_cannot_describe(tmp_path, exported):
-    from conftest import foreign_model
+    from helpers import foreign_model
 
     with pytest.raises(InputError, match="not a rowrnn model"):
         write_triton_repository(foreign_model(tmp_path / "f.onnx", input_name="x"), tmp_path / "repo")
