@@ -116,8 +116,11 @@ def export(
     atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = DEFAULT_ATOL,
     quantize: Annotated[Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")] = None,
     max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
+    triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")] = None,
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
+    if triton_repo is not None and triton_repo.exists() and not triton_repo.is_dir():
+        raise InputError(f"{triton_repo}: exists and is not a directory")  # before minutes of work
     api = needs_training_extra("export.api")
     result = api.export_model(
         model, output, data_dir=data, opset=opset, atol=atol, quantize=quantize,
@@ -136,6 +139,11 @@ def export(
         accuracy = "" if int8.get("test_accuracy") is None else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
         typer.echo(f"wrote {result.int8_path}: {int8['size_bytes']:,} bytes{accuracy}")
     typer.echo(f"parity report: {result.report_path}")
+    if triton_repo is not None:
+        from export.triton import write_triton_repository
+
+        written = write_triton_repository(result.onnx_path, triton_repo)
+        typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
 
 
 @app.command()

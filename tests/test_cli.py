@@ -23,7 +23,7 @@ def test_help_lists_every_command():
 
 @pytest.mark.parametrize("command, options", [
     ("evaluate", ["--model", "--data", "--plot", "--json"]),
-    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop"]),
+    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop", "--triton-repo"]),
     ("info", ["--json"]),
     ("predict", ["--model", "--json"]),
     ("serve", ["--host", "--port", "--name", "--max-batch", "--max-delay-ms", "--max-queue", "--max-body-mb",

@@ -62,3 +62,10 @@ def test_refuses_what_it_cannot_describe(tmp_path, exported):
     assert not (tmp_path / "repo").exists()
     (tmp_path / "file").write_text("x")
     assert_one_line_error(rowrnn("triton-repo", exported.onnx_path, tmp_path / "file"), "not a directory")
+
+
+def test_export_writes_the_repository_too(tiny_keras_model, tmp_path):
+    result = rowrnn("export", tmp_path / "m.onnx", "--model", tiny_keras_model, "--triton-repo", tmp_path / "repo")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "repo" / "rowrnn" / "1" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+    assert parse_config(tmp_path / "repo" / "rowrnn" / "config.pbtxt").platform == "onnxruntime_onnx"
