@@ -19,7 +19,7 @@ import typer
 
 from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
 from rowrnn.bench import BenchSettings
-from rowrnn.extras import check_training_extra, needs_training_extra
+from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
 from runtime.errors import CheckFailed, InputError, one_line
 from serve.settings import ServeSettings
 
@@ -241,9 +241,6 @@ def bench(
         typer.echo(f"wrote {plot}")
 
 
-SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson")
-
-
 @app.command()
 def serve(
     model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
@@ -266,9 +263,7 @@ def serve(
     Clients written for Triton, KServe or MLServer work unchanged. SIGTERM or Ctrl-C drains:
     readiness turns false, requests in flight finish, exit 0.
     """
-    missing = [name for name in SERVE_EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        raise InputError(f"rowrnn serve needs {', '.join(missing)}; install the serve extra: pip install 'rowrnn[serve]'")
+    check_serve_extra()
     from runtime.predictor import Predictor
     from serve.app import create_app
     from serve.server import run

@@ -1,4 +1,5 @@
-"""The "training extra" (`pip install 'rowrnn[train]'`): checking it is there, importing it quietly.
+"""The extras (`pip install 'rowrnn[train]'`, `'rowrnn[serve]'`): checking they are there, and
+importing the training side quietly.
 
 `rowrnn.cli` and `rowrnn.bench` both need these; they live here so neither imports the other.
 """
@@ -17,6 +18,7 @@ from runtime.errors import InputError
 
 TRAINING_EXTRA = ("tensorflow", "keras", "tf2onnx", "matplotlib")
 INSTALL_HINT = "install the training extra: pip install 'rowrnn[train]'"
+SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson")
 
 
 @contextlib.contextmanager
@@ -37,11 +39,16 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def check_training_extra(packages: tuple[str, ...] = TRAINING_EXTRA, needed_by: str = "this command") -> None:
-    """Fail fast, in one line, when the light install runs something that needs the training extra."""
+def check_training_extra(packages: tuple[str, ...] = TRAINING_EXTRA, needed_by: str = "this command",
+                         hint: str = INSTALL_HINT) -> None:
+    """Fail fast, in one line, when the light install runs something that needs an extra."""
     missing = [name for name in packages if importlib.util.find_spec(name) is None]
     if missing:
-        raise InputError(f"{needed_by} needs {', '.join(missing)}; {INSTALL_HINT}")
+        raise InputError(f"{needed_by} needs {', '.join(missing)}; {hint}")
+
+
+def check_serve_extra() -> None:
+    check_training_extra(SERVE_EXTRA, "rowrnn serve", "install the serve extra: pip install 'rowrnn[serve]'")
 
 
 def needs_training_extra(module: str = "rowrnn_keras.train") -> ModuleType:
