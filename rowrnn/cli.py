@@ -161,12 +161,14 @@ def export(
     atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = 1e-4,
     quantize: Annotated[Optional[str], typer.Option(help="Also write an int8 model: 'int8'.")] = None,
     max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = 0.5,
+    step: Annotated[bool, typer.Option("--step", help="Also write OUT.step.onnx: one row per call, the LSTM state in and out.")] = False,
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
     api = needs_training_extra("export.api")
     result = api.export_model(
         model, output, data_dir=data, opset=opset, atol=atol, quantize=quantize,
         max_int8_drop=max_int8_drop / 100.0,
+        step=step,
     )
     report = result.report
     typer.echo(
@@ -179,6 +181,10 @@ def export(
         int8 = report["int8"]
         accuracy = "" if int8.get("test_accuracy") is None else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
         typer.echo(f"wrote {result.int8_path}: {int8['size_bytes']:,} bytes{accuracy}")
+    if result.step_path is not None:
+        stepped = report["step"]
+        typer.echo(f"wrote {result.step_path}: 28 steps reproduce the full model (max-abs logit diff "
+                   f"{stepped['max_abs_logit_diff_vs_full_onnx']:.2g}) and Keras ({stepped['max_abs_logit_diff_vs_keras']:.2g})")
     typer.echo(f"parity report: {result.report_path}")
 
 
