@@ -1,0 +1,219 @@
+"""`rowrnn anytime`: how early the model knows, measured with the step model on the MNIST test set.
+
+Accuracy after k rows (k = 1..28) is the step model's answer after reading only the top k rows. The
+early-exit table reads each image only until its top probability reaches a threshold
+(`StreamingPredictor.predict_early`) and measures the time that saves against always reading all
+28 rows, interleaved round by round so drift on a shared machine hits both alike.
+
+`measure_streaming` is `rowrnn bench`'s streaming section: one-row step latency, and a streamed
+image (28 one-row pushes) against one full-model call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from runtime.contract import IMAGE_ROWS
+from runtime.errors import InputError, one_line
+from runtime.stream import StreamingPredictor
+
+DEFAULT_THRESHOLDS = (0.9, 0.99, 0.999)
+ROUNDS = 3  # timed passes per configuration; the median is reported
+ONE_AT_A_TIME = 1000  # images streamed one by one for the per-image timing (the scanner's case)
+
+
+def labelled_test_set(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """uint8 test images, labels and a description; accuracy needs labels, so no synthetic fallback."""
+    from rowrnn_keras.data import load_mnist_dir, resolve_data_dir  # numpy-only module
+
+    directory = resolve_data_dir(data)
+    if directory is None:
+        raise InputError("anytime needs the MNIST test set: give --data DIR or set $ROWRNN_DATA")
+    mnist = load_mnist_dir(directory)
+    return mnist.test_images, mnist.test_labels.astype(np.int64), f"MNIST test set ({directory})"
+
+
+def timed_into(samples: list[float], function: Callable[[], object]) -> object:
+    """Run `function`, append its wall time in seconds to `samples`, return its result."""
+    start = time.perf_counter()
+    result = function()
+    samples.append(time.perf_counter() - start)
+    return result
+
+
+def run_anytime(
+    predictor: StreamingPredictor,
+    images: np.ndarray,
+    labels: np.ndarray,
+    source: str,
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS,
+    progress: Callable[[str], None] = lambda message: None,
+) -> dict:
+    """Accuracy after each row and the early-exit table on labelled images (`format_anytime` prints
+    it, --json is it)."""
+    progress(f"probabilities after each row of {len(images)} images")
+    believed = predictor.row_probabilities(images)
+    after_rows = (believed.argmax(axis=2) == labels[:, None]).mean(axis=0)
+
+    # Timed: the batch call on the whole set, and images streamed one at a time; "never" is the
+    # baseline that reads all 28 rows (a threshold above 1 is never reached).
+    single = images[:ONE_AT_A_TIME]
+    configurations = {"never": float("inf"), **{str(t): t for t in thresholds}}
+    batch_times: dict[str, list[float]] = {name: [] for name in configurations}
+    single_times: dict[str, list[float]] = {name: [] for name in configurations}
+    results = {}
+    for round_index in range(ROUNDS):
+        progress(f"early exit, timing round {round_index + 1}/{ROUNDS}")
+        for name, threshold in configurations.items():
+            results[name] = timed_into(batch_times[name], lambda: predictor.predict_early(images, threshold))
+            timed_into(single_times[name], lambda: [predictor.predict_early(single[i : i + 1], threshold) for i in range(len(single))])
+    batch_base, single_base = (statistics.median(times["never"]) for times in (batch_times, single_times))
+    table = []
+    for name, threshold in configurations.items():
+        if name == "never":
+            continue
+        rows = results[name].rows
+        batch, single_seconds = statistics.median(batch_times[name]), statistics.median(single_times[name])
+        table.append({
+            "threshold": threshold,
+            "accuracy": float(np.mean(results[name].labels == labels)),
+            "mean_rows": float(rows.mean()),
+            "median_rows": float(np.median(rows)),
+            "stopped_early": float(np.mean(rows < IMAGE_ROWS)),
+            "rows_histogram": np.bincount(rows, minlength=IMAGE_ROWS + 1)[1:].tolist(),  # images answered at row 1..28
+            "batch_seconds": batch,
+            "batch_time_saved": 1.0 - batch / batch_base,
+            "one_at_a_time_us_per_image": single_seconds / len(single) * 1e6,
+            "one_at_a_time_time_saved": 1.0 - single_seconds / single_base,
+        })
+    return {
+        "model": str(predictor.path),
+        "inputs": source,
+        "images": len(images),
+        "accuracy_after_rows": [float(a) for a in after_rows],
+        "full_accuracy": float(np.mean(results["never"].labels == labels)),
+        "all_rows": {"batch_seconds": batch_base, "one_at_a_time_us_per_image": single_base / len(single) * 1e6},
+        "one_at_a_time_images": len(single),
+        "rounds": ROUNDS,
+        "early_exit": table,
+    }
+
+
+def format_anytime(report: dict) -> str:
+    curve = report["accuracy_after_rows"]
+    lines = [
+        f"rowrnn anytime: {report['model']} on {report['images']} images ({report['inputs']})",
+        "",
+        "accuracy after k rows:",
+        *("  " + "  ".join(f"{k:>2} {curve[k - 1]:7.2%}" for k in range(start, min(start + 7, 29)))
+          for start in range(1, 29, 7)),
+        "",
+        f"early exit (stop once the top probability reaches the threshold; all 28 rows: accuracy {report['full_accuracy']:.2%}):",
+        f"{'threshold':>10}{'accuracy':>10}{'mean rows':>11}{'stopped early':>15}{'time saved':>12}{'one at a time':>15}",
+    ]
+    for row in report["early_exit"]:
+        lines.append(
+            f"{row['threshold']:>10g}{row['accuracy']:>10.2%}{row['mean_rows']:>11.1f}{row['stopped_early']:>15.1%}"
+            f"{row['batch_time_saved']:>12.0%}{row['one_at_a_time_time_saved']:>15.0%}"
+        )
+    base = report["all_rows"]
+    lines.append(
+        f"time saved: against reading all 28 rows, medians of {report['rounds']} rounds; batch: all {report['images']} images in "
+        f"one call ({base['batch_seconds'] * 1e3:.0f} ms for 28 rows); one at a time: {report['one_at_a_time_images']} images, "
+        f"one call each ({base['one_at_a_time_us_per_image']:.0f} µs per image for 28 rows)"
+    )
+    return "\n".join(lines)
+
+
+def save_anytime_plot(report: dict, path: Path) -> Path:
+    """Left: accuracy after k rows, early-exit points on it. Right: share of images answered by row k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rowrnn_keras.artifacts import atomic_path
+
+    rows = np.arange(1, IMAGE_ROWS + 1)
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    left.plot(rows, np.asarray(report["accuracy_after_rows"]) * 100, marker="o", markersize=3, color="tab:blue",
+              label="answer after reading k rows")
+    colors = ("tab:orange", "tab:green", "tab:red", "tab:purple")
+    for row, color in zip(report["early_exit"], colors):
+        left.scatter(row["mean_rows"], row["accuracy"] * 100, color=color, zorder=3, s=40,
+                     label=f"early exit at {row['threshold']:g}: {row['accuracy']:.2%}, {row['mean_rows']:.1f} rows on average")
+        histogram = np.asarray(row["rows_histogram"])
+        right.step(rows, np.cumsum(histogram) / histogram.sum() * 100, where="post", color=color,
+                   label=f"threshold {row['threshold']:g}")
+    left.set(xlabel="rows read (k)", ylabel="test accuracy (%)", xlim=(0.5, 28.5), ylim=(0, 101))
+    left.set_title("accuracy after reading the top k rows", fontsize=10)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8, loc="lower right")
+    right.set(xlabel="row", ylabel="images answered by this row (%)", xlim=(0.5, 28.5), ylim=(0, 101))
+    right.set_title("early exit: when each image was answered", fontsize=10)
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="upper left")
+    figure.suptitle(f"rowrnn anytime: {report['images']} MNIST test images, all 28 rows {report['full_accuracy']:.2%}")
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+    return path
+
+
+# ---------------------------------------------------------------- `rowrnn bench`'s streaming section
+
+
+def measure_streaming(step_path: Path, onnx_path: Path, rows: np.ndarray, calls: int, rounds: int = 10) -> dict:
+    """p50 of one one-row push, of a streamed image (reset + 28 one-row pushes) and of one full-model
+    call on the same images, interleaved round by round; or {"skipped": why}."""
+    from runtime.predictor import Predictor
+
+    try:
+        if not step_path.is_file():
+            raise InputError(f"{step_path}: not found (run `rowrnn export OUT.onnx --step`)")
+        stream = StreamingPredictor(step_path).stream()
+        full = Predictor(onnx_path) if onnx_path.is_file() else None
+    except InputError as exc:
+        return {"skipped": one_line(exc)}
+    step, image, whole = [], [], []
+    images = max(calls // 10, rounds)  # each streamed image is 28 pushes
+    for round_index in range(rounds):
+        for i in range(calls // rounds):
+            row = rows[(round_index * calls // rounds + i) % len(rows), i % IMAGE_ROWS]
+            if i % IMAGE_ROWS == 0:
+                stream.reset()
+            timed_into(step, lambda: stream.push(row))
+        for i in range(images // rounds):
+            pixels = rows[(round_index * images // rounds + i) % len(rows)]
+
+            def streamed() -> None:
+                stream.reset()
+                for r in range(IMAGE_ROWS):
+                    stream.push(pixels[r])
+
+            timed_into(image, streamed)
+            if full is not None:
+                timed_into(whole, lambda: full.predict(pixels[np.newaxis]))
+    p50 = lambda samples: statistics.median(samples) * 1e6 if samples else None  # noqa: E731
+    report = {"step_model": str(step_path), "step_p50_us": p50(step), "step_calls": len(step),
+              "streamed_image_p50_us": p50(image), "streamed_images": len(image), "full_call_p50_us": p50(whole)}
+    if full is None:
+        report["full_call_skipped"] = f"{onnx_path}: not found"
+    return report
+
+
+def format_streaming(streaming: dict) -> list[str]:
+    if "skipped" in streaming:
+        return [f"streaming: skipped: {streaming['skipped']}"]
+    line = (f"streaming ({Path(streaming['step_model']).name}): one-row step p50 {streaming['step_p50_us']:.1f} µs; "
+            f"a streamed image (28 one-row pushes) p50 {streaming['streamed_image_p50_us']:.0f} µs")
+    if streaming["full_call_p50_us"] is not None:
+        ratio = streaming["streamed_image_p50_us"] / streaming["full_call_p50_us"]
+        line += f" vs one full-model call {streaming['full_call_p50_us']:.0f} µs ({ratio:.1f}×)"
+    return [line]
