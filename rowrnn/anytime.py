@@ -130,42 +130,6 @@ def format_anytime(report: dict) -> str:
     return "\n".join(lines)
 
 
-def save_anytime_plot(report: dict, path: Path) -> Path:
-    """Left: accuracy after k rows, early-exit points on it. Right: share of images answered by row k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from rowrnn_keras.artifacts import atomic_path
-
-    rows = np.arange(1, IMAGE_ROWS + 1)
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(rows, np.asarray(report["accuracy_after_rows"]) * 100, marker="o", markersize=3, color="tab:blue",
-              label="answer after reading k rows")
-    colors = ("tab:orange", "tab:green", "tab:red", "tab:purple")
-    for row, color in zip(report["early_exit"], colors):
-        left.scatter(row["mean_rows"], row["accuracy"] * 100, color=color, zorder=3, s=40,
-                     label=f"early exit at {row['threshold']:g}: {row['accuracy']:.2%}, {row['mean_rows']:.1f} rows on average")
-        histogram = np.asarray(row["rows_histogram"])
-        right.step(rows, np.cumsum(histogram) / histogram.sum() * 100, where="post", color=color,
-                   label=f"threshold {row['threshold']:g}")
-    left.set(xlabel="rows read (k)", ylabel="test accuracy (%)", xlim=(0.5, 28.5), ylim=(0, 101))
-    left.set_title("accuracy after reading the top k rows", fontsize=10)
-    left.grid(alpha=0.3)
-    left.legend(fontsize=8, loc="lower right")
-    right.set(xlabel="row", ylabel="images answered by this row (%)", xlim=(0.5, 28.5), ylim=(0, 101))
-    right.set_title("early exit: when each image was answered", fontsize=10)
-    right.grid(alpha=0.3)
-    right.legend(fontsize=8, loc="upper left")
-    figure.suptitle(f"rowrnn anytime: {report['images']} MNIST test images, all 28 rows {report['full_accuracy']:.2%}")
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)
-    return path
-
-
 # ---------------------------------------------------------------- `rowrnn bench`'s streaming section
 
 

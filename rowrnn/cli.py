@@ -292,8 +292,8 @@ def anytime(
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the curve and the early exits.")] = None,
 ) -> None:
     """How early the model knows: test accuracy after k rows, and early exit at 0.9/0.99/0.999 (time saved, measured)."""
-    from rowrnn.anytime import format_anytime, labelled_test_set, run_anytime, save_anytime_plot
-    from rowrnn_keras.artifacts import check_writable
+    from rowrnn.anytime import format_anytime, labelled_test_set, run_anytime
+    from rowrnn_keras.artifacts import atomic_path, check_writable
     from runtime.stream import StreamingPredictor
 
     if plot is not None:
@@ -306,7 +306,10 @@ def anytime(
     show_progress("", "anytime")
     typer.echo(json.dumps(report) if as_json else format_anytime(report))
     if plot is not None:
-        save_anytime_plot(report, plot)
+        from rowrnn_keras.plots import save_anytime
+
+        with atomic_path(plot) as tmp:
+            save_anytime(report, tmp)
         if not as_json:
             typer.echo(f"wrote {plot}")
 
