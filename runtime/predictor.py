@@ -23,7 +23,8 @@ from runtime.contract import (
     PROBABILITIES_NAME,
     scale_pixels,
 )
-from runtime.errors import InputError, one_line, require_file
+from runtime.errors import InputError, require_file
+from runtime.session import open_session
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
 # Images per session call. Small chunks keep one LSTM step's gates (32 x 512 floats) in cache:
@@ -135,17 +136,7 @@ class Predictor:
         for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
-        options = session_options or ort.SessionOptions()
-        if intra_op_threads is not None or session_options is None:
-            options.intra_op_num_threads = intra_op_threads or 1
-        try:
-            self.session = ort.InferenceSession(
-                str(self.path), options, providers=providers or ["CPUExecutionProvider"]
-            )
-        except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
-            reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
-            raise InputError(f"{self.path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
+        self.session = open_session(self.path, intra_op_threads, providers, session_options)
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threads = threads or usable_cpus()

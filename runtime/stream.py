@@ -36,8 +36,9 @@ from runtime.contract import (
     STEP_FORMAT,
     scale_pixels,
 )
-from runtime.errors import InputError, one_line, require_file
+from runtime.errors import InputError, require_file
 from runtime.predictor import ONE_AS_BITS, Prediction, as_rows
+from runtime.session import open_session
 
 # Images per session call in the batch functions: large enough that the per-call overhead
 # (~10 µs) is noise against a step's matrix work, small enough to keep the state in cache.
@@ -139,16 +140,7 @@ class StreamingPredictor:
         session_options: ort.SessionOptions | None = None,
     ) -> None:
         self.path = require_file(path, "a step .onnx model file")
-        if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 1):
-            raise InputError(f"intra_op_threads must be a whole number >= 1, got {intra_op_threads!r}")
-        options = session_options or ort.SessionOptions()
-        if intra_op_threads is not None or session_options is None:
-            options.intra_op_num_threads = intra_op_threads or 1
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types for unreadable files
-            reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
-            raise InputError(f"{self.path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
+        self.session = open_session(self.path, intra_op_threads, providers, session_options)
         self.hidden = check_step_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
