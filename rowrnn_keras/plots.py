@@ -60,7 +60,7 @@ def save_anytime(report: dict, path: Path) -> Path:
         right.step(rows, np.cumsum(histogram) / histogram.sum() * 100, where="post", color=color,
                    label=f"threshold {row['threshold']:g}")
     for ax, ylabel, title, corner in (
-        (left, "test accuracy (%)", "accuracy after reading the top k rows", "lower right"),
+        (left, "test accuracy (%)", "accuracy after reading the top k rows", "upper left"),
         (right, "images answered by this row (%)", "early exit: when each image was answered", "upper left"),
     ):
         ax.set(xlabel="rows read" if ax is left else "row", ylabel=ylabel, xlim=(0.5, rows[-1] + 0.5), ylim=(0, 101))
