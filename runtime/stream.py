@@ -28,6 +28,7 @@ from runtime.contract import (
     FORMAT_VERSION,
     IMAGE_COLS,
     IMAGE_ROWS,
+    INPUT_NAME,
     NUM_CLASSES,
     PROBABILITIES_NAME,
     ROW_NAME,
@@ -56,7 +57,7 @@ def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
     metadata = session.get_modelmeta().custom_metadata_map
     inputs = [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()]
     outputs = {o.name: (o.type, o.shape[1:]) for o in session.get_outputs()}
-    if metadata.get("format") != STEP_FORMAT and inputs[:1] == [("rows", "tensor(float)", [IMAGE_ROWS, IMAGE_COLS])]:
+    if metadata.get("format") != STEP_FORMAT and inputs[:1] == [(INPUT_NAME, "tensor(float)", [IMAGE_ROWS, IMAGE_COLS])]:
         raise InputError(f"{path}: a full rowrnn model, not a step model (export one with `rowrnn export OUT.onnx --step`)")
     hidden = inputs[1][2][0] if len(inputs) == 3 and len(inputs[1][2]) == 1 else None
     expected_inputs = [(ROW_NAME, "tensor(float)", [IMAGE_COLS])] + [(name, "tensor(float)", [hidden]) for name in STATE_NAMES]

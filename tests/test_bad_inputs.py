@@ -323,6 +323,7 @@ SUBPROCESS_SAMPLE = {
     "info": lambda ws: ["info", ws.bad("onnx", "random-bytes", name="sub")],
     "predict": lambda ws: ["predict", ws.good["onnx"], ws.bad("png", "truncated", name="sub")],
     "bench": lambda ws: ["bench", "--calls", "-5"],
+    "anytime": lambda ws: ["anytime", "--model", ws.bad("onnx", "random-bytes", name="sub")],
 }
 
 
