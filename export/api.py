@@ -31,6 +31,7 @@ from export.defaults import (
     MIN_OPSET,
     QUANTIZE_CHOICES,
 )
+from export.step import export_step, step_failure, step_path_for
 from export.validate import accuracy, check_contract, op_counts, parity_report
 from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import FILES, load_mnist, resolve_data_dir
@@ -64,6 +65,7 @@ class ExportResult:
     report_path: Path
     report: dict
     int8_path: Path | None = None
+    step_path: Path | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -141,12 +143,14 @@ def export_model(
     quantize: str | None = None,
     max_int8_drop: float = DEFAULT_MAX_INT8_DROP,
     validation: ValidationSet | None = None,
+    step: bool = False,
 ) -> ExportResult:
     """Convert a trained `.keras` model to an ONNX file that meets the contract and matches Keras.
 
     Raises InputError for bad arguments and CheckFailed when parity or the int8 accuracy bound
     fails; in both cases no .onnx file is written (the parity report is, to explain the failure).
     `validation` overrides the inputs parity is checked on (default: `validation_set(data_dir)`).
+    `step` also writes the step model `OUT.step.onnx` (export.step), under its own parity check.
     """
     keras_path, output = Path(keras_path), Path(output)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -198,10 +202,18 @@ def export_model(
         int8_model, int8_report = quantize_checked(proto, inputs, test_accuracy, max_int8_drop)
         report["int8"] = int8_report
         write_json_atomic(report_path, report)
+    step_model = None
+    if step:
+        step_model, report["step"] = export_step(model, proto, inputs.rows, keras_logits, metadata, opset, atol)
+        write_json_atomic(report_path, report)
+        if not report["step"]["passed"]:
+            raise CheckFailed(step_failure(report["step"], report_path))
     write_bytes_atomic(output, proto.SerializeToString())
     result = ExportResult(output, report_path, report, metadata=metadata)
     if int8_model is not None:
         result.int8_path = write_bytes_atomic(int8_path_for(output), int8_model.SerializeToString())
+    if step_model is not None:
+        result.step_path = write_bytes_atomic(step_path_for(output), step_model.SerializeToString())
     return result
 
 

@@ -327,6 +327,7 @@ def machine() -> dict:
 def run_bench(
     keras_path: Path, onnx_path: Path, int8_path: Path, data: Path | None,
     settings: BenchSettings = BenchSettings(), progress: Callable[[str], None] = lambda message: None,
+    step_path: Path | None = None,
 ) -> dict:
     """Measure every engine; return the report `format_report` prints and `--json` writes."""
     progress("loading test images and models")
@@ -337,6 +338,11 @@ def run_bench(
     measure_latency(engines, rows, settings, progress)
     gflops = measure_throughput(engines, rows, labels, progress)
     ceiling = statistics.median(gflops)
+    if step_path is not None:  # the step model (`rowrnn export --step`): rowrnn.anytime measures it
+        from rowrnn.anytime import measure_streaming
+
+        progress("streaming: one-row steps and streamed images")
+        streaming = measure_streaming(step_path, onnx_path, rows, settings.calls, settings.rounds)
     with tempfile.TemporaryDirectory(prefix="rowrnn-bench-") as workdir:
         progress("cold start of `rowrnn predict` (subprocesses)")
         cold = (measure_cold_start(onnx_path, images[0], settings.cold_starts, Path(workdir))
@@ -345,7 +351,10 @@ def run_bench(
         if settings.measure_memory:
             progress("peak memory of a predictor process and a Keras process (subprocesses)")
             memory = measure_memory(onnx_path, keras_path, images, Path(workdir), keras_ok=not keras[0].skipped)
-    return build_report(engines, ceiling, cold, memory, source, len(rows))
+    report = build_report(engines, ceiling, cold, memory, source, len(rows))
+    if step_path is not None:
+        report["streaming"] = streaming
+    return report
 
 
 def build_report(engines: list[Engine], ceiling_gflops: float, cold: dict, memory: dict,
@@ -425,6 +434,10 @@ def format_report(report: dict) -> str:
                  for who, mb in (("predictor", memory["predictor_mb"]), ("Keras", memory["keras_mb"]))]
         lines.append(f"peak RSS classifying {memory['images']} images: " + ", ".join(parts)
                      + (f" ({memory['predictor_vs_keras']:.2f}× Keras)" if "predictor_vs_keras" in memory else ""))
+    if "streaming" in report:
+        from rowrnn.anytime import format_streaming
+
+        lines += format_streaming(report["streaming"])
     return "\n".join(lines)
 
 

@@ -117,6 +117,7 @@ def export(
     quantize: Annotated[Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")] = None,
     max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
     triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")] = None,
+    step: Annotated[bool, typer.Option("--step", help="Also write OUT.step.onnx: one row per call, the LSTM state in and out.")] = False,
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
     if triton_repo is not None and triton_repo.exists() and not triton_repo.is_dir():
@@ -125,6 +126,7 @@ def export(
     result = api.export_model(
         model, output, data_dir=data, opset=opset, atol=atol, quantize=quantize,
         max_int8_drop=max_int8_drop / 100.0,
+        step=step,
     )
     report = result.report
     typer.echo(
@@ -138,6 +140,10 @@ def export(
         int8 = report["int8"]
         accuracy = "" if int8.get("test_accuracy") is None else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
         typer.echo(f"wrote {result.int8_path}: {int8['size_bytes']:,} bytes{accuracy}")
+    if result.step_path is not None:
+        stepped = report["step"]
+        typer.echo(f"wrote {result.step_path}: 28 steps reproduce the full model (max-abs logit diff "
+                   f"{stepped['max_abs_logit_diff_vs_full_onnx']:.2g}) and Keras ({stepped['max_abs_logit_diff_vs_keras']:.2g})")
     typer.echo(f"parity report: {result.report_path}")
     if triton_repo is not None:
         from export.triton import write_triton_repository
@@ -210,6 +216,7 @@ def bench(
     keras: Annotated[Path, typer.Option(help="Trained Keras model.")] = DEFAULT_MODEL,
     onnx: Annotated[Path, typer.Option(help="Exported fp32 ONNX model.")] = Path("model.onnx"),
     int8: Annotated[Path, typer.Option(help="Exported int8 ONNX model.")] = Path("model.int8.onnx"),
+    step: Annotated[Path, typer.Option(help="Exported step model (`rowrnn export --step`).")] = Path("model.step.onnx"),
     data: DataOption = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG bar chart.")] = None,
@@ -230,7 +237,7 @@ def bench(
         check_writable(plot, ".png")
         check_training_extra(("matplotlib",), needed_by="--plot")
     settings = BenchSettings(calls=calls, images=images, cold_starts=cold_starts)
-    report = run_bench(keras, onnx, int8, data, settings, progress=show_progress)
+    report = run_bench(keras, onnx, int8, data, settings, progress=show_progress, step_path=step)
     show_progress("")
     typer.echo(format_report(report))
     if json_path is not None:
@@ -291,12 +298,41 @@ def triton_repo(
     typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
 
 
-def show_progress(message: str) -> None:
+@app.command()
+def anytime(
+    model: Annotated[Path, typer.Option(help="Step model from `rowrnn export OUT.onnx --step`.")] = Path("model.step.onnx"),
+    data: DataOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the curve and the early exits.")] = None,
+) -> None:
+    """How early the model knows: test accuracy after k rows, and early exit at 0.9/0.99/0.999 (time saved, measured)."""
+    from rowrnn.anytime import format_anytime, labelled_test_set, run_anytime
+    from rowrnn_keras.artifacts import atomic_path, check_writable
+    from runtime.stream import StreamingPredictor
+
+    if plot is not None:
+        check_writable(plot, ".png")
+        check_training_extra(("matplotlib",), needed_by="--plot")
+    predictor = StreamingPredictor(model)
+    images, labels, source = labelled_test_set(data)
+    report = run_anytime(predictor, images, labels, source, progress=lambda message: show_progress(message, "anytime"))
+    show_progress("", "anytime")
+    typer.echo(json.dumps(report) if as_json else format_anytime(report))
+    if plot is not None:
+        from rowrnn_keras.plots import save_anytime
+
+        with atomic_path(plot) as tmp:
+            save_anytime(report, tmp)
+        if not as_json:
+            typer.echo(f"wrote {plot}")
+
+
+def show_progress(message: str, command: str = "bench") -> None:
     """One status line on stderr, rewritten in place on a terminal; cleared by an empty message."""
     if sys.stderr.isatty():
-        print(f"\r\x1b[K{message and 'bench: ' + message}", end="", file=sys.stderr, flush=True)
+        print(f"\r\x1b[K{message and command + ': ' + message}", end="", file=sys.stderr, flush=True)
     elif message:
-        print(f"bench: {message}", file=sys.stderr, flush=True)
+        print(f"{command}: {message}", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,3 +28,12 @@ def scale_pixels(images: np.ndarray) -> np.ndarray:
     if images.dtype != np.uint8:
         raise InputError(f"expected uint8 pixels, got dtype {images.dtype}")
     return np.divide(images, np.float32(255.0), dtype=np.float32)  # exact: uint8 -> float32, then /255
+
+# The step model (`rowrnn export --step` -> OUT.step.onnx): one image row per call, the LSTM state
+# passed in and out explicitly, so a caller can classify while rows arrive. A zero state is the
+# start of an image.
+STEP_FORMAT = "step"  # metadata `format` of a step model (full models have no `format` key)
+ROW_NAME = "row"  # float32 [batch, 28]: one pixel row, /255
+STATE_NAMES = ("h", "c")  # float32 [batch, hidden_units]: the LSTM state before this row
+STATE_OUT_NAMES = ("h_out", "c_out")  # float32 [batch, hidden_units]: the state after it
+# logits and probabilities [batch, 10]: the prediction after this row (LOGITS_NAME, PROBABILITIES_NAME)

@@ -11,14 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnxruntime.capi.onnxruntime_pybind11_state import (  # onnxruntime's own error types
-    Fail,
-    InvalidArgument,
-    InvalidGraph,
-    InvalidProtobuf,
-    NoSuchFile,
-)
-from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByOrt
 
 from runtime.contract import (
     FORMAT_VERSION,
@@ -31,7 +23,8 @@ from runtime.contract import (
     PROBABILITIES_NAME,
     scale_pixels,
 )
-from runtime.errors import InputError, one_line, require_file
+from runtime.errors import InputError, require_file
+from runtime.session import open_session
 
 PIXELS = IMAGE_ROWS * IMAGE_COLS
 # The model that ships inside the package (scripts/build_bundled_model.sh makes it): what
@@ -150,14 +143,7 @@ class Predictor:
         for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
-        if session_options is not None and intra_op_threads is not None:
-            # We would have to change the caller's object; say so instead.
-            raise InputError("give intra_op_threads or session_options, not both "
-                             "(set intra_op_num_threads on your SessionOptions)")
-        if session_options is None:
-            session_options = ort.SessionOptions()
-            session_options.intra_op_num_threads = intra_op_threads or 1
-        self.session = load_session(self.path, session_options, providers or ["CPUExecutionProvider"])
+        self.session = open_session(self.path, intra_op_threads, providers, session_options)
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threads = threads or usable_cpus()
@@ -212,21 +198,6 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.path)!r})"
-
-
-# onnxruntime's errors for a file that is not a usable model; anything else (a provider that
-# fails to start, out of memory) is not the file's fault and is raised as it is.
-MODEL_FILE_ERRORS = (InvalidProtobuf, InvalidGraph, InvalidArgument, NotImplementedByOrt, NoSuchFile, Fail)
-
-
-def load_session(path: Path, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
-    """An onnxruntime session over `path`, or an InputError when the file is not a usable model."""
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except MODEL_FILE_ERRORS as exc:
-        # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
-        reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
-        raise InputError(f"{path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
 
 
 def usable_cpus() -> int:

@@ -70,6 +70,15 @@ def exported(tiny_keras_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def exported_step(tiny_keras_model, tmp_path_factory):
+    """The tiny model exported with `step=True`: model.onnx and model.step.onnx (synthetic parity inputs)."""
+    from export.api import ValidationSet, export_model, synthetic_rows
+
+    out = tmp_path_factory.mktemp("export-step") / "model.onnx"
+    return export_model(tiny_keras_model, out, validation=ValidationSet(synthetic_rows(), None, "synthetic"), step=True)
+
+
+@pytest.fixture(scope="session")
 def real_model(mnist, tmp_path_factory) -> Path:
     """A full-size model trained for 2 epochs on 10 000 real MNIST images (slow tests only)."""
     from rowrnn_keras.config import TrainConfig

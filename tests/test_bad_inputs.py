@@ -329,6 +329,7 @@ SUBPROCESS_SAMPLE = {
     "info": lambda ws: ["info", ws.bad("onnx", "random-bytes", name="sub")],
     "predict": lambda ws: ["predict", ws.bad("png", "truncated", name="sub"), "--model", ws.good["onnx"]],
     "bench": lambda ws: ["bench", "--calls", "-5"],
+    "anytime": lambda ws: ["anytime", "--model", ws.bad("onnx", "random-bytes", name="sub")],
 }
 
 

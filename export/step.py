@@ -1,0 +1,210 @@
+"""The step model (`OUT.step.onnx`): one LSTM step per call, its state passed in and out.
+
+An RNN can classify while the rows arrive, but ONNX models are stateless; so the state is explicit:
+inputs `row` [batch, 28], `h` and `c` [batch, H]; outputs `h_out`, `c_out`, `logits` and
+`probabilities` after this row. A zero state is the start of an image.
+
+tf2onnx converts a `tf.function` over one call of the trained LSTM cell (the same route as the full
+model: `from_keras` is broken on Keras 3). The input Dense layer is folded into the cell's input
+weights before conversion, in float64, as `export.convert.fold_input_projection` does for the full
+graph: the cell reads the 28 raw pixels of a row. A step file is written only if 28 steps from a
+zero state reproduce the full ONNX model (max-abs logit difference <= 1e-5) and Keras (<= --atol).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+from export.convert import name_batch_dimension
+from export.validate import UNROLLED_OPS, compare, onnx_session, op_counts, run_onnx, tensor_signature
+from runtime.contract import (
+    BATCH_DIM,
+    IMAGE_COLS,
+    IMAGE_ROWS,
+    LOGITS_NAME,
+    NUM_CLASSES,
+    PROBABILITIES_NAME,
+    ROW_NAME,
+    STATE_NAMES,
+    STATE_OUT_NAMES,
+    STEP_FORMAT,
+)
+from runtime.errors import CheckFailed, InputError
+
+STEP_PARITY_BATCH_SIZES = (1, 7, "full")
+FULL_MODEL_ATOL = 1e-5  # the step model against the full ONNX model: the same arithmetic, re-ordered
+STEP_OUTPUTS = (*STATE_OUT_NAMES, LOGITS_NAME, PROBABILITIES_NAME)
+
+
+def step_path_for(output: Path) -> Path:
+    return output.with_name(output.stem + ".step.onnx")
+
+
+def step_layers(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.LSTM, keras.layers.Dense]:
+    """The model's Dense -> LSTM -> Dense, or an InputError: the fold and the step need exactly that."""
+    layers = list(model.layers)
+    kinds = [type(layer).__name__ for layer in layers]
+    if kinds != ["Dense", "LSTM", "Dense"]:
+        raise InputError(f"step export needs a Dense -> LSTM -> Dense model, got {' -> '.join(kinds)}")
+    embedding, lstm, logits = layers
+    for dense in (embedding, logits):
+        if dense.activation is not keras.activations.linear:
+            raise InputError(f"step export needs linear Dense layers; {dense.name} has {dense.activation.__name__}")
+    if lstm.go_backwards or lstm.return_sequences:
+        raise InputError("step export needs a forward LSTM that returns its last output")
+    return embedding, lstm, logits
+
+
+def folded_cell(embedding: keras.layers.Dense, lstm: keras.layers.LSTM) -> keras.layers.LSTMCell:
+    """A copy of the trained cell that reads raw pixel rows: the Dense layer folded into its input weights.
+
+    The cell only sees a row `x` through `x·A + a`, and its input gates compute `(x·A + a)·W + b`
+    = `x·(A·W) + (a·W + b)`. Computed in float64, rounded once.
+    """
+    kernel, bias = (w.astype(np.float64) for w in embedding.get_weights())  # A [28, D], a [D]
+    w, u, b = (w.astype(np.float64) for w in lstm.cell.get_weights())  # W [D, 4H], U [H, 4H], b [4H]
+    cell = keras.layers.LSTMCell.from_config({**lstm.cell.get_config(), "name": "step_cell"})
+    cell.build((None, IMAGE_COLS))
+    cell.set_weights([(kernel @ w).astype(np.float32), u.astype(np.float32), (bias @ w + b).astype(np.float32)])
+    return cell
+
+
+def step_signature(hidden: int) -> list[tf.TensorSpec]:
+    """The step model's inputs: one row and the state before it, named by the contract."""
+    return [
+        tf.TensorSpec((None, IMAGE_COLS), tf.float32, name=ROW_NAME),
+        *(tf.TensorSpec((None, hidden), tf.float32, name=name) for name in STATE_NAMES),
+    ]
+
+
+def step_function(model: keras.Model) -> tf.types.experimental.GenericFunction:
+    """One inference-mode step of the trained (folded) cell and the logits layer, named outputs."""
+    embedding, lstm, logits_layer = step_layers(model)
+    cell = folded_cell(embedding, lstm)
+
+    @tf.function(input_signature=step_signature(lstm.units))
+    def step(row, h, c):
+        h_out, (_, c_out) = cell(row, [h, c], training=False)
+        logits = logits_layer(h_out)
+        return {
+            STATE_OUT_NAMES[0]: h_out,
+            STATE_OUT_NAMES[1]: c_out,
+            LOGITS_NAME: logits,
+            PROBABILITIES_NAME: tf.nn.softmax(logits, axis=-1),
+        }
+
+    return step
+
+
+def convert_step(model: keras.Model, opset: int) -> onnx.ModelProto:
+    """tf2onnx conversion of one step; outputs in contract order, the batch dimension named."""
+    step = step_function(model)
+    proto, _ = tf2onnx.convert.from_function(step, input_signature=step_signature(model.layers[1].units), opset=opset)
+    outputs = {value.name: value for value in proto.graph.output}
+    ordered = [outputs[name] for name in STEP_OUTPUTS if name in outputs]  # tf2onnx sorts them by name
+    if len(ordered) == len(outputs):
+        del proto.graph.output[:]
+        proto.graph.output.extend(ordered)
+    name_batch_dimension(proto)
+    return proto
+
+
+def check_step_contract(model: onnx.ModelProto, hidden: int) -> None:
+    """Names, dtypes and shapes of the step contract, no loops, and onnx.checker with full checking."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise CheckFailed(f"onnx.checker rejected the step graph: {exc}") from None
+    float32 = onnx.TensorProto.FLOAT
+    state = (float32, [BATCH_DIM, hidden])
+    expected_inputs = [(ROW_NAME, (float32, [BATCH_DIM, IMAGE_COLS])), *((name, state) for name in STATE_NAMES)]
+    expected_outputs = [
+        *((name, state) for name in STATE_OUT_NAMES),
+        *((name, (float32, [BATCH_DIM, NUM_CLASSES])) for name in (LOGITS_NAME, PROBABILITIES_NAME)),
+    ]
+    actual_inputs = [(v.name, tensor_signature(v)) for v in model.graph.input]
+    actual_outputs = [(v.name, tensor_signature(v)) for v in model.graph.output]
+    if actual_inputs != expected_inputs:
+        raise CheckFailed(f"step graph inputs {actual_inputs} differ from the contract {expected_inputs}")
+    if actual_outputs != expected_outputs:
+        raise CheckFailed(f"step graph outputs {actual_outputs} differ from the contract {expected_outputs}")
+    loops = UNROLLED_OPS & op_counts(model).keys()
+    if loops:
+        raise CheckFailed(f"step graph has control flow {sorted(loops)}")
+
+
+def run_steps(session: ort.InferenceSession, rows: np.ndarray, batch_size: int) -> np.ndarray:
+    """Logits after 28 steps from a zero state, `batch_size` images per call."""
+    hidden = session.get_inputs()[1].shape[1]
+    chunks = []
+    for start in range(0, len(rows), batch_size):
+        images = rows[start : start + batch_size]
+        h = c = np.zeros((len(images), hidden), np.float32)
+        for r in range(IMAGE_ROWS):
+            h, c, logits = session.run([*STATE_OUT_NAMES, LOGITS_NAME], {ROW_NAME: images[:, r], STATE_NAMES[0]: h, STATE_NAMES[1]: c})
+        chunks.append(logits)
+    return np.concatenate(chunks)
+
+
+def step_parity_report(
+    step_model: onnx.ModelProto, full_model: onnx.ModelProto, keras_logits: np.ndarray, rows: np.ndarray, atol: float
+) -> dict:
+    """28 steps at batch sizes 1, 7 and all against the full ONNX model (<= 1e-5) and Keras (<= atol)."""
+    full_logits = run_onnx(onnx_session(full_model), rows, len(rows))
+    session = onnx_session(step_model)
+    by_batch = []
+    for b in STEP_PARITY_BATCH_SIZES:
+        logits = run_steps(session, rows, len(rows) if b == "full" else b)
+        by_batch.append({"batch_size": b, "vs_full_onnx": compare(full_logits, logits, b).to_dict(),
+                         "vs_keras": compare(keras_logits, logits, b).to_dict()})
+    worst = {ref: max(r[ref]["max_abs_logit_diff"] for r in by_batch) for ref in ("vs_full_onnx", "vs_keras")}
+    agreement = {ref: min(r[ref]["argmax_agreement"] for r in by_batch) for ref in ("vs_full_onnx", "vs_keras")}
+    passed = worst["vs_full_onnx"] <= FULL_MODEL_ATOL and worst["vs_keras"] <= atol and min(agreement.values()) == 1.0
+    return {
+        "passed": bool(passed),
+        "images": len(rows),
+        "atol_vs_full_onnx": FULL_MODEL_ATOL,
+        "atol_vs_keras": atol,
+        "max_abs_logit_diff_vs_full_onnx": worst["vs_full_onnx"],
+        "max_abs_logit_diff_vs_keras": worst["vs_keras"],
+        "argmax_agreement_vs_full_onnx": agreement["vs_full_onnx"],
+        "argmax_agreement_vs_keras": agreement["vs_keras"],
+        "by_batch_size": by_batch,
+        "ops": op_counts(step_model),
+    }
+
+
+def export_step(
+    model: keras.Model,
+    full_model: onnx.ModelProto,
+    rows: np.ndarray,
+    keras_logits: np.ndarray,
+    metadata: dict[str, str],
+    opset: int,
+    atol: float,
+) -> tuple[onnx.ModelProto, dict]:
+    """Convert, check the contract, measure parity; the model carries the full model's metadata plus
+    `format: step`. The caller writes the report, and the file only if `report["passed"]`."""
+    proto = convert_step(model, opset)
+    check_step_contract(proto, model.layers[1].units)
+    report = step_parity_report(proto, full_model, keras_logits, rows, atol)
+    summary = {k: report[k] for k in ("passed", "max_abs_logit_diff_vs_full_onnx", "max_abs_logit_diff_vs_keras", "images")}
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, {**metadata, "format": STEP_FORMAT, "step_parity": json.dumps(summary)})
+    return proto, report
+
+
+def step_failure(report: dict, report_path: Path) -> str:
+    return (
+        f"the step model does not reproduce 28 rows: max-abs logit diff {report['max_abs_logit_diff_vs_full_onnx']:.3g} "
+        f"against the full ONNX model (allowed {report['atol_vs_full_onnx']:g}), "
+        f"{report['max_abs_logit_diff_vs_keras']:.3g} against Keras (atol {report['atol_vs_keras']:g}); see {report_path}"
+    )
