@@ -6,7 +6,7 @@ inputs `row` [batch, 28], `h` and `c` [batch, H]; outputs `h_out`, `c_out`, `log
 
 tf2onnx converts a `tf.function` over one call of the trained LSTM cell (the same route as the full
 model: `from_keras` is broken on Keras 3). The input Dense layer is folded into the cell's input
-weights before conversion, in float64, as `export.convert.fold_input_projection` does for the full
+weights before conversion, in float64, as `export.convert.fold_input_layer` does for the full
 graph: the cell reads the 28 raw pixels of a row. A step file is written only if 28 steps from a
 zero state reproduce the full ONNX model (max-abs logit difference <= 1e-5) and Keras (<= --atol).
 """
@@ -24,7 +24,7 @@ import tensorflow as tf
 import tf2onnx
 
 from export.convert import name_batch_dimension
-from export.validate import UNROLLED_OPS, compare, onnx_session, op_counts, run_onnx, tensor_signature
+from export.validate import CONTROL_FLOW_OPS, compare, onnx_session, op_counts, run_onnx, tensor_signature
 from runtime.contract import (
     BATCH_DIM,
     IMAGE_COLS,
@@ -136,7 +136,7 @@ def check_step_contract(model: onnx.ModelProto, hidden: int) -> None:
         raise CheckFailed(f"step graph inputs {actual_inputs} differ from the contract {expected_inputs}")
     if actual_outputs != expected_outputs:
         raise CheckFailed(f"step graph outputs {actual_outputs} differ from the contract {expected_outputs}")
-    loops = UNROLLED_OPS & op_counts(model).keys()
+    loops = CONTROL_FLOW_OPS & op_counts(model).keys()
     if loops:
         raise CheckFailed(f"step graph has control flow {sorted(loops)}")
 

@@ -11,7 +11,7 @@ import typer
 from helpers import REPO, assert_one_line_error, rowrnn
 from rowrnn import cli
 
-COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "triton-repo")
+COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "triton-repo", "anytime")
 
 
 def test_help_lists_every_command():
@@ -23,12 +23,13 @@ def test_help_lists_every_command():
 
 @pytest.mark.parametrize("command, options", [
     ("evaluate", ["--model", "--data", "--plot", "--json"]),
-    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop", "--triton-repo"]),
+    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop", "--triton-repo", "--step"]),
     ("info", ["--json"]),
     ("predict", ["--model", "--json"]),
     ("serve", ["--host", "--port", "--name", "--max-batch", "--max-delay-ms", "--max-queue", "--max-body-mb",
                "--body-timeout-s", "--drain-timeout-s", "--api-key", "ROWRNN_API_KEY", "--cors-origin", "--log-level"]),
     ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
+    ("anytime", ["--model", "--data", "--json", "--plot"]),
     ("bench", ["--keras", "--onnx", "--int8", "--data", "--json", "--plot", "--calls", "--images", "--cold-starts"]),
 ])
 def test_command_help_shows_its_options(command, options, capsys):
