@@ -167,7 +167,8 @@ def run(model: Path, seconds: float, rounds: int) -> dict:
         rows.append({
             "server": label, "scenario": name, "concurrency": connections, "requests_per_s": rps,
             "images_per_s": rps * results[0]["images_per_request"], "p50_ms": median("p50_us") / 1000,
-            "p99_ms": median("p99_us") / 1000, "errors": sum(r["non_2xx"] + r["socket_errors"] for r in results),
+            "p99_ms": median("p99_us") / 1000, "non_2xx": sum(r["non_2xx"] for r in results),
+            "socket_errors": sum(r["socket_errors"] for r in results),
             "mean_batch": median("mean_batch") if results[0]["mean_batch"] is not None else None,
         })
     return {"rows": rows, "in_process_images_per_s": statistics.median(ceiling), "peak_rss_mb": rss,
@@ -198,11 +199,11 @@ def targets(report: dict) -> list[tuple[str, float, str, bool]]:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'server':28} {'scenario':20} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} {'errors':>6}"]
+    lines = [f"{'server':28} {'scenario':20} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} {'non-2xx':>7} {'socket errors':>13}"]
     for r in report["rows"]:
         batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
         lines.append(f"{r['server']:28} {r['scenario']:20} {r['concurrency']:>4} {r['requests_per_s']:>8.0f} "
-                     f"{r['images_per_s']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {batch:>6} {r['errors']:>6}")
+                     f"{r['images_per_s']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {batch:>6} {r['non_2xx']:>7} {r['socket_errors']:>13}")
     lines.append(f"in-process Predictor, 256-image batches: {report['in_process_images_per_s']:.0f} images/s")
     lines.append("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items()))
     lines.append("targets (ratios from this run):")
