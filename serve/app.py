@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from runtime.errors import InputError
 from runtime.predictor import Prediction, Predictor
 from runtime.preprocess import preprocess_image
+from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher, QueueFull
 from serve.metrics import Metrics
 from serve.protocol import (
@@ -75,9 +76,14 @@ class ServerState:
         self.batcher = DynamicBatcher(predictor, settings.max_batch, settings.max_delay_ms / 1000,
                                       settings.max_queue, self.observe_batch, lambda: self.receiving)
         self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
+        # The step model beside the model (`rowrnn export --step`), for ?steps=1: what the network
+        # believed after each row. Optional: without it the page shows no heat map.
+        step_path = predictor.path.with_name(predictor.path.stem + ".step.onnx")
+        self.streaming = StreamingPredictor(step_path) if step_path.is_file() else None
         self.version = package_version()
         name = escape(settings.name, quote=True)
-        self.page = (PAGE_DIR / "index.html").read_text().replace("{{MODEL_NAME}}", name).encode()
+        self.page = (PAGE_DIR / "index.html").read_text().replace("{{MODEL_NAME}}", name).replace(
+            "{{STEPS}}", "1" if self.streaming else "0").encode()
         self.page_assets = {asset: (PAGE_DIR / asset).read_bytes() for asset in PAGE_ASSETS}
         self.ready = False
         self.draining = False
@@ -267,9 +273,17 @@ async def classify(request: Request, state: ServerState) -> Response:
         body = await read_body(request, state.settings, accepts_images, "an image (image/png, image/jpeg, ...)")
         # decoding and MNIST-style preprocessing take a millisecond or two: not on the event loop
         rows = await asyncio.get_running_loop().run_in_executor(None, preprocess_image, body)
+    steps = None
+    if request.query_params.get("steps") == "1":
+        if state.streaming is None:
+            raise ProtocolError("this server has no step model (MODEL.step.onnx beside the model, from "
+                                "rowrnn export --step): ask without ?steps=1")
+        steps = await asyncio.get_running_loop().run_in_executor(None, state.streaming.row_probabilities, rows)
     prediction = await predict_batched(request, state, rows[np.newaxis])
     label = int(prediction.labels[0])
+    extra = {} if steps is None else {"steps": steps[0].tolist()}  # [28][10]: after each row
     return json_response({
+        **extra,
         "label": label,
         "confidence": float(prediction.probabilities[0, label]),
         "probabilities": prediction.probabilities[0].tolist(),

@@ -11,13 +11,16 @@ import io
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from runtime import Predictor, preprocess_image
+from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
+
+STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine's notes say: without the background-networking flags Chromium tries to reach
@@ -62,7 +65,7 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> dict:
     """Draw strokes (points as fractions of the pad) with the mouse; return the /v1/classify
     exchange the last stroke set off: the PNG the page sent and the JSON it got back."""
     box = page.locator("#pad").bounding_box()
-    with page.expect_response(lambda r: r.url.endswith("/v1/classify")) as answer:
+    with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
         for stroke in strokes:
             x, y = stroke[0]
             page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
@@ -86,6 +89,9 @@ def shown(page) -> dict:
         seenInk: document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data
             .reduce((sum, v, i) => i % 4 === 0 ? sum + v : sum, 0),
         error: document.getElementById('error').hidden ? null : document.getElementById('error').textContent,
+        heatShown: !document.getElementById('belief').hidden,
+        heatInk: document.getElementById('steps').getContext('2d').getImageData(0, 0, 10, 28).data
+            .reduce((sum, v, i) => i % 4 === 0 ? sum + (255 - v) : sum, 0),
     })""")
 
 
@@ -126,6 +132,12 @@ def test_drawn_digits_get_the_predictors_answer(browser, served, screenshots):
         np.testing.assert_array_equal(np.array(exchange["answer"]["input"], np.uint8), seen)
         assert on_page["top"] == [digit] and sum(on_page["widths"]) == pytest.approx(100, abs=2)
         assert on_page["seenInk"] > 0  # the 28x28 preview is drawn
+        # what the network believed after each row: the step model's answer for the same input
+        steps = np.array(exchange["answer"]["steps"], np.float32)
+        rows = preprocess_image(exchange["sent"])
+        np.testing.assert_array_equal(steps, StreamingPredictor(STEP_MODEL).row_probabilities(rows)[0])
+        np.testing.assert_allclose(steps[-1], exchange["answer"]["probabilities"], atol=1e-5)
+        assert on_page["heatShown"] and on_page["heatInk"] > 0  # the heat map is drawn
         page.screenshot(path=screenshots / f"page-desktop-{digit}.png", full_page=True)
 
     page.keyboard.press("Escape")  # Clear empties everything
@@ -133,10 +145,11 @@ def test_drawn_digits_get_the_predictors_answer(browser, served, screenshots):
         label: document.getElementById('label').textContent,
         values: [...document.querySelectorAll('#bars .value')].map(e => e.textContent),
         seenInk: document.getElementById('seen').getContext('2d').getImageData(0, 0, 28, 28).data.some(v => v > 0),
+        heatShown: !document.getElementById('belief').hidden,
         padInk: (() => { const d = document.getElementById('pad').getContext('2d').getImageData(0, 0, 280, 280).data;
                          return d.some(v => v < 255); })(),
     })""")
-    assert cleared == {"label": "–", "values": ["–"] * 10, "seenInk": False, "padInk": False}
+    assert cleared == {"label": "–", "values": ["–"] * 10, "seenInk": False, "heatShown": False, "padInk": False}
     assert watch.problems == []
 
 
@@ -150,7 +163,7 @@ def test_an_mnist_digit_dropped_in_as_png(browser, served, mnist, screenshots, t
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
     page.goto(server.url + "/")
-    with page.expect_response(lambda r: r.url.endswith("/v1/classify")) as answer:
+    with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
         page.set_input_files("#file", png)
     assert answer.value.request.post_data_buffer == png.read_bytes()
     label, _ = expected_for(png.read_bytes(), predictor)
@@ -165,7 +178,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     page.goto(server.url + "/")
     bad = tmp_path / "digit.png"
     bad.write_bytes(b"this is not an image")
-    with page.expect_response(lambda r: r.url.endswith("/v1/classify")) as answer:
+    with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
         page.set_input_files("#file", bad)
     assert answer.value.status == 400
     page.wait_for_selector("#error:not([hidden])")
@@ -174,7 +187,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     from PIL import Image
 
     Image.new("L", (50, 50), 255).save(blank)
-    with page.expect_response(lambda r: r.url.endswith("/v1/classify")):
+    with page.expect_response(lambda r: "/v1/classify" in r.url):
         page.set_input_files("#file", blank)
     page.wait_for_function("document.getElementById('error').textContent.includes('no digit found')")
     exchange = draw(page, ONE)  # and drawing still works
@@ -222,3 +235,22 @@ def test_classify_endpoint_refuses_bad_images_with_400(served):
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 400
         assert message in json.loads(refused.value.read())["error"]
+
+
+def test_steps_need_a_step_model_beside_the_model(exported, start_server):
+    """`?steps=1` on a server whose model has no MODEL.step.onnx beside it: a clear 400."""
+    from PIL import Image
+
+    from PIL import ImageDraw
+
+    server = start_server(exported.onnx_path)
+    png, image = io.BytesIO(), Image.new("L", (40, 40), 255)
+    ImageDraw.Draw(image).line([(20, 5), (21, 35)], fill=0, width=4)
+    image.save(png, "PNG")
+    request = urllib.request.Request(server.url + "/v1/classify?steps=1", data=png.getvalue(), method="POST",
+                                     headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400 and "no step model" in json.loads(refused.value.read())["error"]
+    with urllib.request.urlopen(server.url + "/", timeout=30) as page:
+        assert b'name="rowrnn-steps" content="0"' in page.read()  # so the page never asks

@@ -3,12 +3,15 @@
 "use strict";
 
 const MODEL = document.querySelector('meta[name="rowrnn-model"]').content;
+const STEPS = document.querySelector('meta[name="rowrnn-steps"]').content === "1";  // a step model is served
 const STROKE_WIDTH = 20;  // px on the 280 px pad: about MNIST's stroke once scaled to 20 x 20
 const DEBOUNCE_MS = 150;
 
 const pad = document.getElementById("pad");
 const ink = pad.getContext("2d");
 const seen = document.getElementById("seen").getContext("2d");
+const heat = document.getElementById("steps").getContext("2d");
+const belief = document.getElementById("belief");
 const labelEl = document.getElementById("label");
 const confidenceEl = document.getElementById("confidence");
 const bars = document.getElementById("bars");
@@ -54,6 +57,8 @@ function showEmpty() {
   labelEl.dataset.state = "empty";
   confidenceEl.textContent = "draw a digit to start";
   seen.clearRect(0, 0, 28, 28);
+  heat.clearRect(0, 0, 10, 28);
+  belief.hidden = true;
   buildBars();
 }
 
@@ -135,7 +140,7 @@ async function classify(body, type) {
   try {
     // the bytes themselves, not the Blob: what was sent is then visible to the browser's tools
     const bytes = await body.arrayBuffer();
-    response = await fetch("/v1/classify", {method: "POST", body: bytes, headers: headers(type)});
+    response = await fetch(STEPS ? "/v1/classify?steps=1" : "/v1/classify", {method: "POST", body: bytes, headers: headers(type)});
     answer = await response.json();
   } catch (failure) {
     if (mine === sequence) showError("the server did not answer (" + failure.message + ")");
@@ -171,6 +176,15 @@ function show(answer) {
     image.data.set([v, v, v, 255], 4 * i);
   });
   seen.putImageData(image, 0, 0);
+  if (answer.steps) {  // 28 rows x 10 digits, black = probability 1 (readable without colour)
+    const map = heat.createImageData(10, 28);
+    answer.steps.flat().forEach((p, i) => {
+      const v = Math.round(255 * (1 - p));
+      map.data.set([v, v, v, 255], 4 * i);
+    });
+    heat.putImageData(map, 0, 0);
+    belief.hidden = false;
+  }
 }
 
 async function openFile(file) {
