@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import REPO, assert_one_line_error, rowrnn, write_mnist_dir
@@ -26,8 +25,10 @@ from export.api import ValidationSet, export_model, synthetic_rows
 from rowrnn_keras.model import load_trained_model
 
 # Two logical CPU devices, then a tiny run of the library on synthetic digits (bars: no augmentation).
+# With "resume": the same run again, interrupted after its first epoch and resumed.
 TWO_DEVICE_RUN = r"""
 import json, sys
+from pathlib import Path
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -35,31 +36,49 @@ sys.path.insert(0, "tests")
 from conftest import synthetic_digits
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
-from rowrnn_keras.train import run_training
+import rowrnn_keras.train as train
+out, distribute, resume = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["resume"]
 config = TrainConfig(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60,
-                     augment_shift=0.0, augment_rotation_degrees=0.0, distribute=sys.argv[2])
+                     augment_shift=0.0, augment_rotation_degrees=0.0, distribute=distribute)
 mnist = Mnist(*synthetic_digits(600, 1), *synthetic_digits(200, 2), source="synthetic")
-print(json.dumps(run_training(config, mnist, sys.argv[1], verbose=0)))
+runs = [train.run_training(config, mnist, out, verbose=0)]
+if resume:
+    real = train.ResumableBackup.on_epoch_end
+    class Stop(Exception):
+        pass
+    def stop_after_first(self, epoch, logs=None):
+        real(self, epoch, logs)
+        train.ResumableBackup.on_epoch_end = real
+        raise Stop()
+    train.ResumableBackup.on_epoch_end = stop_after_first
+    try:
+        train.run_training(config, mnist, out / "resumed", verbose=0)
+    except Stop:
+        pass
+    runs.append(train.run_training(config, mnist, out / "resumed", verbose=0))
+print(json.dumps(runs))
 """
 
 
-def two_device_run(out: Path, distribute: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(out), distribute], capture_output=True,
+def two_device_runs(out: Path, distribute: str, *extra: str) -> list[dict]:
+    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(out), distribute, *extra], capture_output=True,
                             text=True, cwd=REPO, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.slow
-def test_mirrored_on_two_devices_trains_saves_exports_and_matches_one_device(tmp_path):
-    mirrored = two_device_run(tmp_path / "mirrored", "mirrored")
+def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_device(tmp_path):
+    mirrored, resumed = two_device_runs(tmp_path / "mirrored", "mirrored", "resume")
     assert mirrored["strategy"] == "mirrored" and mirrored["devices"] == ["CPU:0", "CPU:1"]
     assert mirrored["replicas"] == 2
     assert mirrored["test_accuracy"] > 0.5  # learned (chance is 0.1)
     # --batch-size is the global batch: as many steps per epoch as on one device
     assert mirrored["steps_per_epoch"] == math.ceil(mirrored["train_images"] / 32)
-    # and the same training, up to the order the two replicas' gradients are summed in
-    single = two_device_run(tmp_path / "single", "none")
+    # a mirrored run resumes exactly too
+    assert resumed["resumed_at_epochs"] == [2] and resumed["final_weights_sha256"] == mirrored["final_weights_sha256"]
+    # and it is the same training as on one device, up to the order the replicas' gradients are summed in
+    single, = two_device_runs(tmp_path / "single", "none")
     assert single["devices"] == ["CPU:0"] and single["replicas"] == 1
     histories = [list(csv.DictReader((tmp_path / run / "history.csv").open())) for run in ("mirrored", "single")]
     for column in ("loss", "val_loss"):
