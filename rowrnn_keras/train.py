@@ -322,7 +322,8 @@ def fit_model(
     placement = placement or place("none")
     steps_per_epoch = math.ceil(len(splits.train[0]) / config.batch_size)
     if resume is not None:
-        shutil.copyfile(resume.path / BEST_MODEL_FILE, checkpoint)
+        if (resume.path / BEST_MODEL_FILE).exists():  # ModelCheckpoint carries on from the best so far
+            shutil.copyfile(resume.path / BEST_MODEL_FILE, checkpoint)
         if resume.finished:  # killed after training, before publishing: nothing left to train
             return FitResult(keras.models.load_model(checkpoint), state["history"], state, steps_per_epoch)
     seed_everything(config.seed)
