@@ -239,8 +239,9 @@ def start_training(idx_dir: Path, out: Path, hook: list | None = None) -> subpro
     args = ["train", "--data", idx_dir, "--out", out, *TRAIN_ARGS]
     command = [sys.executable, "-m", "rowrnn"] if hook is None else [sys.executable, "-c", KILL_HOOK, *map(str, hook)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    # stdout (progress bars) is not read while the test waits: a full pipe would stall the run
     return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def backed_up_epoch(out: Path) -> int | None:
