@@ -30,6 +30,7 @@ from rowrnn_keras.backup import (
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
 from runtime.errors import InputError
+from test_train import event_scalars
 
 # Augmentation on: the resumed run must continue its random draws too.
 SMALL = dict(hidden_units=8, dense_units=8, epochs=4, batch_size=32, learning_rate=3e-3, validation_size=60)
@@ -109,8 +110,6 @@ def test_an_interrupted_run_resumes_and_ends_as_if_never_interrupted(resumed, un
 
 
 def test_a_resumed_run_continues_its_tensorboard_run(resumed):
-    from test_train import event_scalars
-
     _, metrics, _, logs = resumed
     assert len(list(logs.iterdir())) == 1  # the same run directory, continued
     scalars = event_scalars(logs)
@@ -259,6 +258,8 @@ def finish_and_compare(idx_dir: Path, out: Path, reference: Path, resumes_at: in
     assert [int(row["epoch"]) for row in csv.DictReader((out / "history.csv").open())] == [1, 2, 3, 4]
     assert json.loads((out / "metrics.json").read_text())["resumed"] is True
     assert_same_training(out, reference)
+    scalars = event_scalars(out / "logs")  # the command's default --tensorboard, continued by each session
+    assert sorted(scalars["train"]["epoch_loss"]) == sorted(scalars["validation"]["epoch_accuracy"]) == [0, 1, 2, 3]
     leftovers = [p.name for p in out.iterdir() if ".rowrnn-" in p.name or p.name.startswith(BACKUP_DIR)]
     assert leftovers == [], "the killed runs' scratch and the backup are cleared"
 
@@ -358,7 +359,7 @@ WHAT_WAS_IMPORTED = (
 )
 
 
-def test_cli_refuses_a_backup_of_other_settings_in_one_line_before_loading_tensorflow(idx_dir, tmp_path):
+def test_cli_refuses_a_backup_of_other_settings_in_one_line_before_loading_tensorflow_or_restarts(idx_dir, tmp_path):
     from rowrnn_keras.data import load_mnist_dir
 
     out = tmp_path / "out"
@@ -372,3 +373,7 @@ def test_cli_refuses_a_backup_of_other_settings_in_one_line_before_loading_tenso
     assert_one_line_error(result, f"{out / BACKUP_DIR}", "batch_size 64 (backup: 32)", "--restart")
     assert result.stdout.strip() == "[]"  # refused before the slow import, before any training
     assert read_backup(out).epoch == 2  # and left as it was
+    restarted = rowrnn(*args, "--epochs", 1, "--restart")
+    assert restarted.returncode == 0, restarted.stderr
+    assert "resuming" not in restarted.stdout and not (out / BACKUP_DIR).exists()
+    assert json.loads((out / "metrics.json").read_text())["resumed"] is False
