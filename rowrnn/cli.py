@@ -20,6 +20,7 @@ import typer
 from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
 from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
+from rowrnn_keras.config import DISTRIBUTE_CHOICES, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
 from serve.settings import ServeSettings
 
@@ -42,32 +43,47 @@ DataOption = Annotated[
 DEFAULT_MODEL = Path("artifacts/model.keras")
 
 
+DEFAULTS = TrainConfig()  # the train command's defaults are the library's
+
+
 @app.command()
 def train(
     data: DataOption = None,
-    out: Annotated[Path, typer.Option(help="Directory for model.keras, metrics.json, history.csv, curves.png.")] = Path("artifacts"),
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")] = 20,
-    batch_size: Annotated[int, typer.Option(min=1)] = 128,
-    lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Peak learning rate of the warm-up + cosine schedule.")] = 1e-3,
-    seed: Annotated[int, typer.Option(min=0)] = 0,
-    limit: Annotated[Optional[int], typer.Option(min=2, help="Train on the first N training images only.")] = None,
-    hidden_units: Annotated[int, typer.Option(min=1)] = 128,
+    out: Annotated[Path, typer.Option(help="Directory for model.keras, metrics.json, history.csv, curves.png (and the backup of a run in progress).")] = Path("artifacts"),
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")] = DEFAULTS.epochs,
+    batch_size: Annotated[int, typer.Option(min=1, help="Global batch size (split across devices with --distribute).")] = DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Peak learning rate of the warm-up + cosine schedule.")] = DEFAULTS.learning_rate,
+    seed: Annotated[int, typer.Option(min=0)] = DEFAULTS.seed,
+    limit: Annotated[Optional[int], typer.Option(min=2, help="Train on the first N training images only.")] = DEFAULTS.limit,
+    hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
+    distribute: Annotated[str, typer.Option(help=f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU; multi-worker: the cluster in $TF_CONFIG).")] = DEFAULTS.distribute,
+    tensorboard: Annotated[Optional[Path], typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run.")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the backup of an interrupted run instead of resuming it.")] = False,
 ) -> None:
-    """Train on MNIST; keep the best epoch by validation accuracy; report test accuracy."""
+    """Train on MNIST; keep the best epoch by validation accuracy; report test accuracy.
+
+    A run that was killed or interrupted continues from its last finished epoch when the same
+    command is run again.
+    """
     check_training_extra()
     from rowrnn_keras.artifacts import check_directory_writable
-    from rowrnn_keras.config import TrainConfig
+    from rowrnn_keras.backup import resume_point
     from rowrnn_keras.data import load_mnist
 
+    tensorboard = tensorboard or out / "logs"
     check_directory_writable(out)  # before minutes of work, not after
-
+    check_directory_writable(tensorboard)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, limit=limit,
-        hidden_units=hidden_units,
+        hidden_units=hidden_units, distribute=distribute,
     )
+    # a multi-worker run's backup is its chief's to check
+    is_chief = config.distribute != "multi-worker" or multi_worker_task().is_chief
     mnist = load_mnist(data)  # bad data fails here, before the slow TensorFlow import
+    if is_chief:
+        resume_point(out, config, mnist, restart)  # so does a backup of other settings
     train_module = needs_training_extra()
-    metrics = train_module.run_training(config, mnist, out)
+    metrics = train_module.run_training(config, mnist, out, restart=restart, tensorboard=tensorboard, log=typer.echo)
     typer.echo(
         f"test accuracy {metrics['test_accuracy']:.4f} (best epoch {metrics['best_epoch']}/"
         f"{metrics['epochs']}, validation {metrics['val_accuracy']:.4f}, "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
 
 from runtime.contract import NUM_CLASSES
-from runtime.errors import InputError
+from runtime.errors import InputError, one_line
 
 
 # What `rowrnn train` writes into its output directory, and `rowrnn evaluate` beside the model.
@@ -15,6 +17,7 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"
+DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker")
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,10 @@ class TrainConfig:
     patience: int = 6  # early stopping on validation accuracy
     seed: int = 0
     limit: int | None = None  # train on the first N training images (quick runs)
+    # tf.distribute strategy: "none" (one device), "mirrored" (every local GPU; batch_size stays
+    # the global batch), "multi-worker" (TF_CONFIG's cluster). Part of the configuration a backup
+    # must match: the replicas' gradient sums round differently.
+    distribute: str = "none"
 
     def __post_init__(self) -> None:
         positive = ["dense_units", "hidden_units", "num_classes", "batch_size", "epochs", "patience"]
@@ -61,6 +68,36 @@ class TrainConfig:
             raise InputError(f"--limit must be at least 2 images, got {self.limit}")
         if self.seed < 0:
             raise InputError(f"--seed must be non-negative, got {self.seed}")
+        if self.distribute not in DISTRIBUTE_CHOICES:
+            raise InputError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {self.distribute!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkerTask:
+    """This process's place in a multi-worker cluster, from $TF_CONFIG."""
+
+    kind: str  # "chief" or "worker"
+    index: int
+    is_chief: bool  # writes the artifacts: the "chief" task, else worker 0
+
+
+def multi_worker_task() -> WorkerTask:
+    """This process's task in $TF_CONFIG, or a one-line error when it is missing or unusable
+    (TensorFlow itself would fail later, or wait for a cluster that never forms)."""
+    raw = os.environ.get("TF_CONFIG", "")
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        kind, index = str(task["type"]), int(task["index"])
+        if not isinstance(cluster, dict) or not 0 <= index < len(cluster[kind]):
+            raise ValueError(f"task {kind}:{index} is not in the cluster")
+    except (ValueError, KeyError, TypeError) as exc:
+        problem = "is not set" if not raw else f"is not usable ({one_line(exc, limit=120)})"
+        raise InputError(
+            f"--distribute multi-worker: TF_CONFIG {problem}; it names the cluster and this task, e.g. "
+            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
+    return WorkerTask(kind, index, kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster))
