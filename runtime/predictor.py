@@ -65,6 +65,12 @@ def validate_images(images: np.ndarray, name: str = "input") -> np.ndarray:
         array = as_batch_shape(array, name)
     if len(array) == 0:
         raise InputError(f"{name}: empty batch (0 images)")
+    return checked_values(array, name)
+
+
+def checked_values(array: np.ndarray, name: str) -> np.ndarray:
+    """uint8 as it is; floats as C-contiguous float32, finite and in [0, 1]; other dtypes refused.
+    Shape-blind: images and the step model's rows share it."""
     if array.dtype == np.uint8:
         return array
     if array.dtype != np.float32 or not array.flags.c_contiguous:

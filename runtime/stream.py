@@ -36,10 +36,9 @@ from runtime.contract import (
     STATE_NAMES,
     STATE_OUT_NAMES,
     STEP_FORMAT,
-    scale_pixels,
 )
 from runtime.errors import InputError, require_file
-from runtime.predictor import ONE_AS_BITS, Prediction, as_rows
+from runtime.predictor import Prediction, as_rows, checked_values, scaled
 from runtime.session import open_session
 
 # Images per session call in the batch functions: large enough that the per-call overhead
@@ -84,21 +83,7 @@ def checked_confidence(confidence: float) -> float:
 
 def checked_pixels(array: np.ndarray, name: str) -> np.ndarray:
     """uint8 0-255 -> float32 /255; floats must be finite and in [0, 1] (the runtime's input rule)."""
-    if array.dtype == np.uint8:
-        return scale_pixels(array)
-    if array.dtype != np.float32 or not array.flags.c_contiguous:
-        if array.dtype.kind != "f":
-            raise InputError(f"{name}: dtype {array.dtype} not accepted; use uint8 0-255 or float 0-1")
-        array = np.ascontiguousarray(array, dtype=np.float32)
-    # non-negative float32 values sort like their bit patterns; NaN, Inf, negatives and >1 all sort above 1.0
-    if array.view(np.uint32).max() <= ONE_AS_BITS:
-        return array
-    if not np.isfinite(array).all():
-        raise InputError(f"{name}: contains NaN or infinite values")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:  # -0.0 passes here
-        raise InputError(f"{name}: float values must be in [0, 1], got range [{low:g}, {high:g}]")
-    return array
+    return scaled(checked_values(array, name))
 
 
 def checked_rows(rows: np.ndarray, streams: int, name: str = "rows") -> np.ndarray:
