@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, rowrnn, write_mnist_dir
+from helpers import REPO, assert_one_line_error, rowrnn, write_mnist_dir
 from export.api import ValidationSet, export_model, synthetic_rows
 from rowrnn_keras.model import load_trained_model
 
@@ -33,7 +33,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, "tests")
-from conftest import synthetic_digits
+from helpers import synthetic_digits
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
 import rowrnn_keras.train as train

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
+from helpers import REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 import rowrnn_keras.train as train_module
 from rowrnn_keras.backup import (
     BACKUP_DIR, OLD_SUFFIX, STATE_FILE, WEIGHTS_FILE, describe_differences, discard, fingerprint, read_backup,
