@@ -146,9 +146,8 @@ class Predictor:
         session_options: ort.SessionOptions | None = None,
     ) -> None:
         self.path = require_file(BUNDLED_MODEL if path is None else path, "an .onnx model file")
-        for option, value in (("threads", threads), ("intra_op_threads", intra_op_threads)):
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InputError(f"{option} must be a whole number >= 1, got {value!r}")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads must be a whole number >= 1, got {threads!r}")  # intra_op_threads: open_session
         self.session = open_session(self.path, intra_op_threads, providers, session_options)
         check_session(self.session, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
