@@ -80,7 +80,7 @@ def exported_step(tiny_keras_model, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def real_model(mnist, tmp_path_factory) -> Path:
-    """A full-size model trained for 2 epochs on 10 000 real MNIST images (slow tests only)."""
+    """A full-size model trained with `QUICK_REAL` (4 epochs on 10 000 real MNIST images; slow tests only)."""
     from rowrnn_keras.config import TrainConfig
     from rowrnn_keras.train import run_training
 

@@ -33,14 +33,13 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 sys.path.insert(0, "tests")
-from helpers import synthetic_digits
+from helpers import TINY_TRAIN, synthetic_digits
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
 import rowrnn_keras.train as train
 out, distribute, resume = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["resume"]
-config = TrainConfig(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60,
-                     augment_shift=0.0, augment_rotation_degrees=0.0, distribute=distribute)
-mnist = Mnist(*synthetic_digits(600, 1), *synthetic_digits(200, 2), source="synthetic")
+config = TrainConfig(**TINY_TRAIN, distribute=distribute)
+mnist = Mnist(*synthetic_digits(600, 1), *synthetic_digits(200, 2), source="synthetic")  # 3 runs: kept short
 runs = [train.run_training(config, mnist, out, verbose=0)]
 if resume:
     real = train.ResumableBackup.on_epoch_end
@@ -72,7 +71,6 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     mirrored, resumed = two_device_runs(tmp_path / "mirrored", "mirrored", "resume")
     assert mirrored["strategy"] == "mirrored" and mirrored["devices"] == ["CPU:0", "CPU:1"]
     assert mirrored["replicas"] == 2
-    assert mirrored["test_accuracy"] > 0.5  # learned (chance is 0.1)
     # --batch-size is the global batch: as many steps per epoch as on one device
     assert mirrored["steps_per_epoch"] == math.ceil(mirrored["train_images"] / 32)
     # a mirrored run resumes exactly too
@@ -83,6 +81,11 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     histories = [list(csv.DictReader((tmp_path / run / "history.csv").open())) for run in ("mirrored", "single")]
     for column in ("loss", "val_loss"):
         assert [float(r[column]) for r in histories[0]] == pytest.approx([float(r[column]) for r in histories[1]], rel=1e-3)
+    # so it learned as much. On 600 images a one-device run stops anywhere between 28 % and 57 % (seeds
+    # 0-7), too early for a fixed bar (test_train checks a run that learns fully); the two runs'
+    # accuracies must agree, within 10 of the 200 test images, and beat chance (10 %).
+    assert mirrored["test_accuracy"] == pytest.approx(single["test_accuracy"], abs=0.05)
+    assert mirrored["test_accuracy"] > 0.1
     model = tmp_path / "mirrored" / "model.keras"
     load_trained_model(model)  # saved as an ordinary model: no strategy needed to load it
     result = export_model(model, tmp_path / "mirrored.onnx", validation=ValidationSet(synthetic_rows(), None, "synthetic"))

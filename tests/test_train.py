@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import QUICK_REAL, synthetic_digits
+from helpers import TINY_TRAIN, TINY_TRAIN_IMAGES, synthetic_digits
 from rowrnn_keras.artifacts import sha256_file, write_json_atomic
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.data import Mnist
@@ -30,19 +30,17 @@ from runtime.contract import scale_pixels
 from runtime.errors import InputError
 
 # The synthetic classes are bar positions, which shifting would blur: no augmentation here.
-TINY = dict(hidden_units=16, dense_units=16, epochs=3, batch_size=32, learning_rate=1e-2, validation_size=60,
-            augment_shift=0.0, augment_rotation_degrees=0.0)
 ARTIFACTS = ("model.keras", "history.csv", "curves.png", "metrics.json")
 
 
-def tiny_mnist(n_train=600, n_test=200) -> Mnist:
+def tiny_mnist(n_train=TINY_TRAIN_IMAGES, n_test=200) -> Mnist:
     return Mnist(*synthetic_digits(n_train, 1), *synthetic_digits(n_test, 2), source="synthetic")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    metrics = run_training(TrainConfig(**TINY), tiny_mnist(), out, verbose=0, tensorboard=out / "logs")
+    metrics = run_training(TrainConfig(**TINY_TRAIN), tiny_mnist(), out, verbose=0, tensorboard=out / "logs")
     return out, metrics
 
 
@@ -50,12 +48,12 @@ def test_a_tiny_run_learns_and_writes_every_artifact(trained):
     out, metrics = trained
     for name in ARTIFACTS:
         assert (out / name).stat().st_size > 0, name
-    assert metrics["test_accuracy"] > 0.5  # chance is 0.1; the bars are easy
+    assert metrics["test_accuracy"] >= 0.9  # measured 100 % over seeds 0-7 (helpers.TINY_TRAIN); chance is 0.1
     on_disk = json.loads((out / "metrics.json").read_text())
     for key in ("test_accuracy", "val_accuracy", "epochs", "train_seconds", "seconds_per_epoch", "config"):
         assert key in on_disk
     assert on_disk["config"]["hidden_units"] == 16
-    assert on_disk["train_images"] + on_disk["validation_images"] == 600
+    assert on_disk["train_images"] + on_disk["validation_images"] == TINY_TRAIN_IMAGES
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # scratch removed
     assert not (out / "backup").exists()  # a finished run removes its backup
@@ -74,7 +72,7 @@ def test_history_has_one_row_per_epoch(trained):
 
 
 def test_same_seed_same_history(tmp_path):
-    config = TrainConfig(**{**TINY, "epochs": 2})
+    config = TrainConfig(**{**TINY_TRAIN, "epochs": 2})
     first = run_training(config, tiny_mnist(300, 50), tmp_path / "a", verbose=0)
     second = run_training(config, tiny_mnist(300, 50), tmp_path / "b", verbose=0)
     assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
@@ -92,7 +90,7 @@ def test_failed_run_leaves_previous_artifacts_untouched_and_its_backup_finishes_
         raise RuntimeError("boom during evaluation")
 
     monkeypatch.setattr(train_module, "evaluate_model", explode)
-    config, mnist = TrainConfig(**{**TINY, "epochs": 1}), tiny_mnist(200, 50)
+    config, mnist = TrainConfig(**{**TINY_TRAIN, "epochs": 1}), tiny_mnist(200, 50)
     with pytest.raises(RuntimeError, match="boom"):
         run_training(config, mnist, tmp_path, verbose=0)
     for name in ARTIFACTS:
@@ -117,7 +115,7 @@ def test_a_new_run_removes_what_killed_runs_left(tmp_path):
     stale_tmp.write_text("{")
     alive = tmp_path / f".rowrnn-{os.getpid()}-live"  # a running process's scratch is left alone
     alive.mkdir()
-    run_training(TrainConfig(**{**TINY, "epochs": 1}), tiny_mnist(200, 50), tmp_path, verbose=0)
+    run_training(TrainConfig(**{**TINY_TRAIN, "epochs": 1}), tiny_mnist(200, 50), tmp_path, verbose=0)
     assert not stale_scratch.exists() and alive.is_dir()
     write_json_atomic(tmp_path / "metrics.json", {})  # each atomic write clears its own target's leftovers
     assert not stale_tmp.exists()
@@ -126,7 +124,7 @@ def test_a_new_run_removes_what_killed_runs_left(tmp_path):
 def test_unwritable_out_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="cannot write to output directory"):
-        run_training(TrainConfig(**TINY), tiny_mnist(100, 10), tmp_path / "file" / "out", verbose=0)
+        run_training(TrainConfig(**TINY_TRAIN), tiny_mnist(100, 10), tmp_path / "file" / "out", verbose=0)
 
 
 def test_limit_and_validation_never_touch_test():
@@ -234,7 +232,8 @@ def test_evaluation_counts():
 
 
 @pytest.mark.slow
-def test_real_mnist_short_run_reaches_sensible_accuracy(mnist, tmp_path):
-    metrics = run_training(TrainConfig(**QUICK_REAL), mnist, tmp_path, verbose=0)
+def test_real_mnist_short_run_reaches_sensible_accuracy(real_model):
+    metrics = json.loads((real_model.parent / "metrics.json").read_text())  # the fixture's QUICK_REAL run
     assert metrics["test_images"] == 10_000
+    # measured 0.949-0.957 over seeds 0-3 pinned to one core: a margin of 0.049 or more
     assert metrics["test_accuracy"] >= 0.90, metrics["test_accuracy"]
