@@ -173,12 +173,13 @@ def test_int8_is_quantized_and_measured(exported, digits_300):
     assert report["test_accuracy"] == accuracy(int8, digits_300.rows, digits_300.labels)
     assert report["accuracy_drop"] == pytest.approx(fp32_accuracy - report["test_accuracy"])
     assert {p.key: p.value for p in int8.metadata_props}["quantization"].startswith("dynamic int8")
-    # A broken quantizer (everything one class, weights garbled) would disagree with fp32. The
-    # fixture model is confidently right (top probability >= 0.75 on these digits, see conftest),
-    # far beyond the ~1e-2 that int8 moves a probability, so this holds on any machine.
+    # A broken quantizer fails one of these: everything one class (agrees on ~10 % of the digits),
+    # weights garbled (agrees by chance), nothing quantized (the same outputs). Measured with the
+    # fixture over seeds 0-7 pinned to one core: int8 agrees with fp32 on 100 % of these digits.
+    # int8 moves a logit by up to 1.2 and the closest fp32 top-two margin is 0.6-2.2, so agreement
+    # is likely but not guaranteed image by image: the bar leaves 15 of the 300 images of slack.
     fp32_probs, int8_probs = probabilities_of(fp32, digits_300.rows), probabilities_of(int8, digits_300.rows)
-    assert fp32_probs.max(axis=1).min() >= 0.5, "fixture model no longer confident: see conftest"
-    np.testing.assert_array_equal(int8_probs.argmax(axis=1), fp32_probs.argmax(axis=1))
+    assert np.mean(int8_probs.argmax(axis=1) == fp32_probs.argmax(axis=1)) >= 0.95
     assert len(np.unique(int8_probs.argmax(axis=1))) == 10
     assert not np.array_equal(int8_probs, fp32_probs)  # not the fp32 graph under another name
 
@@ -224,8 +225,8 @@ def test_real_mnist_parity_and_int8(real_model, mnist, mnist_dir, tmp_path):
     assert report["images"] == 10_000 and report["inputs"] == "MNIST test set"
     assert report["argmax_agreement"] == 1.0
     assert report["max_abs_logit_diff"] <= FP32_PARITY_RELATIVE * logit_scale(real_model, scale_pixels(mnist.test_images))
-    # `real_model` measured over seeds 0-3 pinned to one core: accuracy 0.949-0.957 (margin >= 0.049),
-    # int8 drop 0.0001-0.0013 (margin >= 0.0037, i.e. 37 of the 10 000 test images)
+    # `real_model` measured over seeds 0-3 pinned to one core: accuracy 0.951-0.960 (margin >= 0.051),
+    # int8 drop 0.0004-0.0010 (margin >= 0.004, i.e. 40 of the 10 000 test images)
     assert report["onnx_test_accuracy"] > 0.9
     assert report["int8"]["accuracy_drop"] <= 0.005
     assert result.int8_path.stat().st_size < result.onnx_path.stat().st_size / 2

@@ -167,6 +167,13 @@ def check_early(result, believed, threshold):
     np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=1))
 
 
+def biting_threshold(believed: np.ndarray) -> float:
+    """A threshold some images reach early and others late or never, whatever the model learned:
+    the median of the top beliefs after rows 1-27 (a fixed one, 0.5 say, is reached after row 3 by
+    every digit for some seeds and never for others, and the test would check nothing)."""
+    return float(np.median(believed[:, :-1].max(axis=2)))
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.99])
 def test_early_exit_stops_at_the_first_confident_row(streamer, digits, threshold):
     images, _ = digits
@@ -174,8 +181,15 @@ def test_early_exit_stops_at_the_first_confident_row(streamer, digits, threshold
     check_early(result, streamer.row_probabilities(images), threshold)
     if threshold == 0.0:
         assert (result.rows == 1).all()
-    if threshold == 0.5:  # the tiny model is rarely sure: at 0.5 the bound bites, at different rows
-        assert result.rows.min() < 28 and len(set(result.rows.tolist())) > 1
+
+
+def test_early_exit_stops_at_different_rows_for_different_images(streamer, digits):
+    images, _ = digits
+    believed = streamer.row_probabilities(images)
+    threshold = biting_threshold(believed)
+    result = streamer.predict_early(images, confidence=threshold)
+    check_early(result, believed, threshold)
+    assert result.rows.min() < 28 and len(set(result.rows.tolist())) > 1
 
 
 @pytest.mark.parametrize("threshold", [1.0 + 1e-6, 2, float("inf")])
@@ -190,8 +204,10 @@ def test_early_exit_above_one_is_the_full_model(streamer, full, digits, threshol
 
 def test_early_exit_on_more_images_than_one_chunk(streamer):
     images, _ = synthetic_digits(600, 8)  # three chunks of 256
-    result = streamer.predict_early(images, confidence=0.5)
-    check_early(result, streamer.row_probabilities(images), 0.5)
+    believed = streamer.row_probabilities(images)
+    threshold = biting_threshold(believed)
+    result = streamer.predict_early(images, confidence=threshold)
+    check_early(result, believed, threshold)
     assert 1 < len(set(result.rows.tolist()))
 
 
