@@ -78,9 +78,14 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     # and it is the same training as on one device, up to the order the replicas' gradients are summed in
     single, = two_device_runs(tmp_path / "single", "none")
     assert single["devices"] == ["CPU:0"] and single["replicas"] == 1
+    # Measured over seeds 0-7 (both cores and pinned to one): the first epoch's losses are equal, and
+    # where the sums run in another order the rounding difference grows to at most 2.1e-3 (relative)
+    # by the third epoch. A mis-scaled gradient or a wrong global batch moves the first epoch already.
     histories = [list(csv.DictReader((tmp_path / run / "history.csv").open())) for run in ("mirrored", "single")]
     for column in ("loss", "val_loss"):
-        assert [float(r[column]) for r in histories[0]] == pytest.approx([float(r[column]) for r in histories[1]], rel=1e-3)
+        mirrored_losses, single_losses = ([float(r[column]) for r in history] for history in histories)
+        assert mirrored_losses[0] == pytest.approx(single_losses[0], rel=1e-4)
+        assert mirrored_losses == pytest.approx(single_losses, rel=1e-2)
     # so it learned as much. On 600 images a one-device run stops anywhere between 37 % and 69 % (seeds
     # 0-7), too early for a fixed bar (test_train checks a run that learns fully); the two runs'
     # accuracies must agree, within 10 of the 200 test images, and beat chance (10 %).
