@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -78,9 +79,13 @@ def test_fresh_venv_plain_install_predicts_with_no_model_argument(tmp_path):
     (site / "light.pth").write_text(f"{farm}\n")
     python = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ROWRNN_DATA")}
+    # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and the
+    # other test worker runs in the checkout
+    source = shutil.copytree(REPO, tmp_path / "source", ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
     install = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", "--no-deps",
-         "--no-build-isolation", str(REPO)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+         "--no-build-isolation", str(source)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert install.returncode == 0, install.stderr
     assert subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path).returncode != 0
 

@@ -168,10 +168,14 @@ def check_early(result, believed, threshold):
 
 
 def biting_threshold(believed: np.ndarray) -> float:
-    """A threshold some images reach early and others late or never, whatever the model learned:
-    the median of the top beliefs after rows 1-27 (a fixed one, 0.5 say, is reached after row 3 by
-    every digit for some seeds and never for others, and the test would check nothing)."""
-    return float(np.median(believed[:, :-1].max(axis=2)))
+    """A threshold some images reach early and others late or never, whatever the model learned (a
+    fixed one, 0.5 say, is reached after row 3 by every digit for some seeds and never for others,
+    and the test would check nothing): in the middle half of the top beliefs after rows 1-27, the
+    midpoint of their widest gap, so no belief sits within rounding of it."""
+    tops = np.sort(believed[:, :-1].max(axis=2).ravel())
+    middle = tops[len(tops) // 4 : 3 * len(tops) // 4]
+    widest = int(np.diff(middle).argmax())
+    return float((middle[widest] + middle[widest + 1]) / 2)
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.99])
