@@ -29,7 +29,6 @@ from rowrnn_keras.train import (
 from runtime.contract import scale_pixels
 from runtime.errors import InputError
 
-# The synthetic classes are bar positions, which shifting would blur: no augmentation here.
 ARTIFACTS = ("model.keras", "history.csv", "curves.png", "metrics.json")
 
 
