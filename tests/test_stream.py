@@ -178,6 +178,15 @@ def biting_threshold(believed: np.ndarray) -> float:
     return float((middle[widest] + middle[widest + 1]) / 2)
 
 
+def early_at_a_biting_threshold(streamer, images: np.ndarray):
+    """`predict_early` at `biting_threshold`, checked against the row beliefs (`check_early`)."""
+    believed = streamer.row_probabilities(images)
+    threshold = biting_threshold(believed)
+    result = streamer.predict_early(images, confidence=threshold)
+    check_early(result, believed, threshold)
+    return result
+
+
 @pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 0.99])
 def test_early_exit_stops_at_the_first_confident_row(streamer, digits, threshold):
     images, _ = digits
@@ -188,11 +197,7 @@ def test_early_exit_stops_at_the_first_confident_row(streamer, digits, threshold
 
 
 def test_early_exit_stops_at_different_rows_for_different_images(streamer, digits):
-    images, _ = digits
-    believed = streamer.row_probabilities(images)
-    threshold = biting_threshold(believed)
-    result = streamer.predict_early(images, confidence=threshold)
-    check_early(result, believed, threshold)
+    result = early_at_a_biting_threshold(streamer, digits[0])
     assert result.rows.min() < 28 and len(set(result.rows.tolist())) > 1
 
 
@@ -208,10 +213,7 @@ def test_early_exit_above_one_is_the_full_model(streamer, full, digits, threshol
 
 def test_early_exit_on_more_images_than_one_chunk(streamer):
     images, _ = synthetic_digits(600, 8)  # three chunks of 256
-    believed = streamer.row_probabilities(images)
-    threshold = biting_threshold(believed)
-    result = streamer.predict_early(images, confidence=threshold)
-    check_early(result, believed, threshold)
+    result = early_at_a_biting_threshold(streamer, images)
     assert 1 < len(set(result.rows.tolist()))
 
 
