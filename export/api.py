@@ -33,8 +33,9 @@ from export.defaults import (
 )
 from export.step import export_step, step_failure, step_path_for
 from export.validate import accuracy, check_contract, op_counts, parity_report
-from rowrnn_keras.artifacts import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
-from rowrnn_keras.data import FILES, load_mnist, resolve_data_dir
+from runtime.files import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
+from rowrnn_keras.data import load_mnist
+from runtime.mnist import FILES, resolve_data_dir
 from rowrnn_keras.model import architecture_layers, format_architecture, load_trained_model
 from runtime.contract import (
     CLASS_LABELS,

@@ -31,7 +31,7 @@ BATCH_BLOCK, SINGLE_BLOCK = 1000, 50  # images per timed call, each configuratio
 
 def labelled_test_set(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     """uint8 test images, labels and a description; accuracy needs labels, so no synthetic fallback."""
-    from rowrnn_keras.data import load_mnist_dir, resolve_data_dir  # numpy-only module
+    from runtime.mnist import load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
     if directory is None:

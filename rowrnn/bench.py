@@ -72,7 +72,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(uint8 test images, labels or None, description); synthetic strokes when MNIST is missing."""
-    from rowrnn_keras.data import load_mnist_dir, resolve_data_dir  # numpy-only module
+    from runtime.mnist import load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
     reason = "no MNIST directory (--data or $ROWRNN_DATA)"
@@ -456,7 +456,7 @@ def save_plot(report: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from rowrnn_keras.artifacts import atomic_path
+    from runtime.files import atomic_path
 
     measured = [row for row in report["engines"] if not row["skipped"]]
     names = [row["engine"] for row in measured]

@@ -66,7 +66,7 @@ def train(
     command is run again.
     """
     check_training_extra()
-    from rowrnn_keras.artifacts import check_directory_writable
+    from runtime.files import check_directory_writable
     from rowrnn_keras.backup import resume_point
     from rowrnn_keras.data import load_mnist
 
@@ -99,7 +99,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a trained model."""
-    from rowrnn_keras.artifacts import atomic_path, check_writable
+    from runtime.files import atomic_path, check_writable
     from rowrnn_keras.config import CONFUSION_FILE
 
     plot = plot or model.parent / CONFUSION_FILE
@@ -162,7 +162,7 @@ def export(
                    f"{stepped['max_abs_logit_diff_vs_full_onnx']:.2g}) and Keras ({stepped['max_abs_logit_diff_vs_keras']:.2g})")
     typer.echo(f"parity report: {result.report_path}")
     if triton_repo is not None:
-        from export.triton import write_triton_repository
+        from runtime.repository import write_triton_repository
 
         written = write_triton_repository(result.onnx_path, triton_repo)
         typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
@@ -245,7 +245,7 @@ def bench(
     Missing models or data skip the rows they affect, with the reason; the rest is still measured.
     """
     from rowrnn.bench import format_report, run_bench, save_plot
-    from rowrnn_keras.artifacts import check_writable, write_json_atomic
+    from runtime.files import check_writable, write_json_atomic
 
     if json_path is not None:
         check_writable(json_path, ".json")
@@ -308,7 +308,7 @@ def triton_repo(
     max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx) for a model."""
-    from export.triton import write_triton_repository
+    from runtime.repository import write_triton_repository
 
     written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms)
     typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
@@ -323,7 +323,7 @@ def anytime(
 ) -> None:
     """How early the model knows: test accuracy after k rows, and early exit at 0.9/0.99/0.999 (time saved, measured)."""
     from rowrnn.anytime import format_anytime, labelled_test_set, run_anytime
-    from rowrnn_keras.artifacts import atomic_path, check_writable
+    from runtime.files import atomic_path, check_writable
     from runtime.stream import StreamingPredictor
 
     if plot is not None:

@@ -29,9 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rowrnn_keras.artifacts import private_prefix, sha256_file
+from runtime.files import private_prefix, sha256_file
 from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.data import Mnist
+from runtime.mnist import Mnist
 from runtime.errors import InputError, one_line
 
 BACKUP_DIR = "backup"

@@ -21,13 +21,14 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from rowrnn_keras import plots
-from rowrnn_keras.artifacts import private_prefix, remove_leftovers, sha256_file, write_json_atomic
+from runtime.files import private_prefix, remove_leftovers, sha256_file, write_json_atomic
 from rowrnn_keras.backup import (
     BACKUP_DIR, BEST_MODEL_FILE, KERAS_METADATA_FILE, WEIGHTS_FILE, Backup, discard, fingerprint, resume_point,
     write_backup,
 )
 from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig, multi_worker_task
-from rowrnn_keras.data import Mnist, split_validation
+from rowrnn_keras.data import split_validation
+from runtime.mnist import Mnist
 from rowrnn_keras.model import compile_model, create_model
 from runtime.contract import IMAGE_SHAPE, NUM_CLASSES, scale_pixels
 from runtime.errors import InputError

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from runtime.errors import InputError
+from runtime.repository import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -15,8 +16,8 @@ class ServeSettings:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8000
     name: str = "rowrnn"  # the model name in /v2/models/{name}
-    max_batch: int = 64  # images per session call the batcher forms
-    max_delay_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_batch: int = DEFAULT_MAX_BATCH  # images per session call the batcher forms
+    max_delay_ms: float = DEFAULT_MAX_DELAY_MS  # how long the first request of a batch waits for company
     max_queue: int = 1024  # images waiting; beyond it: 503 + Retry-After
     max_body_mb: float = 16.0  # larger request bodies: 413
     body_timeout_s: float = 30.0  # a client that stops sending its body mid-way: 408

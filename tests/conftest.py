@@ -60,7 +60,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist(mnist_dir):
-    from rowrnn_keras.data import load_mnist_dir
+    from runtime.mnist import load_mnist_dir
 
     return load_mnist_dir(mnist_dir)
 
@@ -76,7 +76,7 @@ def tiny_keras_model(tmp_path_factory) -> Path:
     and 6 stopped at 99 % with top probabilities down to 0.38: trained too little.)
     """
     from rowrnn_keras.config import TrainConfig
-    from rowrnn_keras.data import Mnist
+    from runtime.mnist import Mnist
     from rowrnn_keras.train import run_training
 
     config = TrainConfig(hidden_units=32, dense_units=32, epochs=6, warmup_epochs=0, batch_size=32,

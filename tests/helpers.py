@@ -80,7 +80,7 @@ def synthetic_digits(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def write_mnist_dir(directory: Path, n_train: int = 120, n_test: int = 40, compress: bool = True) -> Path:
     """A directory with the four MNIST files, holding `synthetic_digits`."""
-    from rowrnn_keras.data import FILES
+    from runtime.mnist import FILES
 
     directory.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):

@@ -53,7 +53,7 @@ def in_stage(name: str, function):
 
 def slow_write_bytes_atomic(target, data: bytes) -> Path:
     """`write_bytes_atomic`, pausing with half the bytes in the temporary file."""
-    from rowrnn_keras.artifacts import atomic_path
+    from runtime.files import atomic_path
 
     target = Path(target)
     with stage(f"write-{target.name}"), atomic_path(target) as tmp, open(tmp, "wb") as stream:
@@ -67,7 +67,7 @@ def slow_write_bytes_atomic(target, data: bytes) -> Path:
 
 def install_after_import() -> None:
     """Wrap the stages of whichever TensorFlow-side modules the command imported."""
-    import rowrnn_keras.artifacts as artifacts
+    import runtime.files as artifacts
 
     artifacts.write_bytes_atomic = slow_write_bytes_atomic  # write_text/json_atomic call it too
     api = sys.modules.get("export.api")

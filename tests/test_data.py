@@ -1,4 +1,4 @@
-"""rowrnn_keras.data: the four MNIST files are found, validated and split without leaking.
+"""runtime.mnist and rowrnn_keras.data: the four MNIST files are found, validated and split without leaking.
 
 A data path that is a file, and files of the wrong size: the bad-input battery (test_bad_inputs.py).
 """
@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 
 from helpers import synthetic_digits, write_idx, write_mnist_dir
-from rowrnn_keras.data import (
-    DATA_ENV,
-    FILES,
-    load_mnist,
-    load_mnist_dir,
-    resolve_data_dir,
-    split_validation,
-)
+from rowrnn_keras.data import load_mnist, split_validation
+from runtime.mnist import DATA_ENV, FILES, load_mnist_dir, resolve_data_dir
 from runtime.contract import scale_pixels
 from runtime.errors import InputError
 

@@ -35,7 +35,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 sys.path.insert(0, "tests")
 from helpers import TINY_TRAIN, synthetic_digits
 from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.data import Mnist
+from runtime.mnist import Mnist
 import rowrnn_keras.train as train
 out, distribute, resume = Path(sys.argv[1]), sys.argv[2], sys.argv[3:] == ["resume"]
 config = TrainConfig(**TINY_TRAIN, distribute=distribute)

@@ -21,7 +21,7 @@ from export.api import ValidationSet, export_model, quantize_checked, quantize_i
 from export.convert import Conversion, PROBE_BATCH_SIZES, batch_shape, convert, fold_input_layer, probe_values, simplify
 from export.validate import check_contract, op_counts
 from helpers import synthetic_digits
-from rowrnn_keras.artifacts import sha256_file
+from runtime.files import sha256_file
 from runtime.contract import scale_pixels
 from runtime.errors import CheckFailed
 

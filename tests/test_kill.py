@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
-from rowrnn_keras.artifacts import sha256_file
+from runtime.files import sha256_file
 from runtime import Predictor
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}

@@ -28,7 +28,7 @@ from rowrnn_keras.backup import (
     write_backup,
 )
 from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.data import Mnist
+from runtime.mnist import Mnist
 from runtime.errors import InputError
 from test_train import event_scalars
 
@@ -361,7 +361,7 @@ WHAT_WAS_IMPORTED = (
 
 
 def test_cli_refuses_a_backup_of_other_settings_in_one_line_before_loading_tensorflow_or_restarts(idx_dir, tmp_path):
-    from rowrnn_keras.data import load_mnist_dir
+    from runtime.mnist import load_mnist_dir
 
     out = tmp_path / "out"
     out.mkdir()

@@ -14,9 +14,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import TINY_TRAIN, TINY_TRAIN_IMAGES, synthetic_digits
-from rowrnn_keras.artifacts import sha256_file, write_json_atomic
+from runtime.files import sha256_file, write_json_atomic
 from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.data import Mnist
+from runtime.mnist import Mnist
 from rowrnn_keras.train import (
     augment_batch,
     evaluate_predictions,

@@ -13,16 +13,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rowrnn_keras.artifacts import write_bytes_atomic, write_text_atomic
 from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, NUM_CLASSES, PROBABILITIES_NAME
 from runtime.errors import InputError, require_file
+from runtime.files import write_bytes_atomic, write_text_atomic
 from runtime.predictor import Predictor
-from serve.settings import ServeSettings
 
 MODEL_VERSION = "1"
-# Triton batches as `rowrnn serve` does by default, so scaling out changes nothing for clients.
-DEFAULT_MAX_BATCH = ServeSettings.max_batch
-DEFAULT_MAX_DELAY_MS = ServeSettings.max_delay_ms
+# How a served model batches, here and in `rowrnn serve` (serve.settings takes these): Triton then
+# batches as `rowrnn serve` does, so scaling out changes nothing for clients.
+DEFAULT_MAX_BATCH = 64  # images per session call
+DEFAULT_MAX_DELAY_MS = 2.0  # how long the first request of a batch waits for company
 
 
 def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:

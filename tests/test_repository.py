@@ -1,11 +1,11 @@
-"""export.triton: a Triton model repository whose config Triton's own schema accepts and
+"""runtime.repository: a Triton model repository whose config Triton's own schema accepts and
 whose inputs and outputs are the ONNX file's."""
 
 import onnx
 import pytest
 
 from helpers import assert_one_line_error, rowrnn
-from export.triton import write_triton_repository
+from runtime.repository import write_triton_repository
 from runtime.errors import InputError
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (test extra)")
