@@ -12,7 +12,6 @@ image (28 one-row pushes) against one full-model call.
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ import numpy as np
 
 from runtime.contract import IMAGE_ROWS
 from runtime.errors import InputError, one_line
-from runtime.idx import encode_idx
 from runtime.stream import StreamingPredictor
 
 DEFAULT_THRESHOLDS = (0.9, 0.99, 0.999)
@@ -32,16 +30,14 @@ BATCH_BLOCK, SINGLE_BLOCK = 1000, 50  # images per timed call, each configuratio
 
 
 def labelled_test_set(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
-    """uint8 test images, labels and a description; accuracy needs labels, so no synthetic fallback.
-    The description names the data by its checksum, never by a local path: reports get committed."""
-    from runtime.mnist import load_mnist_dir, resolve_data_dir
+    """uint8 test images, labels and a description; accuracy needs labels, so no synthetic fallback."""
+    from runtime.mnist import describe_test_set, load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
     if directory is None:
         raise InputError("anytime needs the MNIST test set: give --data DIR or set $ROWRNN_DATA")
     mnist = load_mnist_dir(directory)
-    digest = hashlib.sha256(encode_idx(mnist.test_images)).hexdigest()[:12]
-    return mnist.test_images, mnist.test_labels.astype(np.int64), f"MNIST test set (t10k-images sha256 {digest}…)"
+    return mnist.test_images, mnist.test_labels.astype(np.int64), describe_test_set(mnist.test_images)
 
 
 def timed_into(samples: list[float], function: Callable[[], object]) -> object:

@@ -202,6 +202,7 @@ def run_training(
             "validation_images": len(splits.validation[0]),
             "test_images": len(splits.test[0]),
             "data_source": mnist.source,
+            "train_data_sha256": state["fingerprint"]["train_data_sha256"],  # the data, named without a path
             # published last, so a kill between renames can pair new reports with an older model:
             # this says which model they describe
             "model_sha256": sha256_file(scratch / MODEL_FILE),

@@ -116,6 +116,7 @@ def test_the_bundled_reports_describe_the_shipped_files():
     assert parity["int8"]["fp32_size_bytes"] == (MODELS / "mnist.onnx").stat().st_size
     assert json.loads(metadata["parity"])["max_abs_logit_diff"] == parity["max_abs_logit_diff"]
     assert metrics["config"]["seed"] == 0 and metrics["test_images"] == 10_000
+    assert "/" not in metrics["data_source"]  # shipped: names the data by checksum, never a local path
     # Keras's accuracy on the test set, from training; ONNX's may differ only where parity allows
     assert abs(metrics["test_accuracy"] - parity["onnx_test_accuracy"]) <= 1e-3
 
@@ -131,9 +132,11 @@ def test_every_accuracy_said_of_the_bundled_model_is_its_own():
             assert said <= allowed, line
 
 
-def test_the_quick_start_names_the_bundled_models_accuracy():
+def test_the_quick_start_names_the_bundled_models_accuracy_and_training_time():
     quick_start = section(README, "## Quick start")
     assert bundled_figures()["test accuracy, 10 000 MNIST test images"] + " on the MNIST test set" in quick_start
+    minutes = round(bundled_sources()[2]["train_seconds"] / 60)
+    assert f"# writes artifacts/ (about {minutes} min on 2 cores)" in quick_start
 
 
 # ------------------------------------------------------------ the data
