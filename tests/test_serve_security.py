@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, start_server_process
+from helpers import REPO, http_call as call, start_server_process
 
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
 
@@ -104,16 +104,6 @@ def status_of(reply: bytes) -> int | None:
 
 def statuses(reply: bytes) -> list[int]:
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", reply)]
-
-
-def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, body, headers or {})
-        response = connection.getresponse()
-        return response, response.read()
-    finally:
-        connection.close()
 
 
 @pytest.fixture(scope="module")
