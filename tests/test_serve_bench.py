@@ -142,3 +142,23 @@ def test_the_readme_serving_figures_are_the_committed_json():
     report = json.loads(COMMITTED.read_text())
     readme = " ".join((REPO / "README.md").read_text().split())
     assert " ".join(serve_bench.readme_summary(report).split()) in readme
+
+
+def test_grpc_load_sends_a_model_infer_request_triton_can_read():
+    """The gRPC load generator's request, read back with Triton's own generated stubs."""
+    import grpc_load
+    import numpy as np
+    from tritonclient.grpc import service_pb2
+
+    request = service_pb2.ModelInferRequest.FromString(grpc_load.infer_request("rowrnn", 3))
+    assert request.model_name == "rowrnn"
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [("rows", "FP32", [3, 28, 28])]
+    rows = np.frombuffer(request.raw_input_contents[0], "<f4").reshape(3, 28, 28)
+    assert rows.min() >= 0 and rows.max() <= 1 and rows.std() > 0.1  # real pixel values, not zeros
+
+
+def test_without_debians_python_triton_is_skipped_with_a_clear_message(monkeypatch, tmp_path):
+    monkeypatch.setattr(serve_bench, "DEBIAN_PYTHON", tmp_path / "no-python3.11")
+    with pytest.raises(SystemExit, match=r"needs Debian's .*no-python3\.11.*apt-get install python3\.11"):
+        serve_bench.triton_installation(tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # nothing half set up
