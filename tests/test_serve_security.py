@@ -439,11 +439,13 @@ def test_drain_keeps_the_listener_open_answering_503_for_the_linger_then_closes(
     assert closed, f"the listener never closed: {samples[-3:]}"
     assert closed[0] >= LINGER_S, f"closed {closed[0]:.2f} s after SIGTERM, before the {LINGER_S} s linger"
     assert answered and answered[-1][0] >= LINGER_S - 0.1, answered[-3:]
-    # Catches: readiness left at 200 while draining (the signal only closes the port later).
+    # Catches: readiness left at 200 while draining (the signal only closes the port later): the
+    # port answers 503 for the whole linger before it closes (the time a load balancer has to see it).
     first_503 = next(t for t, status in answered if status == 503)
-    assert first_503 < 0.3 and all(status == 503 for t, status in answered if t >= first_503), answered
-    # Catches: a listener that lingers forever (or until --drain-timeout-s) with nothing in flight.
-    assert closed[0] < LINGER_S + 1.0, closed[0]
+    assert all(status == 503 for t, status in answered if t >= first_503), answered
+    assert closed[0] - first_503 >= LINGER_S - 0.1, (first_503, closed[0])
+    # Catches: a listener that lingers on (until --drain-timeout-s, 30 s) with nothing in flight.
+    assert closed[0] < LINGER_S + 2.0, closed[0]
     assert all(status is None for t, status in samples if t >= closed[0]), samples
 
 
@@ -481,7 +483,7 @@ def test_drain_lets_a_request_in_flight_finish_past_the_linger(tmp_path, predict
     closed = [t for t, status in samples if status is None]
     assert 200 not in [status for t, status in samples if t > 0.3]
     assert answered and answered[-1] >= finish_after - 0.1, (answered[-3:], finish_after)
-    assert closed and finish_after <= closed[0] < finish_after + LINGER_S + 1.5, (closed[:1], finish_after)
+    assert closed and finish_after <= closed[0] < finish_after + LINGER_S + 2.0, (closed[:1], finish_after)
 
 
 # --- memory under abuse -------------------------------------------------------------------------------
