@@ -190,3 +190,16 @@ def start_server_process(model, *options, log: Path, env: dict[str, str] | None 
             stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
         )
     return RunningServer(process, log).wait_ready()
+
+
+def http_call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """One request on a new connection to 127.0.0.1:`port`: (response, body bytes)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body, headers or {})
+        response = connection.getresponse()
+        return response, response.read()
+    finally:
+        connection.close()

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import http_call as call
 from runtime import Predictor
 
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
@@ -54,16 +55,6 @@ def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndar
             arrays[output["name"]] = np.frombuffer(body, "<f4", size // 4, offset).reshape(output["shape"])
             offset += size
     return arrays
-
-
-def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, body, headers or {})
-        response = connection.getresponse()
-        return response, response.read()
-    finally:
-        connection.close()
 
 
 def good_request_works(port: int, predictor: Predictor) -> None:
