@@ -2,7 +2,7 @@
 targets as ratios (and what is skipped), the Triton model repository it writes, and the
 BENCHMARKS.md serving figures against the committed JSON.
 
-How fast anything is gets judged from a real run's report (benchmarks/serve_bench.json), never here.
+How fast anything is gets judged from a real run's report (benchmarks/results/serve_bench.json), never here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from helpers import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import serve_bench  # noqa: E402
 
-COMMITTED = REPO / "benchmarks" / "serve_bench.json"
+COMMITTED = REPO / "benchmarks" / "results" / "serve_bench.json"
 
 
 def result(requests: int, seconds: float = 2.0, p99_us: int = 9000, non_2xx: int = 0, socket_errors: int = 0,
@@ -118,7 +118,7 @@ def serving_section() -> str:
 
 def test_every_serving_figure_in_benchmarks_md_is_the_committed_json():
     """The serving tables and figures in BENCHMARKS.md are what `markdown()` makes of
-    benchmarks/serve_bench.json, line for line, and no table row is there that the JSON did not make."""
+    benchmarks/results/serve_bench.json, line for line, and no table row is there that the JSON did not make."""
     report = json.loads(COMMITTED.read_text())
     expected = serve_bench.markdown(report)
     section = serving_section()
