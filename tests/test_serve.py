@@ -19,10 +19,10 @@ import time
 import numpy as np
 import pytest
 
-from helpers import http_call as call
+from helpers import http_call as call, require_module
 from runtime import Predictor
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
 INFER = "/v2/models/rowrnn/infer"
 
 

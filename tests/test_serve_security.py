@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, http_call as call, start_server_process
+from helpers import REPO, http_call as call, require_module, start_server_process
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
 
 MODEL = REPO / "runtime" / "models" / "mnist.onnx"
 INFER = "/v2/models/rowrnn/infer"
