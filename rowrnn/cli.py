@@ -44,6 +44,12 @@ DEFAULT_MODEL = Path("artifacts/model.keras")
 
 
 DEFAULTS = TrainConfig()  # the train command's defaults are the library's
+# multi-worker stays accepted (issue 22 retires or repairs it), but help must not offer it as working.
+DISTRIBUTE_HELP = (
+    f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU, else every CPU). "
+    "multi-worker (the cluster in $TF_CONFIG) does NOT work today: model.fit fails with Keras 3 "
+    "(keras-team/keras#20585, tensorflow/tensorflow#72388)."
+)
 
 
 @app.command()
@@ -56,7 +62,7 @@ def train(
     seed: Annotated[int, typer.Option(min=0)] = DEFAULTS.seed,
     limit: Annotated[Optional[int], typer.Option(min=2, help="Train on the first N training images only.")] = DEFAULTS.limit,
     hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
-    distribute: Annotated[str, typer.Option(help=f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU; multi-worker: the cluster in $TF_CONFIG).")] = DEFAULTS.distribute,
+    distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
     tensorboard: Annotated[Optional[Path], typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run.")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the backup of an interrupted run instead of resuming it.")] = False,
 ) -> None:
@@ -242,9 +248,12 @@ def bench(
 ) -> None:
     """Keras vs the ONNX predictor side by side: latency, throughput, ceiling, cold start, memory.
 
-    Missing models or data skip the rows they affect, with the reason; the rest is still measured.
+    A model file that does not exist skips its rows, with the reason; without --data (or
+    $ROWRNN_DATA) synthetic images are timed and accuracy is not measured. A --data directory or a
+    model that does not read is refused (exit 2); a measurement whose child process fails is
+    reported, and the command exits 1.
     """
-    from rowrnn.bench import format_report, run_bench, save_plot
+    from rowrnn.bench import failures, format_report, run_bench, save_plot
     from runtime.files import check_writable, write_json_atomic
 
     if json_path is not None:
@@ -262,6 +271,9 @@ def bench(
     if plot is not None:
         save_plot(report, plot)
         typer.echo(f"wrote {plot}")
+    failed = failures(report)
+    if failed:
+        raise CheckFailed(f"{len(failed)} measurement(s) failed: " + "; ".join(failed))
 
 
 @app.command()
