@@ -363,6 +363,10 @@ def run_bench(
     rows = scale_pixels(images)
     keras = keras_engines(keras_path)
     engines = [*keras, onnx_engine("onnx_fp32", "ONNX fp32", onnx_path), onnx_engine("onnx_int8", "ONNX int8", int8_path)]
+    if step_path is not None and step_path.is_file():
+        from runtime.stream import StreamingPredictor
+
+        StreamingPredictor(step_path)  # not a step model: refused now, not after minutes of measuring
     measure_latency(engines, rows, settings, progress)
     gflops = measure_throughput(engines, rows, labels, progress)
     ceiling = statistics.median(gflops)

@@ -9,6 +9,7 @@ from helpers import assert_one_line_error, rowrnn, synthetic_digits, write_mnist
 from rowrnn.anytime import format_anytime, format_streaming, measure_streaming, run_anytime
 from runtime import Predictor, StreamingPredictor
 from runtime.contract import scale_pixels
+from runtime.errors import InputError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -136,8 +137,15 @@ def test_bench_streaming_section(exported_step):
     assert "one-row step p50" in line and "vs one full-model call" in line
     missing = measure_streaming(exported_step.onnx_path.with_name("none.step.onnx"), exported_step.onnx_path, rows, 20)
     assert "not found (run `rowrnn export OUT.onnx --step`)" in format_streaming(missing)[0]
-    wrong = measure_streaming(exported_step.onnx_path, exported_step.onnx_path, rows, 20)  # a full model as the step
-    assert "not a step model" in wrong["skipped"]
+    with pytest.raises(InputError, match="a full rowrnn model, not a step model"):  # given, and wrong: refused
+        measure_streaming(exported_step.onnx_path, exported_step.onnx_path, rows, 20)
+
+
+def test_cli_bench_refuses_a_step_model_that_is_not_one_before_measuring(exported_step, tmp_path):
+    result = rowrnn("bench", "--keras", tmp_path / "none.keras", "--onnx", exported_step.onnx_path, "--int8", tmp_path / "none.onnx",
+                    "--step", exported_step.onnx_path, "--calls", 10, "--images", 10, env={"ROWRNN_DATA": ""})
+    assert_one_line_error(result, "model.onnx", "not a step model")
+    assert result.stdout == ""
 
 
 def test_cli_bench_reports_streaming(exported_step, tmp_path):
