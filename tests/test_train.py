@@ -68,7 +68,7 @@ def test_the_saved_model_is_the_best_epochs(trained):
     last one: evaluated on the run's own validation images, it scores the history's best."""
     import keras
 
-    from rowrnn_keras.train import weights_digest
+    from rowrnn_keras.callbacks import weights_digest
 
     out, metrics = trained
     val_accuracy = [float(row["val_accuracy"]) for row in csv.DictReader((out / "history.csv").open())]
