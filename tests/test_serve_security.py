@@ -74,7 +74,8 @@ def exchange(port: int, data: bytes, timeout: float = 10.0, then: bytes | None =
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before reading everything: read what it said
         received = b""
-        while True:
+        deadline = time.monotonic() + timeout  # for the whole reply: a server trickling bytes cannot hold the test
+        while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:
