@@ -20,7 +20,7 @@ import typer
 from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
 from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
-from rowrnn_keras.config import DISTRIBUTE_CHOICES, TrainConfig, multi_worker_task
+from rowrnn_keras.config import DISTRIBUTE_CHOICES, MULTI_WORKER_BUGS, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
 from serve.settings import ServeSettings
 
@@ -48,7 +48,7 @@ DEFAULTS = TrainConfig()  # the train command's defaults are the library's
 DISTRIBUTE_HELP = (
     f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU, else every CPU). "
     "multi-worker (the cluster in $TF_CONFIG) does NOT work today: model.fit fails with Keras 3 "
-    "(keras-team/keras#20585, tensorflow/tensorflow#72388)."
+    f"({MULTI_WORKER_BUGS})."
 )
 
 
