@@ -116,7 +116,7 @@ def test_drawn_digits_get_the_predictors_answer(browser, served, screenshots):
     server, predictor = served
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    response = page.goto(server.url + "/")
+    response = page.goto(server.url + "/?engine=server")
     assert "default-src 'none'" in response.headers["content-security-policy"]
     page.wait_for_function("document.getElementById('model').textContent.includes('LSTM')")
     assert "test accuracy" in page.text_content("#model")
@@ -162,7 +162,7 @@ def test_an_mnist_digit_dropped_in_as_png(browser, served, mnist, screenshots, t
     Image.fromarray(mnist.test_images[index]).resize((112, 112), Image.Resampling.NEAREST).save(png)
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
         page.set_input_files("#file", png)
     assert answer.value.request.post_data_buffer == png.read_bytes()
@@ -175,7 +175,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     server, predictor = served
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     bad = tmp_path / "digit.png"
     bad.write_bytes(b"this is not an image")
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
@@ -201,7 +201,7 @@ def test_phone_width_keyboard_and_screenshot(browser, served, screenshots):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
     page = context.new_page()
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     pad = page.locator("#pad").bounding_box()
     assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390  # fits the screen, no sideways scroll
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
