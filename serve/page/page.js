@@ -142,10 +142,10 @@ pad.addEventListener("pointercancel", endStroke);
 
 function classifyPad() {
   if (!hasInk) return;
-  const mine = ++sequence;
+  const mine = ++sequence, started = performance.now();  // both engines timed from here to the answer
   const pixels = ink.getImageData(0, 0, pad.width, pad.height);  // now: drawing may go on meanwhile
-  withEngine(mine, (engine) => classifyHere(engine, mine, pixels),
-             () => pad.toBlob((blob) => classify(blob, "image/png", mine), "image/png"));
+  withEngine(mine, (engine) => classifyHere(engine, mine, pixels, started),
+             () => pad.toBlob((blob) => classify(blob, "image/png", mine, started), "image/png"));
 }
 
 /** Run `here(engine)` with the browser engine when it is the one in use, else `there()` (the server). */
@@ -158,11 +158,11 @@ async function withEngine(mine, here, there) {
 }
 
 /** The browser engine: preprocess the pixels and run the model here; nothing is sent anywhere. */
-async function classifyHere(engine, mine, pixels) {
-  const started = performance.now();
+async function classifyHere(engine, mine, pixels, started = performance.now()) {
   let rows, out;
   try {
     rows = preprocessPixels(pixels.data, pixels.width, pixels.height);
+    engineEl.dataset.preprocessMs = (performance.now() - started).toFixed(2);
     out = await engine.classify(rows, 1);
   } catch (failure) {
     if (mine === sequence) {
@@ -180,9 +180,8 @@ async function classifyHere(engine, mine, pixels) {
 }
 
 /** The server engine: POST the image's bytes to /v1/classify. */
-async function classify(body, type, mine = ++sequence) {
+async function classify(body, type, mine = ++sequence, started = performance.now()) {
   lastBody = {body, type};
-  const started = performance.now();
   let response, answer;
   try {
     // the bytes themselves, not the Blob: what was sent is then visible to the browser's tools
@@ -239,7 +238,7 @@ function show(answer, engine, milliseconds) {
 }
 
 /** A file's pixels at its own size, transparent areas on white paper (as runtime/preprocess.py). */
-function pixelsOf(bitmap) {
+export function pixelsOf(bitmap) {
   const canvas = document.createElement("canvas");
   canvas.width = bitmap.width;
   canvas.height = bitmap.height;
