@@ -14,49 +14,74 @@ function grey(width, height, values = new Float32Array(width * height)) {
   return {width, height, values};
 }
 
-/** Canvas RGBA bytes (opaque: transparent areas were painted onto white paper) -> grey in [0, 1],
- *  with Pillow's convert("L") weights and rounding (ITU-R 601-2 luma in 16-bit fixed point). */
+/** Canvas RGBA bytes (opaque: transparent areas were painted onto white paper) -> the grey level
+ *  (0-255) of each pixel, with Pillow's convert("L") weights and rounding (ITU-R 601-2 luma in
+ *  16-bit fixed point). Python divides them by 255 next; we keep the levels, which make the
+ *  median and percentile below a count instead of a sort. */
 export function toGrayscale(rgba, width, height) {
   if (width * height > MAX_IMAGE_PIXELS) throw new Error(`image of ${width}x${height} pixels is too large`);
-  const out = grey(width, height);
-  for (let i = 0; i < width * height; i++) {
-    const level = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
-    out.values[i] = f32(level / 255);
+  const levels = new Uint8Array(width * height);
+  for (let i = 0; i < levels.length; i++) {
+    levels[i] = (rgba[4 * i] * 19595 + rgba[4 * i + 1] * 38470 + rgba[4 * i + 2] * 7471 + 0x8000) >> 16;
   }
-  return out;
+  return {width, height, levels};
 }
 
-function median(values) {  // numpy's: the mean of the two middle values of an even count
-  const sorted = Float32Array.from(values).sort();
-  const middle = sorted.length >> 1;
-  return sorted.length % 2 ? sorted[middle] : f32((sorted[middle - 1] + sorted[middle]) / 2);
+/** The values at sorted positions `ranks` of the levels' values, `value(level)` ascending in `order`. */
+function ranked(counts, order, value, ranks) {
+  const found = [];
+  let seen = 0, next = 0;
+  for (const level of order) {
+    seen += counts[level];
+    while (next < ranks.length && ranks[next] < seen) {
+      found.push(value(level));
+      next++;
+    }
+  }
+  return found;
 }
 
-function percentile(values, q) {  // numpy's default (linear) method
-  const sorted = Float32Array.from(values).sort();
-  const index = (q / 100) * (sorted.length - 1);
-  const below = Math.floor(index), above = Math.min(below + 1, sorted.length - 1);
-  const t = index - below, a = sorted[below], b = sorted[above];
-  const difference = b - a;
+function histogram(levels) {
+  const counts = new Uint32Array(256);
+  for (const level of levels) counts[level]++;
+  return counts;
+}
+
+const ASCENDING = Array.from({length: 256}, (_, level) => level);
+const DESCENDING = [...ASCENDING].reverse();
+const LEVEL = ASCENDING.map((level) => f32(level / 255));  // Python: float32 level / 255
+
+function median(counts, total) {  // numpy's: the mean of the two middle values of an even count
+  const middle = total >> 1;
+  const [low, high] = ranked(counts, ASCENDING, (level) => LEVEL[level], total % 2 ? [middle, middle] : [middle - 1, middle]);
+  return total % 2 ? high : f32((low + high) / 2);
+}
+
+function percentile(counts, total, order, value, q) {  // numpy's default (linear) method
+  const index = (q / 100) * (total - 1);
+  const below = Math.floor(index), above = Math.min(below + 1, total - 1);
+  const [a, b] = ranked(counts, order, value, [below, above]);
+  const t = index - below, difference = b - a;
   return t >= 0.5 ? b - difference * (1 - t) : a + difference * t;
 }
 
 /** White ink on black with contrast stretched to [0, 1]; inverted if the paper is light. */
 export function inkOnBlack(image) {
-  const {width, height, values} = image;
+  const {width, height, levels} = image;
   const border = [];
-  for (let x = 0; x < width; x++) border.push(values[x]);
-  for (let x = 0; x < width; x++) border.push(values[(height - 1) * width + x]);
-  for (let y = 0; y < height; y++) border.push(values[y * width]);
-  for (let y = 0; y < height; y++) border.push(values[y * width + width - 1]);
-  let background = median(border);
+  for (let x = 0; x < width; x++) border.push(levels[x], levels[(height - 1) * width + x]);
+  for (let y = 0; y < height; y++) border.push(levels[y * width], levels[y * width + width - 1]);
+  let background = median(histogram(border), border.length);
   const light = background > 0.5;
-  const ink = light ? values.map((v) => f32(1 - v)) : Float32Array.from(values);
+  const ink = light ? LEVEL.map((v) => f32(1 - v)) : LEVEL;  // ink of each level, float32
   background = Math.min(background, 1 - background);
-  const peak = percentile(ink, 99.9);
+  const peak = percentile(histogram(levels), levels.length, light ? DESCENDING : ASCENDING, (level) => ink[level], 99.9);
   if (peak - background < 0.1) throw new Error("no digit found: the image has almost no contrast");
   const shift = f32(background), range = f32(peak - background);
-  return grey(width, height, ink.map((v) => Math.min(Math.max(f32(f32(v - shift) / range), 0), 1)));
+  const stretched = ink.map((v) => Math.min(Math.max(f32(f32(v - shift) / range), 0), 1));
+  const out = grey(width, height);
+  for (let i = 0; i < levels.length; i++) out.values[i] = stretched[levels[i]];
+  return out;
 }
 
 export function cropToInk(image) {
