@@ -22,14 +22,12 @@ Measures, on 127.0.0.1 (no network time: add your visitors' own):
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +39,7 @@ from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor  # noqa: E402
 from serve import web_runtime  # noqa: E402
 from serve.static_site import write_site  # noqa: E402
 from test_page import CHROMIUM, CHROMIUM_ARGS, ONE, ZERO  # noqa: E402
-from test_site import StaticServer, draw_and_read, function  # noqa: E402
+from test_site import StaticServer, browser_engine_outputs, draw_and_read, function  # noqa: E402
 
 TRANSFERRED = """() => [performance.getEntriesByType("navigation")[0], ...performance.getEntriesByType("resource")]
     .reduce((total, entry) => total + entry.transferSize, 0)"""
@@ -98,23 +96,15 @@ def parity(browser, url: str, images: np.ndarray) -> dict:
     page = context.new_page()
     page.goto(url)
     page.wait_for_function(function("document.body.dataset.engine !== 'loading'"), timeout=120_000)
-    out = page.evaluate("""async ({rows, count}) => {
-        const bytes = Uint8Array.from(atob(rows), (c) => c.charCodeAt(0));
-        const engine = await (await import("./page/page.js")).browserEngine();
-        const started = performance.now();
-        const result = await engine.classify(new Float32Array(bytes.buffer), count);
-        return {logits: Array.from(result.logits), steps: Array.from(result.steps), ms: performance.now() - started};
-    }""", {"rows": base64.b64encode(rows.tobytes()).decode(), "count": len(rows)})
+    logits, steps, milliseconds = browser_engine_outputs(page, rows)
     context.close()
-    logits = np.array(out["logits"], np.float32).reshape(len(rows), 10)
-    steps = np.array(out["steps"], np.float32).reshape(len(rows), 28, 10)
     with Predictor(BUNDLED_MODEL) as predictor:
         expected = predictor.predict(rows)
     step_model = BUNDLED_MODEL.with_name("mnist.step.onnx")
     return {"images": len(rows), "max_abs_logit_diff": float(np.abs(logits - expected.logits).max()),
             "argmax_agreement": float((logits.argmax(axis=1) == expected.labels).mean()),
             "max_abs_heat_map_diff": float(np.abs(steps - StreamingPredictor(step_model).row_probabilities(rows)).max()),
-            "browser_ms_for_all": round(out["ms"], 1)}
+            "browser_ms_for_all": round(milliseconds, 1)}
 
 
 def main() -> None:

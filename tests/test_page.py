@@ -61,18 +61,23 @@ class PageWatch:
                 or self.problems.append(f"request to another origin: {r.url}"))
 
 
+def mouse_strokes(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw strokes (points as fractions of the pad) with the mouse."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
+        page.mouse.up()
+
+
 def draw(page, strokes: list[list[tuple[float, float]]]) -> dict:
     """Draw strokes (points as fractions of the pad) with the mouse; return the /v1/classify
     exchange the last stroke set off: the PNG the page sent and the JSON it got back."""
-    box = page.locator("#pad").bounding_box()
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
-        for stroke in strokes:
-            x, y = stroke[0]
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
-            page.mouse.down()
-            for x, y in stroke[1:]:
-                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
-            page.mouse.up()
+        mouse_strokes(page, strokes)
     response = answer.value
     return {"sent": response.request.post_data_buffer, "answer": response.json(), "status": response.status}
 

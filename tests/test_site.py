@@ -28,7 +28,7 @@ from helpers import REPO, SERVER_BOOT, assert_one_line_error, rowrnn
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
 from runtime.files import sha256_file
 from serve import web_runtime
-from test_page import ONE, ZERO, PageWatch, browser, screenshots  # noqa: F401  (fixtures)
+from test_page import ONE, ZERO, PageWatch, browser, mouse_strokes, screenshots  # noqa: F401  (fixtures)
 
 STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
 PARITY_IMAGES = 256
@@ -119,14 +119,7 @@ def open_page(browser, url: str, viewport=None, **context_options):
 def draw_and_read(page, strokes) -> dict:
     """Clear, draw `strokes` with the mouse, wait for the answer; what the page shows."""
     page.keyboard.press("Escape")
-    box = page.locator("#pad").bounding_box()
-    for stroke in strokes:
-        x, y = stroke[0]
-        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
-        page.mouse.down()
-        for x, y in stroke[1:]:
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
-        page.mouse.up()
+    mouse_strokes(page, strokes)
     page.wait_for_function(function("document.getElementById('label').dataset.state === 'answer' || "
                                     "!document.getElementById('error').hidden"), timeout=30_000)
     return page.evaluate("""() => ({
@@ -153,6 +146,20 @@ def test_site_files_match_their_manifest_and_the_pins(site):
     assert 'name="rowrnn-server" content="0"' in html and 'name="rowrnn-browser" content="1"' in html
 
 
+def browser_engine_outputs(page, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The page's own browser engine (page.js's, not a test copy) on float32 [N, 28, 28] rows, in one
+    call: logits [N, 10], the heat maps [N, 28, 10], and the milliseconds the call took."""
+    out = page.evaluate("""async ({rows, count}) => {
+        const bytes = Uint8Array.from(atob(rows), (c) => c.charCodeAt(0));
+        const engine = await (await import("./page/page.js")).browserEngine();
+        const started = performance.now();
+        const result = await engine.classify(new Float32Array(bytes.buffer), count);
+        return {logits: Array.from(result.logits), steps: Array.from(result.steps), ms: performance.now() - started};
+    }""", {"rows": base64.b64encode(rows.astype(np.float32).tobytes()).decode(), "count": len(rows)})
+    return (np.array(out["logits"], np.float32).reshape(len(rows), 10),
+            np.array(out["steps"], np.float32).reshape(len(rows), 28, 10), out["ms"])
+
+
 def test_browser_parity_on_mnist_test_images(browser, site, mnist):
     """The page's own engine (page.js's, not a test copy) against runtime.Predictor and
     StreamingPredictor on the first 256 MNIST test images."""
@@ -161,15 +168,8 @@ def test_browser_parity_on_mnist_test_images(browser, site, mnist):
     with served_statically(site) as server:
         context, page, _, watch = open_page(browser, server.url + "/")
         assert page.evaluate("document.body.dataset.engine") == "browser"
-        out = page.evaluate("""async ({rows, count}) => {
-            const bytes = Uint8Array.from(atob(rows), (c) => c.charCodeAt(0));
-            const engine = await (await import("./page/page.js")).browserEngine();
-            const result = await engine.classify(new Float32Array(bytes.buffer), count);
-            return {logits: Array.from(result.logits), steps: Array.from(result.steps)};
-        }""", {"rows": base64.b64encode(rows.tobytes()).decode(), "count": len(rows)})
+        logits, steps, _ = browser_engine_outputs(page, rows)
         context.close()
-    logits = np.array(out["logits"], np.float32).reshape(len(rows), 10)
-    steps = np.array(out["steps"], np.float32).reshape(len(rows), 28, 10)
     with Predictor(BUNDLED_MODEL) as predictor:
         expected = predictor.predict(rows)
     np.testing.assert_allclose(logits, expected.logits, rtol=0, atol=1e-5)
