@@ -17,6 +17,7 @@ from types import FrameType
 import uvicorn
 
 from runtime.errors import InputError
+from serve import web_runtime
 from serve.app import ServerState
 from serve.settings import ServeSettings
 
@@ -72,6 +73,12 @@ def run(app, settings: ServeSettings) -> None:
     if settings.exposed and settings.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     settings.host)
+    if app.state.rowrnn.ort_dir is None:
+        log.info("the page answers from the server: onnxruntime-web is not in the cache (%s); `rowrnn site DIR` "
+                 "fetches it once", web_runtime.cache_dir())
+    else:
+        log.info("the page runs the model in the browser (onnxruntime-web %s; ?engine=server for the server)",
+                 web_runtime.VERSION)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
         http="httptools", loop="uvloop", lifespan="on", server_header=False,
