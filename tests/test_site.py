@@ -279,7 +279,7 @@ def test_static_site_at_phone_width(browser, site, screenshots):
         context.close()
 
 
-def test_served_page_answers_in_the_browser_and_says_so(browser, start_server, web_runtime_cache):
+def test_served_page_answers_in_the_browser_and_says_so(browser, start_server, web_runtime_cache, screenshots):
     server = start_server(BUNDLED_MODEL)
     with urllib.request.urlopen(server.url + "/page/ort/ort-wasm-simd-threaded.wasm", timeout=30) as response:
         assert response.headers["content-type"] == "application/wasm"
@@ -294,16 +294,17 @@ def test_served_page_answers_in_the_browser_and_says_so(browser, start_server, w
 
     context, page, log, watch = open_page(browser, server.url + "/")
     assert page.evaluate("document.body.dataset.engine") == "browser"
-    shown = draw_and_read(page, ONE)
-    assert shown == {**shown, "label": "1", "engine": "browser", "error": None}
+    shown = draw_and_read(page, ZERO)
+    assert shown == {**shown, "label": "0", "engine": "browser", "error": None}
     assert not any("/v1/classify" in url for url in log.requests)  # the drawing stayed in the browser
+    page.screenshot(path=screenshots / "page-browser-engine.png", full_page=True)
     context.close()
 
     context, page, log, _ = open_page(browser, server.url + "/?engine=server")
     assert page.evaluate("document.body.dataset.engine") == "server"
     assert "?engine=server" in page.text_content("#engines")
-    shown = draw_and_read(page, ZERO)
-    assert shown == {**shown, "label": "0", "engine": "server", "error": None}
+    shown = draw_and_read(page, ONE)
+    assert shown == {**shown, "label": "1", "engine": "server", "error": None}
     assert shown["said"].startswith("Answered by the server")
     assert any(url.endswith("/v1/classify?steps=1") for url in log.requests)
     assert not any("/page/ort/" in url for url in log.requests)  # onnxruntime-web was never loaded
