@@ -6,6 +6,7 @@ Needs the test extra (Playwright drives /usr/bin/chromium; it reuses the page te
 strokes and static server) and onnxruntime-web in the cache (`rowrnn site DIR` fetches it once).
 Measures, on 127.0.0.1 (no network time: add your visitors' own):
 
+- size: the site's bytes, and gzipped (what a host that compresses sends);
 - load: a fresh browser context opens the static site `rowrnn site` writes (served by
   `python -m http.server`), or `rowrnn serve`'s page with ?engine=server; bytes transferred (the
   Resource Timing API's transferSize, headers included), time until the browser engine is ready, and
@@ -22,6 +23,7 @@ Measures, on 127.0.0.1 (no network time: add your visitors' own):
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
@@ -124,6 +126,8 @@ def main() -> None:
         manifest = write_site(site, BUNDLED_MODEL)
         report["site_bytes"] = sum(entry["bytes"] for entry in manifest["files"].values())
         report["site_files"] = {name: entry["bytes"] for name, entry in manifest["files"].items()}
+        # what a host that compresses (gzip, level 6: most servers' default) would send instead
+        report["site_bytes_gzip"] = sum(len(gzip.compress((site / name).read_bytes(), 6)) for name in manifest["files"])
         static = StaticServer(site)
         server = start_server_process(BUNDLED_MODEL, "--log-level", "warning", log=Path(scratch) / "serve.log")
         try:

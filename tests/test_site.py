@@ -383,3 +383,28 @@ def test_a_tampered_tarball_is_refused(tmp_path):
     with pytest.raises(CheckFailed, match="is not the pinned"):
         web_runtime.unpack_checked(tarball, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+def test_static_site_opens_an_image_file_and_refuses_a_bad_one(browser, site, mnist, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "mnist-test-0.png"
+    Image.fromarray(255 - mnist.test_images[0]).resize((112, 112), Image.Resampling.BILINEAR).save(png)  # a 7, dark on light
+    bad = tmp_path / "digit.png"
+    bad.write_bytes(b"this is not an image")
+    with served_statically(site) as server:
+        context, page, log, watch = open_page(browser, server.url + "/")
+        page.wait_for_load_state("networkidle")
+        loaded = list(log.requests)
+        page.set_input_files("#file", bad)
+        page.wait_for_function(function("!document.getElementById('error').hidden"))
+        assert "digit.png: not an image this browser can decode" in page.text_content("#error")
+        page.set_input_files("#file", png)
+        page.wait_for_function(function("document.getElementById('label').dataset.state === 'answer'"))
+        with Predictor(BUNDLED_MODEL) as predictor:
+            expected = int(predictor.predict(preprocess_image(png)).labels[0])
+        assert page.text_content("#label") == str(expected) == str(int(mnist.test_labels[0]))
+        assert page.evaluate("document.getElementById('error').hidden")
+        assert log.requests == loaded  # the files were read in the page, sent nowhere
+        assert watch.problems == []
+        context.close()
