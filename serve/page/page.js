@@ -3,7 +3,7 @@
 // (POST /v1/classify). The browser's is used when the page has it and WebAssembly works; ?engine=server
 // picks the server, ?engine=browser insists on the browser. No build step, no request to any other origin.
 import {loadEngine} from "./engine.mjs";
-import {preprocessPixels} from "./preprocess.mjs";
+import {MAX_IMAGE_PIXELS, preprocessPixels} from "./preprocess.mjs";
 
 const meta = (name) => document.querySelector(`meta[name="rowrnn-${name}"]`).content;
 const MODEL = meta("model");
@@ -13,7 +13,6 @@ const BROWSER = meta("browser") === "1";  // onnxruntime-web and the model files
 const REQUESTED = new URLSearchParams(location.search).get("engine");  // "browser", "server" or none
 const STROKE_WIDTH = 20;  // px on the 280 px pad: about MNIST's stroke once scaled to 20 x 20
 const DEBOUNCE_MS = 150;
-const MAX_IMAGE_PIXELS = 64_000_000;  // as runtime/preprocess.py
 
 const pad = document.getElementById("pad");
 const ink = pad.getContext("2d", {willReadFrequently: true});
@@ -71,6 +70,8 @@ function showEmpty() {
   seen.clearRect(0, 0, 28, 28);
   heat.clearRect(0, 0, 10, 28);
   belief.hidden = true;
+  engineEl.textContent = "\u00a0";
+  engineEl.dataset.engine = "";
   buildBars();
 }
 

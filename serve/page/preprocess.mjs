@@ -6,7 +6,7 @@
 export const SIZE = 28;
 const DIGIT_BOX = 20;
 const INK_THRESHOLD = 0.25;  // of full contrast: fainter pixels are paper texture or noise
-const MAX_IMAGE_PIXELS = 64_000_000;
+export const MAX_IMAGE_PIXELS = 64_000_000;  // as runtime/preprocess.py: refused before decoding
 const f32 = Math.fround;
 
 /** A grey image: float32 values in [0, 1], `height` rows of `width`. */
