@@ -1,6 +1,6 @@
 """The model in the browser against the server round trip, in Debian's chromium, side by side.
 
-    python benchmarks/browser_bench.py [--drawings 20] [--loads 3] [--json benchmarks/browser.json]
+    python benchmarks/browser_bench.py [--drawings 20] [--loads 3] [--json benchmarks/results/browser.json]
 
 Needs the test extra (Playwright drives /usr/bin/chromium; it reuses the page tests' launch flags,
 strokes and static server) and onnxruntime-web in the cache (`rowrnn site DIR` fetches it once).
