@@ -73,18 +73,19 @@ def run(app, settings: ServeSettings) -> None:
     if settings.exposed and settings.api_key is None:
         log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
                     settings.host)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+        http="httptools", loop="uvloop", lifespan="on", server_header=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
+    )
+    sockets = [listen(settings.host, settings.port)]  # a busy port is one line, before anything else is said
     if app.state.rowrnn.ort_dir is None:
         log.info("the page answers from the server: onnxruntime-web is not in the cache (%s); `rowrnn site DIR` "
                  "fetches it once", web_runtime.cache_dir())
     else:
         log.info("the page runs the model in the browser (onnxruntime-web %s; ?engine=server for the server)",
                  web_runtime.VERSION)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-        http="httptools", loop="uvloop", lifespan="on", server_header=False,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
-    )
-    DrainingServer(config, app.state.rowrnn).run(sockets=[listen(settings.host, settings.port)])
+    DrainingServer(config, app.state.rowrnn).run(sockets=sockets)
 
 
 def listen(host: str, port: int) -> socket.socket:

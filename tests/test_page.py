@@ -83,7 +83,7 @@ def draw(page, strokes: list[list[tuple[float, float]]]) -> dict:
 
 
 def shown(page) -> dict:
-    page.wait_for_function("document.getElementById('label').dataset.state === 'answer'")
+    page.wait_for_function("() => document.getElementById('label').dataset.state === 'answer'")
     return page.evaluate("""() => ({
         label: document.getElementById('label').textContent,
         values: [...document.querySelectorAll('#bars .value')].map(e => e.textContent),
@@ -123,7 +123,7 @@ def test_drawn_digits_get_the_predictors_answer(browser, served, screenshots):
     watch = PageWatch(page, server.url)
     response = page.goto(server.url + "/?engine=server")
     assert "default-src 'none'" in response.headers["content-security-policy"]
-    page.wait_for_function("document.getElementById('model').textContent.includes('LSTM')")
+    page.wait_for_function("() => document.getElementById('model').textContent.includes('LSTM')")
     assert "test accuracy" in page.text_content("#model")
 
     for digit, strokes in (("1", ONE), ("0", ZERO)):
@@ -194,7 +194,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     Image.new("L", (50, 50), 255).save(blank)
     with page.expect_response(lambda r: "/v1/classify" in r.url):
         page.set_input_files("#file", blank)
-    page.wait_for_function("document.getElementById('error').textContent.includes('no digit found')")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('no digit found')")
     exchange = draw(page, ONE)  # and drawing still works
     assert exchange["status"] == 200 and shown(page)["error"] is None
     problems = [p for p in watch.problems if "400" not in p]  # the browser logs refused requests
