@@ -106,6 +106,8 @@ def manifest(directory: Path, model: Path) -> dict:
 
 def check_site_target(directory: Path) -> None:
     """A new or empty directory, or a site an earlier `rowrnn site` wrote (replaced whole)."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(f"{directory}: exists and is not a directory; give a directory for the site")
     check_directory_writable(directory)
     if not directory.exists() or not any(directory.iterdir()):
         return

@@ -338,7 +338,8 @@ def test_site_writer_imports_neither_tensorflow_nor_the_web_server(tmp_path, web
 def test_site_over_a_directory_that_is_not_a_site_is_refused(tmp_path, web_runtime_cache):
     (tmp_path / "notes.txt").write_text("mine")
     assert_one_line_error(rowrnn("site", tmp_path, env=NO_NPM_DOWNLOADS), str(tmp_path), "not a site")
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert_one_line_error(rowrnn("site", tmp_path / "notes.txt", env=NO_NPM_DOWNLOADS), "notes.txt: exists and is not a directory")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_second_site_replaces_the_first_whole(tmp_path, web_runtime_cache, exported_step):
