@@ -311,6 +311,24 @@ def serve(
     run(create_app(Predictor(model), settings), settings)
 
 
+@app.command()
+def site(
+    directory: Annotated[Path, typer.Argument(help="Directory to write the site into (new, empty, or an earlier site).")],
+    model: Annotated[Optional[Path], typer.Option(help="Exported rowrnn ONNX model; its MODEL.step.onnx is included when beside it (default: the bundled one).", show_default=False)] = None,
+) -> None:
+    """Write a static site that runs the model in the browser (onnxruntime-web): no server needed.
+
+    Serve DIR with any static file server. onnxruntime-web is fetched once by npm into a cache
+    ($ROWRNN_CACHE, default ~/.cache/rowrnn) and checked against pinned hashes.
+    """
+    from serve.static_site import write_site
+
+    written = write_site(directory, model)
+    total = sum(entry["bytes"] for entry in written["files"].values())
+    typer.echo(f"wrote {directory}/: {len(written['files'])} files, {total / 1e6:.1f} MB "
+               f"(onnxruntime-web {written['onnxruntime_web']['version']}); sha256 of each in {directory}/manifest.json")
+
+
 @app.command("triton-repo")
 def triton_repo(
     model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],

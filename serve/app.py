@@ -13,16 +13,16 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from html import escape
 from pathlib import Path
 
 import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -43,16 +43,27 @@ from serve.protocol import (
     server_metadata,
 )
 from serve.settings import ServeSettings
+from serve.static_site import (
+    DESCRIPTION_FILE,
+    MODEL_FILE,
+    ORT_TYPES,
+    PAGE_ASSETS,
+    PAGE_DIR,
+    PAGE_POLICY,
+    STEP_FILE,
+    model_description,
+    page_html,
+    step_model_beside,
+)
+from serve.web_runtime import FILES as ORT_FILES
+from serve.web_runtime import cached_files
 
 access_log = logging.getLogger("rowrnn.serve.access")
 JSON = "application/json"
 RETRY_AFTER_S = "1"
-PAGE_DIR = Path(__file__).with_name("page")
-PAGE_ASSETS = {"page.js": "text/javascript; charset=utf-8", "page.css": "text/css; charset=utf-8"}
-# The page loads nothing from anywhere else and runs no inline code: the browser enforces it.
+# The page's policy (serve.static_site), and what only a header can say: no framing by other sites.
 PAGE_HEADERS = {
-    "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "content-security-policy": PAGE_POLICY + "; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
@@ -78,13 +89,15 @@ class ServerState:
         self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
         # The step model beside the model (`rowrnn export --step`), for ?steps=1: what the network
         # believed after each row. Optional: without it the page shows no heat map.
-        step_path = predictor.path.with_name(predictor.path.stem + ".step.onnx")
-        self.streaming = StreamingPredictor(step_path) if step_path.is_file() else None
+        self.step_path = step_model_beside(predictor.path)
+        self.streaming = StreamingPredictor(self.step_path) if self.step_path else None
         self.version = package_version()
-        name = escape(settings.name, quote=True)
-        self.page = (PAGE_DIR / "index.html").read_text().replace("{{MODEL_NAME}}", name).replace(
-            "{{STEPS}}", "1" if self.streaming else "0").encode()
+        # onnxruntime-web from the cache `rowrnn site` fills: with it the page runs the model in
+        # the browser; without it (never fetched here), the page uses /v1/classify
+        self.ort_dir = cached_files()
+        self.page = page_html(settings.name, steps=self.streaming is not None, server=True, browser=self.ort_dir is not None)
         self.page_assets = {asset: (PAGE_DIR / asset).read_bytes() for asset in PAGE_ASSETS}
+        self.description = orjson.dumps(model_description(settings.name, predictor, self.streaming))
         self.ready = False
         self.draining = False
         self.in_flight = 0  # inference requests between arrival and response
@@ -105,8 +118,6 @@ def error(message: str, status: int, headers: dict[str, str] | None = None) -> R
 
 
 def json_response(body: dict) -> Response:
-    import orjson
-
     return Response(orjson.dumps(body), media_type=JSON)
 
 
@@ -325,6 +336,27 @@ async def page_asset(request: Request, state: ServerState) -> Response:
     return Response(state.page_assets[name], headers=PAGE_HEADERS, media_type=PAGE_ASSETS[name])
 
 
+@endpoint("page", public=True)
+async def page_runtime(request: Request, state: ServerState) -> Response:
+    """onnxruntime-web's files (only the pinned ones, from the checked cache)."""
+    name = request.path_params["file"]
+    if state.ort_dir is None or name not in ORT_FILES:
+        raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
+    return FileResponse(state.ort_dir / name, headers=PAGE_HEADERS, media_type=ORT_TYPES[Path(name).suffix])
+
+
+@endpoint("page_model")
+async def page_model(request: Request, state: ServerState) -> Response:
+    """The model files the browser engine runs, and their description: behind the API key, if any."""
+    name = request.url.path.rsplit("/", 1)[-1]
+    if name == DESCRIPTION_FILE:
+        return Response(state.description, headers=PAGE_HEADERS, media_type=JSON)
+    path = {MODEL_FILE: state.predictor.path, STEP_FILE: state.step_path}.get(name)
+    if path is None:
+        raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
+    return FileResponse(path, headers=PAGE_HEADERS, media_type="application/octet-stream")
+
+
 @endpoint("metrics")
 async def metrics(request: Request, state: ServerState) -> Response:
     state.metrics.queue_images.set(state.batcher.queued_images)
@@ -419,7 +451,9 @@ def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | N
         Route(VERSION + "/ready", model_ready),
         Route("/metrics", metrics),
         Route("/", page),
+        *(Route(f"/page/{name}", page_model) for name in (DESCRIPTION_FILE, MODEL_FILE, STEP_FILE)),
         Route("/page/{asset}", page_asset),
+        Route("/page/ort/{file}", page_runtime),
         Route("/v1/classify", classify, methods=["POST"]),
     ]
     middleware = [Middleware(Observe, state=state)]

@@ -17,6 +17,7 @@ from types import FrameType
 import uvicorn
 
 from runtime.errors import InputError
+from serve import web_runtime
 from serve.app import ServerState
 from serve.settings import ServeSettings
 
@@ -78,7 +79,14 @@ def run(app, settings: ServeSettings) -> None:
         http="httptools", loop="uvloop", lifespan="on", server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
     )
-    DrainingServer(config, app.state.rowrnn).run(sockets=[listen(settings.host, settings.port)])
+    sockets = [listen(settings.host, settings.port)]  # a busy port is one line, before anything else is said
+    if app.state.rowrnn.ort_dir is None:
+        log.info("the page answers from the server: onnxruntime-web is not in the cache (%s); `rowrnn site DIR` "
+                 "fetches it once", web_runtime.cache_dir())
+    else:
+        log.info("the page runs the model in the browser (onnxruntime-web %s; ?engine=server for the server)",
+                 web_runtime.VERSION)
+    DrainingServer(config, app.state.rowrnn).run(sockets=sockets)
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -12,7 +12,7 @@ import typer
 from helpers import REPO, assert_one_line_error, rowrnn
 from rowrnn import cli
 
-COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "triton-repo", "anytime")
+COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "site", "triton-repo", "anytime")
 
 
 def test_help_lists_every_command():
@@ -29,6 +29,7 @@ def test_help_lists_every_command():
     ("predict", ["--model", "--json"]),
     ("serve", ["--host", "--port", "--name", "--max-batch", "--max-delay-ms", "--max-queue", "--max-body-mb",
                "--body-timeout-s", "--drain-timeout-s", "--api-key", "ROWRNN_API_KEY", "--cors-origin", "--log-level"]),
+    ("site", ["--model", "ROWRNN_CACHE"]),
     ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
     ("anytime", ["--model", "--data", "--json", "--plot"]),
     ("bench", ["--keras", "--onnx", "--int8", "--data", "--json", "--plot", "--calls", "--images", "--cold-starts"]),

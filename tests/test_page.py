@@ -60,24 +60,29 @@ class PageWatch:
                 or self.problems.append(f"request to another origin: {r.url}"))
 
 
+def mouse_strokes(page, strokes: list[list[tuple[float, float]]]) -> None:
+    """Draw strokes (points as fractions of the pad) with the mouse."""
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x, y = stroke[0]
+        page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
+        page.mouse.up()
+
+
 def draw(page, strokes: list[list[tuple[float, float]]]) -> dict:
     """Draw strokes (points as fractions of the pad) with the mouse; return the /v1/classify
     exchange the last stroke set off: the PNG the page sent and the JSON it got back."""
-    box = page.locator("#pad").bounding_box()
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
-        for stroke in strokes:
-            x, y = stroke[0]
-            page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"])
-            page.mouse.down()
-            for x, y in stroke[1:]:
-                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=4)
-            page.mouse.up()
+        mouse_strokes(page, strokes)
     response = answer.value
     return {"sent": response.request.post_data_buffer, "answer": response.json(), "status": response.status}
 
 
 def shown(page) -> dict:
-    page.wait_for_function("document.getElementById('label').dataset.state === 'answer'")
+    page.wait_for_function("() => document.getElementById('label').dataset.state === 'answer'")
     return page.evaluate("""() => ({
         label: document.getElementById('label').textContent,
         values: [...document.querySelectorAll('#bars .value')].map(e => e.textContent),
@@ -115,9 +120,9 @@ def test_drawn_digits_get_the_predictors_answer(browser, served, screenshots):
     server, predictor = served
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    response = page.goto(server.url + "/")
+    response = page.goto(server.url + "/?engine=server")
     assert "default-src 'none'" in response.headers["content-security-policy"]
-    page.wait_for_function("document.getElementById('model').textContent.includes('LSTM')")
+    page.wait_for_function("() => document.getElementById('model').textContent.includes('LSTM')")
     assert "test accuracy" in page.text_content("#model")
 
     for digit, strokes in (("1", ONE), ("0", ZERO)):
@@ -161,7 +166,7 @@ def test_an_mnist_digit_dropped_in_as_png(browser, served, mnist, screenshots, t
     Image.fromarray(mnist.test_images[index]).resize((112, 112), Image.Resampling.NEAREST).save(png)
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
         page.set_input_files("#file", png)
     assert answer.value.request.post_data_buffer == png.read_bytes()
@@ -174,7 +179,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     server, predictor = served
     page = browser.new_page(viewport={"width": 1280, "height": 860})
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     bad = tmp_path / "digit.png"
     bad.write_bytes(b"this is not an image")
     with page.expect_response(lambda r: "/v1/classify" in r.url) as answer:
@@ -188,7 +193,7 @@ def test_a_bad_file_shows_an_error_and_the_page_keeps_working(browser, served, t
     Image.new("L", (50, 50), 255).save(blank)
     with page.expect_response(lambda r: "/v1/classify" in r.url):
         page.set_input_files("#file", blank)
-    page.wait_for_function("document.getElementById('error').textContent.includes('no digit found')")
+    page.wait_for_function("() => document.getElementById('error').textContent.includes('no digit found')")
     exchange = draw(page, ONE)  # and drawing still works
     assert exchange["status"] == 200 and shown(page)["error"] is None
     problems = [p for p in watch.problems if "400" not in p]  # the browser logs refused requests
@@ -200,7 +205,7 @@ def test_phone_width_keyboard_and_screenshot(browser, served, screenshots):
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True)
     page = context.new_page()
     watch = PageWatch(page, server.url)
-    page.goto(server.url + "/")
+    page.goto(server.url + "/?engine=server")
     pad = page.locator("#pad").bounding_box()
     assert pad["x"] >= 0 and pad["x"] + pad["width"] <= 390  # fits the screen, no sideways scroll
     assert page.evaluate("document.documentElement.scrollWidth") <= 390

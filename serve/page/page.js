@@ -1,19 +1,28 @@
-// rowrnn page: draw a digit, send the drawing to POST /v1/classify, show what the model says.
-// No dependencies, no build step, no request to any other origin.
-"use strict";
+// rowrnn page: draw a digit and see what the model says. Two engines answer: the browser itself
+// (onnxruntime-web runs the page's ONNX files: the drawing never leaves this machine) or the server
+// (POST /v1/classify). The browser's is used when the page has it and WebAssembly works; ?engine=server
+// picks the server, ?engine=browser insists on the browser. No build step, no request to any other origin.
+import {loadEngine} from "./engine.mjs";
+import {MAX_IMAGE_PIXELS, preprocessPixels} from "./preprocess.mjs";
 
-const MODEL = document.querySelector('meta[name="rowrnn-model"]').content;
-const STEPS = document.querySelector('meta[name="rowrnn-steps"]').content === "1";  // a step model is served
+const meta = (name) => document.querySelector(`meta[name="rowrnn-${name}"]`).content;
+const MODEL = meta("model");
+const STEPS = meta("steps") === "1";  // a step model is there: the heat map
+const SERVER = meta("server") === "1";  // rowrnn serve answers /v1/classify (not on a static site)
+const BROWSER = meta("browser") === "1";  // onnxruntime-web and the model files are there
+const REQUESTED = new URLSearchParams(location.search).get("engine");  // "browser", "server" or none
 const STROKE_WIDTH = 20;  // px on the 280 px pad: about MNIST's stroke once scaled to 20 x 20
 const DEBOUNCE_MS = 150;
 
 const pad = document.getElementById("pad");
-const ink = pad.getContext("2d");
+const ink = pad.getContext("2d", {willReadFrequently: true});
 const seen = document.getElementById("seen").getContext("2d");
 const heat = document.getElementById("steps").getContext("2d");
 const belief = document.getElementById("belief");
 const labelEl = document.getElementById("label");
 const confidenceEl = document.getElementById("confidence");
+const engineEl = document.getElementById("engine");
+const enginesEl = document.getElementById("engines");
 const bars = document.getElementById("bars");
 const errorEl = document.getElementById("error");
 const keyBox = document.getElementById("key-box");
@@ -25,8 +34,10 @@ let sequence = 0;  // answers to older requests are dropped
 let apiKey = sessionStorage.getItem("rowrnn-key") || "";
 let lastBody = null;
 
+let browser = null;  // a Promise of the browser engine, or of null when it cannot run here
+
 function headers(type) {
-  const result = {"Content-Type": type};
+  const result = type ? {"Content-Type": type} : {};
   if (apiKey) result.Authorization = "Bearer " + apiKey;
   return result;
 }
@@ -59,6 +70,8 @@ function showEmpty() {
   seen.clearRect(0, 0, 28, 28);
   heat.clearRect(0, 0, 10, 28);
   belief.hidden = true;
+  engineEl.textContent = "\u00a0";
+  engineEl.dataset.engine = "";
   buildBars();
 }
 
@@ -130,17 +143,51 @@ pad.addEventListener("pointercancel", endStroke);
 
 function classifyPad() {
   if (!hasInk) return;
-  pad.toBlob((blob) => classify(blob, "image/png"), "image/png");
+  const mine = ++sequence, started = performance.now();  // both engines timed from here to the answer
+  const pixels = ink.getImageData(0, 0, pad.width, pad.height);  // now: drawing may go on meanwhile
+  withEngine(mine, (engine) => classifyHere(engine, mine, pixels, started),
+             () => pad.toBlob((blob) => classify(blob, "image/png", mine, started), "image/png"));
 }
 
-async function classify(body, type) {
-  const mine = ++sequence;
+/** Run `here(engine)` with the browser engine when it is the one in use, else `there()` (the server). */
+async function withEngine(mine, here, there) {
+  const engine = browser ? await browser : null;
+  if (mine !== sequence) return;
+  if (engine) here(engine);
+  else if (SERVER && REQUESTED !== "browser") there();
+  else showError("no engine can answer: " + enginesEl.textContent);
+}
+
+/** The browser engine: preprocess the pixels and run the model here; nothing is sent anywhere. */
+async function classifyHere(engine, mine, pixels, started = performance.now()) {
+  let rows, out;
+  try {
+    rows = preprocessPixels(pixels.data, pixels.width, pixels.height);
+    engineEl.dataset.preprocessMs = (performance.now() - started).toFixed(2);
+    out = await engine.classify(rows, 1);
+  } catch (failure) {
+    if (mine === sequence) {
+      showEmpty();
+      showError(failure.message);
+    }
+    return;
+  }
+  if (mine !== sequence) return;
+  const probabilities = Array.from(out.probabilities);
+  const label = probabilities.indexOf(Math.max(...probabilities));
+  clearError();
+  show({label, confidence: probabilities[label], probabilities, input: Array.from(rows, (v) => Math.round(255 * v)),
+        steps: out.steps && Array.from(out.steps)}, "browser", performance.now() - started);
+}
+
+/** The server engine: POST the image's bytes to /v1/classify. */
+async function classify(body, type, mine = ++sequence, started = performance.now()) {
   lastBody = {body, type};
   let response, answer;
   try {
     // the bytes themselves, not the Blob: what was sent is then visible to the browser's tools
     const bytes = await body.arrayBuffer();
-    response = await fetch(STEPS ? "/v1/classify?steps=1" : "/v1/classify", {method: "POST", body: bytes, headers: headers(type)});
+    response = await fetch(STEPS ? "v1/classify?steps=1" : "v1/classify", {method: "POST", body: bytes, headers: headers(type)});
     answer = await response.json();
   } catch (failure) {
     if (mine === sequence) showError("the server did not answer (" + failure.message + ")");
@@ -158,13 +205,17 @@ async function classify(body, type) {
     return;
   }
   clearError();
-  show(answer);
+  show(answer, "server", performance.now() - started);
 }
 
-function show(answer) {
+function show(answer, engine, milliseconds) {
   labelEl.textContent = answer.label;
   labelEl.dataset.state = "answer";
   confidenceEl.textContent = (100 * answer.confidence).toFixed(1) + " % sure";
+  engineEl.dataset.engine = engine;
+  engineEl.dataset.ms = milliseconds.toFixed(2);
+  engineEl.textContent = (engine === "browser" ? "Answered by your browser" : "Answered by the server") +
+      " in " + milliseconds.toFixed(1) + " ms" + (engine === "browser" ? "" : " (round trip)");
   answer.probabilities.forEach((p, digit) => {
     const item = bars.children[digit];
     item.classList.toggle("top", digit === answer.label);
@@ -187,17 +238,35 @@ function show(answer) {
   }
 }
 
+/** A file's pixels at its own size, transparent areas on white paper (as runtime/preprocess.py). */
+export function pixelsOf(bitmap) {
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d", {willReadFrequently: true});
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(bitmap, 0, 0);
+  return context.getImageData(0, 0, canvas.width, canvas.height);
+}
+
 async function openFile(file) {
   if (!file) return;
   clearAll();
-  try {  // show it on the pad when the browser can decode it; the server decides either way
-    const bitmap = await createImageBitmap(file);
+  const mine = sequence;
+  let bitmap = null;
+  try {  // show it on the pad when the browser can decode it
+    bitmap = await createImageBitmap(file);
     const scale = Math.min(pad.width / bitmap.width, pad.height / bitmap.height);
     const w = bitmap.width * scale, h = bitmap.height * scale;
     ink.drawImage(bitmap, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
-  } catch (ignored) { /* not an image the browser knows: the server will say what is wrong */ }
+  } catch (ignored) { /* not an image this browser can decode: the server (if used) says what is wrong */ }
   hasInk = true;
-  classify(file, file.type || "application/octet-stream");
+  withEngine(mine, (engine) => {
+    if (!bitmap) showError(file.name + ": not an image this browser can decode");
+    else if (bitmap.width * bitmap.height > MAX_IMAGE_PIXELS) showError(`image of ${bitmap.width}x${bitmap.height} pixels is too large`);
+    else classifyHere(engine, ++sequence, pixelsOf(bitmap));
+  }, () => classify(file, file.type || "application/octet-stream"));
 }
 
 document.getElementById("file").addEventListener("change", (event) => {
@@ -223,29 +292,77 @@ document.getElementById("key-use").addEventListener("click", () => {
   sessionStorage.setItem("rowrnn-key", apiKey);
   keyBox.hidden = true;
   clearError();
-  describeModel();
+  startEngines();
   if (lastBody) classify(lastBody.body, lastBody.type);
 });
 
+/** page/model.json: the footer's description of the model, and the step model's state size. */
 async function describeModel() {
   const footer = document.getElementById("model");
   try {
-    const response = await fetch("/v2/models/" + encodeURIComponent(MODEL), {headers: headers("application/json")});
+    const response = await fetch("page/model.json", {headers: headers()});
     if (response.status === 401) keyBox.hidden = false;
     if (!response.ok) {
       footer.textContent = "Model " + MODEL + ": description not available (" + response.status + ").";
-      return;
+      return null;
     }
-    const info = (await response.json()).parameters || {};
+    const info = await response.json();
     const parts = ["Model " + MODEL + ": " + (info.architecture || "row-by-row LSTM").replaceAll("->", "→")];
     if (info.test_accuracy) parts.push("MNIST test accuracy " + (100 * Number(info.test_accuracy)).toFixed(2) + " %");
-    if (info.size_bytes) parts.push(Math.round(Number(info.size_bytes) / 1024) + " KB ONNX, run by onnxruntime");
-    footer.textContent = parts.join(" · ");
+    if (info.size_bytes) parts.push(Math.round(Number(info.size_bytes) / 1024) + " KB ONNX");
+    footer.textContent = parts.join(" · ") + ".";
+    return info;
   } catch (failure) {
     footer.textContent = "Model description not available (" + failure.message + ").";
+    return null;
   }
 }
 
+function useBrowser() {
+  if (REQUESTED === "server" && SERVER) return "the server, as ?engine=server asked";
+  if (!BROWSER) return "the server (this server has no onnxruntime-web files: run `rowrnn site` once to fetch them)";
+  if (typeof WebAssembly !== "object") return "the server (this browser has no WebAssembly)";
+  return null;
+}
+
+/** Load the browser engine when it is the one to use, and say which engine answers. */
+function startEngines() {
+  const described = describeModel();
+  const serverBecause = useBrowser();
+  document.body.dataset.engine = serverBecause ? "server" : "loading";
+  if (serverBecause) {
+    browser = null;
+    enginesEl.textContent = "Engine: " + serverBecause + ".";
+    return;
+  }
+  enginesEl.textContent = "Engine: your browser (loading onnxruntime-web…).";
+  browser = described.then((info) => {
+    if (!info) throw new Error("the model description did not load");
+    return loadEngine({
+      ortDir: new URL("page/ort/", document.baseURI).href,
+      model: new URL("page/model.onnx", document.baseURI).href,
+      stepModel: STEPS && info.step_hidden ? new URL("page/model.step.onnx", document.baseURI).href : null,
+      hidden: info.step_hidden,
+      fetchOptions: {headers: headers()},
+    });
+  }).then((engine) => {
+    document.body.dataset.engine = "browser";
+    enginesEl.textContent = "Engine: your browser (" + engine.description + "); drawings never leave this machine.";
+    return engine;
+  }, (failure) => {
+    document.body.dataset.engine = SERVER && REQUESTED !== "browser" ? "server" : "failed";
+    enginesEl.textContent = "Engine: " + (document.body.dataset.engine === "server" ? "the server" : "none") +
+        " (the browser engine did not load: " + failure.message + ").";
+    return null;
+  });
+}
+
+/** For tests and tools: the page's own browser engine (null when the server answers). */
+export function browserEngine() {
+  return browser ? browser : Promise.resolve(null);
+}
+
+if (REQUESTED === "server" && !SERVER) showError("this page has no server: ?engine=server cannot be used here");
 blankPad();
 showEmpty();
-describeModel();
+startEngines();
