@@ -309,7 +309,7 @@ async function describeModel() {
     const info = await response.json();
     const parts = ["Model " + MODEL + ": " + (info.architecture || "row-by-row LSTM").replaceAll("->", "→")];
     if (info.test_accuracy) parts.push("MNIST test accuracy " + (100 * Number(info.test_accuracy)).toFixed(2) + " %");
-    if (info.size_bytes) parts.push(Math.round(Number(info.size_bytes) / 1024) + " KB ONNX");
+    if (info.size_bytes) parts.push(Math.round(Number(info.size_bytes) / 1000) + " KB ONNX");  // kB, as the README
     footer.textContent = parts.join(" · ") + ".";
     return info;
   } catch (failure) {
