@@ -22,6 +22,7 @@ from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
 from rowrnn_keras.config import DISTRIBUTE_CHOICES, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
+from runtime.repository import FIRST_VERSION
 from serve.settings import ServeSettings
 
 app = typer.Typer(
@@ -269,8 +270,10 @@ def serve(
     model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
-    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name}.")] = ServeSettings.name,
-    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images.")] = ServeSettings.max_batch,
+    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")] = ServeSettings.name,
+    model_repository: Annotated[Optional[Path], typer.Option(help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file.")] = None,
+    poll_s: Annotated[float, typer.Option(help="With --model-repository: look for new and removed versions every S seconds and roll them out (0: never).")] = ServeSettings.poll_s,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images (a repository's models: their config's max_batch_size).")] = ServeSettings.max_batch,
     max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for company (0: never).")] = ServeSettings.max_delay_ms,
     max_queue: Annotated[int, typer.Option(help="Images that may wait; beyond it: 503 + Retry-After.")] = ServeSettings.max_queue,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = ServeSettings.max_body_mb,
@@ -287,16 +290,18 @@ def serve(
     readiness turns false, requests in flight finish, exit 0.
     """
     check_serve_extra()
-    from runtime.predictor import Predictor
     from serve.app import create_app
     from serve.server import run
 
+    if model is not None and model_repository is not None:
+        raise InputError(f"{model}: give a model file or --model-repository, not both")
     settings = ServeSettings(
-        host=host, port=port, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+        host=host, port=port, name=name, model_repository=None if model_repository is None else str(model_repository),
+        poll_s=poll_s, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
         max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
         api_key=api_key, cors_origin=cors_origin, log_level=log_level,
     )
-    run(create_app(Predictor(model), settings), settings)
+    run(create_app(model, settings), settings)
 
 
 @app.command("triton-repo")
@@ -306,12 +311,14 @@ def triton_repo(
     name: Annotated[str, typer.Option(help="Model name (its directory in the repository).")] = ServeSettings.name,
     max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")] = ServeSettings.max_batch,
     max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
+    version: Annotated[int, typer.Option(help="The version directory to write (another version of a model already there: a server polling the repository rolls it out).")] = FIRST_VERSION,
 ) -> None:
-    """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx) for a model."""
+    """Write a Triton Inference Server model repository (config.pbtxt + VERSION/model.onnx) for a model."""
     from runtime.repository import write_triton_repository
 
-    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms)
-    typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
+    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                      version=version)
+    typer.echo(f"wrote {written}/config.pbtxt and {written}/{version}/model.onnx")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from types import FrameType
 import uvicorn
 
 from runtime.errors import InputError
-from serve.app import ServerState
+from serve.state import ServerState
 from serve.settings import ServeSettings
 
 log = logging.getLogger("rowrnn.serve")
@@ -57,8 +57,10 @@ class DrainingServer(uvicorn.Server):
                 host, port = sock.getsockname()[:2]
                 host = f"[{host}]" if ":" in host else host
                 # printed, not logged: the one line a user needs, at every --log-level
-                print(f"rowrnn serve: model {self.state.settings.name!r} ready at http://{host}:{port}/ "
-                      "(Ctrl-C to stop)", file=sys.stderr, flush=True)
+                names = sorted(self.state.repository.models)
+                what = f"model {names[0]!r}" if len(names) == 1 else "models " + ", ".join(map(repr, names))
+                print(f"rowrnn serve: {what} ready at http://{host}:{port}/ (Ctrl-C to stop)",
+                      file=sys.stderr, flush=True)
 
 
 def configure_logging(level: str) -> None:

@@ -15,7 +15,9 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 class ServeSettings:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8000
-    name: str = "rowrnn"  # the model name in /v2/models/{name}
+    name: str = "rowrnn"  # the model name in /v2/models/{name} (a repository: the page's default model)
+    model_repository: str | None = None  # a Triton-layout model repository to serve instead of one file
+    poll_s: float = 0.0  # with a repository: follow its directory every poll_s seconds (0: never)
     max_batch: int = DEFAULT_MAX_BATCH  # images per session call the batcher forms
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS  # how long the first request of a batch waits for company
     max_queue: int = 1024  # images waiting; beyond it: 503 + Retry-After
@@ -38,6 +40,10 @@ class ServeSettings:
                               ("--body-timeout-s", self.body_timeout_s), ("--drain-timeout-s", self.drain_timeout_s)):
             if not value >= 0:  # also refuses NaN
                 raise InputError(f"{option} must be a non-negative number, got {value}")
+        if not self.poll_s >= 0:
+            raise InputError(f"--poll-s must be a non-negative number, got {self.poll_s}")
+        if self.poll_s and self.model_repository is None:
+            raise InputError("--poll-s needs --model-repository DIR (it polls a repository)")
         if self.max_body_mb == 0:
             raise InputError("--max-body-mb must be above 0")
         if self.api_key is not None and not self.api_key.strip():

@@ -182,11 +182,12 @@ class RunningServer:
 
 
 def start_server_process(model, *options, log: Path, env: dict[str, str] | None = None) -> RunningServer:
-    """`rowrnn serve MODEL --port 0 OPTIONS` on 127.0.0.1, its output in `log`; ready when returned."""
+    """`rowrnn serve MODEL --port 0 OPTIONS` on 127.0.0.1 (MODEL None: not given, e.g. with
+    --model-repository), its output in `log`; ready when returned."""
     with open(log, "wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_BOOT, "serve", str(model), "--host", "127.0.0.1", "--port", "0",
-             *map(str, options)],
+            [sys.executable, "-c", SERVER_BOOT, "serve", *([] if model is None else [str(model)]),
+             "--host", "127.0.0.1", "--port", "0", *map(str, options)],
             stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
         )
     return RunningServer(process, log).wait_ready()

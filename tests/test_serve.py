@@ -115,10 +115,15 @@ def test_tritonclient_speaks_to_rowrnn_serve(exported, predictor, start_server):
     client.close()
 
 
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert found, name
-    return float(found.group(1))
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (asserted to exist)."""
+    values = []
+    for sample, label_text, value in re.findall(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if sample == name and all(found.get(key) == wanted for key, wanted in labels.items()):
+            values.append(float(value))
+    assert values, (name, labels)
+    return sum(values)
 
 
 def run_load(port: int, pool: list, clients: int, per_client: int) -> list[str]:
@@ -173,7 +178,7 @@ def test_load_32_clients_get_their_own_answers(exported, predictor, start_server
     text = text.decode()
     batches = metric(text, "rowrnn_inference_batch_size_count")
     batched_images = metric(text, "rowrnn_inference_batch_size_sum")
-    requests = metric(text, 'rowrnn_requests_total{code="200",endpoint="infer"}')
+    requests = metric(text, "rowrnn_requests_total", code="200", endpoint="infer")
     assert requests == 6400
     assert batches < requests * 0.8, "requests were not batched together"  # proof that batches were shared
     assert batched_images > batches  # on average more than one image per session call

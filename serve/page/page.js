@@ -140,7 +140,8 @@ async function classify(body, type) {
   try {
     // the bytes themselves, not the Blob: what was sent is then visible to the browser's tools
     const bytes = await body.arrayBuffer();
-    response = await fetch(STEPS ? "/v1/classify?steps=1" : "/v1/classify", {method: "POST", body: bytes, headers: headers(type)});
+    const query = "?model=" + encodeURIComponent(MODEL) + (STEPS ? "&steps=1" : "");  // the model this page was made for
+    response = await fetch("/v1/classify" + query, {method: "POST", body: bytes, headers: headers(type)});
     answer = await response.json();
   } catch (failure) {
     if (mine === sequence) showError("the server did not answer (" + failure.message + ")");

@@ -1,0 +1,171 @@
+"""rowrnn serve --model-repository: several models and versions from a Triton-layout directory,
+the version policy, the repository extension, and rollout (--poll-s) under load.
+
+Two models with different weights make every answer traceable to the version that gave it: the
+tiny test model and the bundled one (both meet the ONNX contract).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import assert_one_line_error, rowrnn
+from runtime import BUNDLED_MODEL, Predictor
+from runtime.repository import write_triton_repository
+
+pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+triton_http = pytest.importorskip("tritonclient.http", reason="needs tritonclient (test extra)")
+text_format = pytest.importorskip("google.protobuf.text_format")
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 28, 28), dtype=np.float32)
+
+
+def set_policy(model_dir: Path, policy: str) -> None:
+    """Rewrite config.pbtxt's version_policy (e.g. 'all: {}', 'specific: { versions: [1] }')."""
+    from tritonclient.grpc import model_config_pb2
+
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config.ClearField("version_policy")
+    text_format.Merge(f"version_policy {{ {policy} }}", config)
+    (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
+
+
+@pytest.fixture
+def two_models(exported, tmp_path) -> Path:
+    """repo/digits: version 1 the tiny model, version 2 the bundled one, policy all;
+    repo/bundled: version 1 the bundled model."""
+    repo = tmp_path / "repo"
+    write_triton_repository(exported.onnx_path, repo, name="digits")
+    write_triton_repository(BUNDLED_MODEL, repo, name="digits", version=2)
+    set_policy(repo / "digits", "all: {}")
+    write_triton_repository(BUNDLED_MODEL, repo, name="bundled")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def weights(exported):
+    """Model file -> its in-process Predictor (the reference every answer is compared with)."""
+    with Predictor(exported.onnx_path) as tiny, Predictor(BUNDLED_MODEL) as bundled:
+        yield {"tiny": tiny, "bundled": bundled}
+
+
+def http_infer(client, name: str, rows: np.ndarray, version: str = ""):
+    tensor = triton_http.InferInput("rows", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows)
+    return client.infer(name, [tensor], model_version=version)
+
+
+def test_two_models_and_two_versions_each_answer_with_their_own_weights(two_models, weights, start_server):
+    server = start_server(None, "--model-repository", two_models)
+    assert "models 'bundled', 'digits' ready at" in server.log.read_text()
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    rows = images(3, 1)
+    expected = {name: predictor.predict(rows).logits for name, predictor in weights.items()}
+    assert not np.array_equal(expected["tiny"], expected["bundled"])  # the test can tell them apart
+    for name, version, source, answered_by in (("digits", "", "bundled", "2"), ("digits", "2", "bundled", "2"),
+                                               ("digits", "1", "tiny", "1"), ("bundled", "", "bundled", "1")):
+        result = http_infer(client, name, rows, version)
+        assert result.get_response()["model_name"] == name
+        assert result.get_response()["model_version"] == answered_by
+        np.testing.assert_array_equal(result.as_numpy("logits"), expected[source])
+    assert client.get_model_metadata("digits")["versions"] == ["1", "2"]
+    assert client.get_model_metadata("digits", "1")["parameters"]["hidden_units"] == weights["tiny"].metadata["hidden_units"]
+    assert client.is_model_ready("digits", "1") and client.is_model_ready("bundled")
+    assert not client.is_model_ready("digits", "3") and not client.is_model_ready("rowrnn")
+    with pytest.raises(triton_http.InferenceServerException, match="no version '3'"):
+        http_infer(client, "digits", rows, "3")
+    with pytest.raises(triton_http.InferenceServerException, match="unknown model 'rowrnn'"):
+        http_infer(client, "rowrnn", rows)
+
+    # the page and its endpoint: the default model (--name if served, else the first by name) or ?model=
+    assert b'<meta name="rowrnn-model" content="bundled">' in urllib.request.urlopen(server.url, timeout=30).read()
+    assert b'content="digits"' in urllib.request.urlopen(f"{server.url}/?model=digits", timeout=30).read()
+    digit = urllib.request.Request(f"{server.url}/v1/classify?model=digits", data=png_of(rows[0]),
+                                   headers={"Content-Type": "image/png"}, method="POST")
+    answer = json.loads(urllib.request.urlopen(digit, timeout=30).read())
+    assert answer["model"]["name"] == "digits" and answer["model"]["version"] == "2"
+
+    index = client.get_model_repository_index()
+    assert [(e["name"], e["version"], e["state"]) for e in index] == [
+        ("bundled", "1", "READY"), ("digits", "1", "READY"), ("digits", "2", "READY")]
+    metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()  # per model and version
+    assert 'rowrnn_inference_images_total{model="digits",version="1"} 3.0' in metrics
+    assert 'rowrnn_inference_images_total{model="digits",version="2"} 7.0' in metrics  # 2 x 3 + the page's 1
+    client.close()
+
+
+def png_of(image: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray((image * 255).astype(np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("policy, on_disk, served", [
+    ("", [1, 2, 5], [5]),  # Triton's default: the latest one
+    ("latest: { num_versions: 2 }", [1, 2, 5], [2, 5]),
+    ("latest: { num_versions: 9 }", [3], [3]),
+    ("all: {}", [1, 2, 5], [1, 2, 5]),
+    ("specific: { versions: [1, 7] }", [1, 2, 5], [1]),
+    ("specific: { versions: [7] }", [1, 2, 5], []),
+])
+def test_version_policy_parsed_with_tritons_schema(policy, on_disk, served):
+    from tritonclient.grpc import model_config_pb2
+
+    from serve.repository import select_versions
+
+    config = text_format.Parse(f"version_policy {{ {policy} }}" if policy else "", model_config_pb2.ModelConfig())
+    assert select_versions(config.version_policy, on_disk) == served
+
+
+def test_the_policy_decides_what_serves(two_models, weights, start_server):
+    set_policy(two_models / "digits", "specific: { versions: [1] }")
+    server = start_server(None, "--model-repository", two_models)
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    rows = images(2, 2)
+    assert client.get_model_metadata("digits")["versions"] == ["1"]
+    np.testing.assert_array_equal(http_infer(client, "digits", rows).as_numpy("logits"), weights["tiny"].predict(rows).logits)
+    with pytest.raises(triton_http.InferenceServerException, match="no version '2'"):
+        http_infer(client, "digits", rows, "2")
+    client.close()
+
+
+def corrupt(path: Path) -> Path:
+    path.write_bytes(b"not an onnx model" * 10)
+    return path
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda repo: shutil.rmtree(repo), "no such directory"),
+    (lambda repo: [shutil.rmtree(p) for p in repo.iterdir()], "no model directories"),
+    (lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: {"), "not a Triton model configuration"),
+    (lambda repo: (repo / "digits" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel" max_batch_size: 8'),
+     "rowrnn serves 'onnxruntime_onnx' models"),
+    (lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: 0"), "max_batch_size 0"),
+    (lambda repo: (repo / "digits" / "config.pbtxt").write_text(
+        'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [28, 28] } ]'), "rowrnn contract"),
+    (lambda repo: corrupt(repo / "digits" / "2" / "model.onnx"), "digits/2/model.onnx"),
+    (lambda repo: (repo / "bundled" / "config.pbtxt").unlink(), "needs Triton's config.pbtxt"),
+    (lambda repo: shutil.rmtree(repo / "bundled" / "1"), "no version to serve"),
+], ids=["no directory", "empty", "config syntax", "platform", "no batching", "contract", "corrupt model",
+        "no config", "no version"])
+def test_a_repository_that_cannot_serve_is_one_line(two_models, breakage, message):
+    breakage(two_models)
+    assert_one_line_error(rowrnn("serve", "--model-repository", two_models, "--port", "0"), message)
+
+
+def test_repository_options_are_checked(exported, two_models):
+    assert_one_line_error(rowrnn("serve", exported.onnx_path, "--model-repository", two_models), "not both")
+    assert_one_line_error(rowrnn("serve", exported.onnx_path, "--poll-s", "1"), "--poll-s needs --model-repository")
+    assert_one_line_error(rowrnn("serve", "--model-repository", two_models, "--poll-s", "-1"), "--poll-s must be")
