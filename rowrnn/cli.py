@@ -270,6 +270,8 @@ def serve(
     model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
+    grpc_port: Annotated[int, typer.Option(help="TCP port of the gRPC service (0: any free port, printed at start).")] = ServeSettings.grpc_port,
+    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Serve REST only.")] = False,
     name: Annotated[str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")] = ServeSettings.name,
     model_repository: Annotated[Optional[Path], typer.Option(help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file.")] = None,
     poll_s: Annotated[float, typer.Option(help="With --model-repository: look for new and removed versions every S seconds and roll them out (0: never).")] = ServeSettings.poll_s,
@@ -284,7 +286,7 @@ def serve(
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
 ) -> None:
     """Serve the model: a page to draw digits on (/), the Open Inference Protocol (KServe v2)
-    with dynamic batching, and /metrics.
+    over REST and gRPC with dynamic batching, and /metrics.
 
     Clients written for Triton, KServe or MLServer work unchanged. SIGTERM or Ctrl-C drains:
     readiness turns false, requests in flight finish, exit 0.
@@ -296,7 +298,7 @@ def serve(
     if model is not None and model_repository is not None:
         raise InputError(f"{model}: give a model file or --model-repository, not both")
     settings = ServeSettings(
-        host=host, port=port, name=name, model_repository=None if model_repository is None else str(model_repository),
+        host=host, port=port, grpc_port=None if no_grpc else grpc_port, name=name, model_repository=None if model_repository is None else str(model_repository),
         poll_s=poll_s, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
         max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
         api_key=api_key, cors_origin=cors_origin, log_level=log_level,

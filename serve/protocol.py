@@ -193,9 +193,13 @@ def json_values(data: object, values: int, count: int) -> np.ndarray:
             array = np.asarray(data, dtype=np.float32)
     except (ValueError, TypeError):
         raise ProtocolError(f"input '{INPUT_NAME}' data must be numbers in a flat or evenly nested list") from None
-    if array.size != values:
-        raise ProtocolError(f"input '{INPUT_NAME}' data holds {array.size} values; shape [{count}, 28, 28] needs {values}")
+    check_value_count(array.size, count)
     return array
+
+
+def check_value_count(size: int, count: int) -> None:
+    if size != PIXELS * count:
+        raise ProtocolError(f"input '{INPUT_NAME}' data holds {size} values; shape [{count}, 28, 28] needs {PIXELS * count}")
 
 
 def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, bool], ...]:
@@ -203,16 +207,18 @@ def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, boo
         return tuple((name, binary_default) for name in OUTPUT_NAMES)
     if not isinstance(outputs, list) or not outputs:
         raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...} objects")
-    chosen = []
-    for item in outputs:
-        name = item.get("name") if isinstance(item, dict) else None
+    names = [item.get("name") if isinstance(item, dict) else None for item in outputs]
+    check_output_names(names)
+    return tuple((name, as_bool(as_object(item.get("parameters", {}), f"parameters of output '{name}'").get(
+        "binary_data", binary_default), "'binary_data'")) for name, item in zip(names, outputs))
+
+
+def check_output_names(names: list) -> None:
+    for name in names:
         if name not in OUTPUT_NAMES:
             raise ProtocolError(f"unknown output {name!r}; this model has {', '.join(map(repr, OUTPUT_NAMES))}")
-        parameters = as_object(item.get("parameters", {}), f"parameters of output '{name}'")
-        chosen.append((name, as_bool(parameters.get("binary_data", binary_default), "'binary_data'")))
-    if len({name for name, _ in chosen}) != len(chosen):
+    if len(set(names)) != len(names):
         raise ProtocolError("an output is asked for twice")
-    return tuple(chosen)
 
 
 def as_object(value: object, what: str) -> dict:
@@ -231,10 +237,9 @@ def encode_infer_response(
     request: InferRequest, prediction: Prediction, model_name: str, model_version: str
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON + binary tensors when any is binary."""
-    arrays = {LOGITS_NAME: prediction.logits, PROBABILITIES_NAME: prediction.probabilities}
     outputs, blobs = [], []
     for name, binary in request.outputs:
-        array = np.ascontiguousarray(arrays[name], dtype=FLOAT32_LE)
+        array = output_array(prediction, name)
         tensor: dict = {"name": name, "datatype": DATATYPE, "shape": list(array.shape)}
         if binary:
             blobs.append(array.tobytes())
@@ -252,6 +257,12 @@ def encode_infer_response(
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }
+
+
+def output_array(prediction: Prediction, name: str) -> np.ndarray:
+    """An output tensor as the protocol sends it: little-endian FP32, C order."""
+    array = prediction.logits if name == LOGITS_NAME else prediction.probabilities
+    return np.ascontiguousarray(array, dtype=FLOAT32_LE)
 
 
 def error_body(message: str) -> bytes:

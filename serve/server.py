@@ -1,8 +1,10 @@
-"""`run`: the app on uvicorn, with a drain on SIGTERM/Ctrl-C instead of uvicorn's abrupt stop.
+"""`run`: the app on uvicorn and the gRPC service beside it in the same event loop, with a drain
+on SIGTERM/Ctrl-C instead of uvicorn's abrupt stop.
 
-Drain: readiness turns false and new inference requests get 503 at once; the requests in flight
-finish (at most --drain-timeout-s); then uvicorn closes the listener and the connections and the
-process exits 0. A second signal stops at once.
+Drain: readiness turns false and new inference requests get 503 (gRPC: UNAVAILABLE) at once; the
+requests in flight over either protocol finish (at most --drain-timeout-s); then the gRPC server
+stops, uvicorn closes the listener and the connections, and the process exits 0. A second signal
+stops at once.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self.drain_started: float | None = None
+        self.grpc_server = None
+        self.startup_error: InputError | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Not uvicorn's: it would stop at once, then re-raise the signal (a non-zero exit).
@@ -50,8 +54,24 @@ class DrainingServer(uvicorn.Server):
                 return True
         return await super().on_tick(counter)
 
+    async def shutdown(self, sockets=None) -> None:
+        if self.grpc_server is not None:  # drained already: nothing is in flight
+            await self.grpc_server.stop(grace=1.0)
+        await super().shutdown(sockets)
+
     async def startup(self, sockets=None) -> None:
         await super().startup(sockets)
+        settings = self.state.settings
+        if settings.grpc_port is not None:
+            from serve.grpc_service import SERVICE, start_grpc
+
+            try:
+                self.grpc_server, port = await start_grpc(self.state, settings)
+            except InputError as exc:  # `run` raises it once uvicorn has stopped
+                self.startup_error, self.should_exit = exc, True
+                return
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            print(f"rowrnn serve: gRPC ({SERVICE}) at {host}:{port}", file=sys.stderr, flush=True)
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]
@@ -79,7 +99,10 @@ def run(app, settings: ServeSettings) -> None:
         http="httptools", loop="uvloop", lifespan="on", server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
     )
-    DrainingServer(config, app.state.rowrnn).run(sockets=[listen(settings.host, settings.port)])
+    server = DrainingServer(config, app.state.rowrnn)
+    server.run(sockets=[listen(settings.host, settings.port)])
+    if server.startup_error is not None:
+        raise server.startup_error
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -15,6 +15,7 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 class ServeSettings:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8000
+    grpc_port: int | None = 8001  # the gRPC service, as Triton's default port (0: any free port; None: off)
     name: str = "rowrnn"  # the model name in /v2/models/{name} (a repository: the page's default model)
     model_repository: str | None = None  # a Triton-layout model repository to serve instead of one file
     poll_s: float = 0.0  # with a repository: follow its directory every poll_s seconds (0: never)
@@ -29,8 +30,11 @@ class ServeSettings:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"--port {self.port} is not a TCP port (0-65535)")
+        for option, port in (("--port", self.port), ("--grpc-port", self.grpc_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise InputError(f"{option} {port} is not a TCP port (0-65535)")
+        if self.grpc_port == self.port != 0:
+            raise InputError(f"--grpc-port {self.grpc_port} is --port too: give them different ports")
         if not self.name or "/" in self.name or not self.name.isprintable():
             raise InputError(f"--name {self.name!r} must be a non-empty name without '/'")
         for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue)):

@@ -140,6 +140,11 @@ class RunningServer:
     def __init__(self, process: subprocess.Popen, log: Path) -> None:
         self.process, self.log = process, log
         self.port = 0
+        self.grpc_port: int | None = None  # None: the server runs without gRPC (--no-grpc)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -157,6 +162,8 @@ class RunningServer:
             found = re.search(r"ready at http://127\.0\.0\.1:(\d+)/", self.log.read_text())
             if found:
                 self.port = int(found.group(1))
+                grpc_found = re.search(r"gRPC \(.*\) at 127\.0\.0\.1:(\d+)", self.log.read_text())
+                self.grpc_port = int(grpc_found.group(1)) if grpc_found else None
                 with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=5) as response:
                     assert response.status == 200
                 return self
@@ -182,12 +189,12 @@ class RunningServer:
 
 
 def start_server_process(model, *options, log: Path, env: dict[str, str] | None = None) -> RunningServer:
-    """`rowrnn serve MODEL --port 0 OPTIONS` on 127.0.0.1 (MODEL None: not given, e.g. with
+    """`rowrnn serve MODEL --port 0 --grpc-port 0 OPTIONS` on 127.0.0.1 (MODEL None: not given, e.g. with
     --model-repository), its output in `log`; ready when returned."""
     with open(log, "wb") as stream:
         process = subprocess.Popen(
             [sys.executable, "-c", SERVER_BOOT, "serve", *([] if model is None else [str(model)]),
-             "--host", "127.0.0.1", "--port", "0", *map(str, options)],
+             "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", *map(str, options)],
             stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
         )
     return RunningServer(process, log).wait_ready()
