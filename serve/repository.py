@@ -63,6 +63,7 @@ class ModelVersion:
     batcher: DynamicBatcher
     parameters: dict[str, str]  # the model file's metadata, for the metadata endpoints and the page
     streaming: StreamingPredictor | None  # MODEL.step.onnx beside the model (`rowrnn export --step`)
+    signature: tuple = ()  # the model file's, when loaded: a changed file is loaded again
     in_flight: int = 0  # requests routed here and not yet answered
 
     def close(self) -> None:
@@ -167,6 +168,7 @@ def open_version(name: str, version: int, model: Path | Predictor, batching: Bat
                  make_batcher: BatcherFactory) -> ModelVersion:
     """Load a version (the Predictor checks the ONNX contract) and warm it up: run the shapes it
     will see once, so its first client does not pay for them."""
+    signature = () if isinstance(model, Predictor) else file_signature(model)
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     try:
         for size in sorted({1, batching.max_batch}):
@@ -178,7 +180,7 @@ def open_version(name: str, version: int, model: Path | Predictor, batching: Bat
         predictor.close()
         raise
     return ModelVersion(name, version, predictor, make_batcher(name, version, predictor, batching),
-                        parameters, streaming)
+                        parameters, streaming, signature)
 
 
 class ModelRepository:
@@ -244,15 +246,21 @@ class ModelRepository:
         return [str(v) for v in sorted(self.models.get(name, {}))]
 
     def index(self) -> list[dict]:
-        """The repository extension's index: every model and version known, with its state."""
+        """The repository extension's index: every model and version known, with its state (a
+        version whose changed file was refused is READY: its previous file keeps serving)."""
         entries = [{"name": name, "version": str(version), "state": "READY", "reason": ""}
                    for name, versions in self.models.items() for version in versions]
-        entries += [{"name": name, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
-                    for (name, version), (_, reason) in self.refused.items()
-                    if version not in self.models.get(name, {})]
-        entries += [{"name": name, "version": "", "state": "UNAVAILABLE", "reason": reason}
-                    for name, reason in self.unusable.items() if name not in self.models]
+        entries += [entry for entry in self.problems() if (entry["name"], entry["version"]) not in
+                    {(e["name"], e["version"]) for e in entries}]
         return sorted(entries, key=lambda entry: (entry["name"], entry["version"]))
+
+    def problems(self, name: str | None = None) -> list[dict]:
+        """Refused versions and unusable model directories (of one model, or all)."""
+        entries = [{"name": model, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
+                   for (model, version), (_, reason) in self.refused.items()]
+        entries += [{"name": model, "version": "", "state": "UNAVAILABLE", "reason": reason}
+                    for model, reason in self.unusable.items()]
+        return [entry for entry in entries if name is None or entry["name"] == name]
 
     # -- keeping in step with the directory --------------------------------------------------------
     async def sync(self, names: set[str] | None = None, unload: set[str] = frozenset()) -> None:
@@ -294,10 +302,8 @@ class ModelRepository:
         self.unusable.pop(source.name, None)
         for key in [key for key in self.refused if key[0] == source.name and key[1] not in source.versions]:
             del self.refused[key]  # a refused version that left the directory is no longer news
-        loaded = self.models.get(source.name, {})
         for version, path in source.versions.items():
-            if version not in loaded:
-                await self._load(source, version, path)
+            await self._load(source, version, path)
         loaded = self.models.get(source.name, {})
         leaving = [version for version in loaded if version not in source.versions]
         if leaving and not any(version in loaded for version in source.versions):
@@ -307,11 +313,16 @@ class ModelRepository:
             await self._retire(source.name, version, "no longer chosen by the version policy")
 
     async def _load(self, source: ModelSource, version: int, path: Path) -> None:
+        """Load a version that is new, or whose file changed (then the new one replaces the old
+        once it is warmed up)."""
         try:
             signature = file_signature(path)
         except OSError:  # removed while we looked
             return
         key = (source.name, version)
+        serving = self.models.get(source.name, {}).get(version)
+        if serving is not None and serving.signature == signature:
+            return
         if key in self.refused and self.refused[key][0] == signature:
             return  # refused already, and not changed since
         started = time.perf_counter()
@@ -329,6 +340,8 @@ class ModelRepository:
         self.models.setdefault(source.name, {})[version] = loaded
         log.info("model %r version %d loaded and warmed up in %.2f s: taking traffic", source.name, version,
                  time.perf_counter() - started)
+        if serving is not None:
+            await self._drain_and_close(serving, "replaced by its changed file")
 
     async def _retire_model(self, name: str, why: str) -> None:
         for version in list(self.models.get(name, {})):
@@ -340,6 +353,10 @@ class ModelRepository:
         leaving = versions.pop(version)
         if not versions:
             del self.models[name]
+        await self._drain_and_close(leaving, why)
+
+    async def _drain_and_close(self, leaving: ModelVersion, why: str) -> None:
+        name, version = leaving.name, leaving.version
         log.info("model %r version %d leaving (%s): draining %d requests", name, version, why, leaving.in_flight)
         deadline = time.monotonic() + self.drain_timeout_s
         while (leaving.in_flight or leaving.batcher.queued_images) and time.monotonic() < deadline:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.predictor import Prediction, Predictor
-from serve.batcher import DynamicBatcher, QueueFull
+from serve.batcher import BatcherClosed, DynamicBatcher, QueueFull
 from serve.metrics import Metrics
 from serve.protocol import ProtocolError
 from serve.repository import Batching, ModelRepository, ModelVersion
@@ -122,6 +122,8 @@ class ServerState:
             return model, await model.batcher.predict(images)
         except QueueFull as exc:
             raise ProtocolError(f"the server is busy: {exc}; retry later", 503, "RESOURCE_EXHAUSTED") from None
+        except BatcherClosed as exc:
+            raise ProtocolError(f"{exc}; retry", 503) from None
         finally:
             model.in_flight -= 1
             self.metrics.queue_images.labels(model.name, str(model.version)).set(model.batcher.queued_images)
@@ -141,10 +143,12 @@ class ServerState:
         """Load (or reload) NAME as its directory now says; an error names why it did not load."""
         self.check_explicit_control(name)
         await self.repository.sync({name})
-        if name not in self.repository.models:
-            reasons = [entry["reason"] for entry in self.repository.index()
-                       if entry["name"] == name and entry["reason"]]
-            raise ProtocolError(f"model {name!r} did not load: {'; '.join(reasons) or 'no version to serve'}")
+        reasons = [f"version {entry['version']}: {entry['reason']}" if entry["version"] else entry["reason"]
+                   for entry in self.repository.problems(name)]
+        serving = self.repository.versions(name)
+        if reasons or not serving:
+            kept = f"; version {', '.join(serving)} keeps serving" if serving else ""
+            raise ProtocolError(f"model {name!r} did not load: {'; '.join(reasons) or 'no version to serve'}{kept}")
 
     async def unload_model(self, name: str) -> None:
         """Stop serving NAME: its requests in flight finish first."""

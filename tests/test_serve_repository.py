@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -169,3 +171,162 @@ def test_repository_options_are_checked(exported, two_models):
     assert_one_line_error(rowrnn("serve", exported.onnx_path, "--model-repository", two_models), "not both")
     assert_one_line_error(rowrnn("serve", exported.onnx_path, "--poll-s", "1"), "--poll-s needs --model-repository")
     assert_one_line_error(rowrnn("serve", "--model-repository", two_models, "--poll-s", "-1"), "--poll-s must be")
+
+
+# --- rollout (--poll-s) and the repository extension ----------------------------------------------
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.05)
+
+
+def test_rollout_under_load_loses_no_request(exported, weights, start_server, tmp_path):
+    """32 clients (16 REST, 16 gRPC) keep inferring on 'digits' while version 2 is added and, by the
+    policy (latest 1), version 1 removed: zero failed requests, every answer bit-exact to the
+    version that says it answered, and version 2 serves after the poll. Then a corrupt version 3
+    is refused with a log line while version 2 keeps serving."""
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc
+
+    repo = tmp_path / "repo"
+    write_triton_repository(exported.onnx_path, repo, name="digits")
+    server = start_server(None, "--model-repository", repo, "--poll-s", "0.2")
+    rows = images(2, 5)
+    expected = {"1": weights["tiny"].predict(rows).logits, "2": weights["bundled"].predict(rows).logits}
+    answers: list[tuple[str, str]] = []  # (protocol, version) of each answer
+    failures: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def rest_client() -> None:
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60)
+        for _ in range(5_000):
+            if stop.is_set():
+                break
+            try:
+                result = http_infer(client, "digits", rows)
+                version = result.get_response()["model_version"]
+                ok = np.array_equal(result.as_numpy("logits"), expected.get(version))
+            except Exception as exc:  # noqa: BLE001  (a thread's exception would vanish)
+                version, ok = "", False
+                with lock:
+                    failures.append(f"rest: {exc!r}")
+            with lock:
+                answers.append(("rest", version))
+                if not ok and version:
+                    failures.append(f"rest: an answer of version {version} is not that version's")
+        client.close()
+
+    def grpc_client() -> None:
+        channel = grpc.insecure_channel(server.grpc_url)
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = pb.ModelInferRequest(model_name="digits")
+        request.inputs.add(name="rows", datatype="FP32", shape=rows.shape)
+        request.raw_input_contents.append(rows.tobytes())
+        for _ in range(5_000):
+            if stop.is_set():
+                break
+            try:
+                response = stub.ModelInfer(request, timeout=60)
+                version = response.model_version
+                logits = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 10)
+                ok = response.outputs[0].name == "logits" and np.array_equal(logits, expected.get(version))
+            except grpc.RpcError as exc:
+                version, ok = "", False
+                with lock:
+                    failures.append(f"grpc: {exc.code().name}: {exc.details()}")
+            with lock:
+                answers.append(("grpc", version))
+                if not ok and version:
+                    failures.append(f"grpc: an answer of version {version} is not that version's")
+        channel.close()
+
+    threads = [threading.Thread(target=client) for client in [rest_client] * 16 + [grpc_client] * 16]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: len(answers) >= 300, 60, "300 answers from version 1")
+        write_triton_repository(BUNDLED_MODEL, repo, name="digits", version=2)  # the rollout
+        wait_for(lambda: ("rest", "2") in answers[-200:] and ("grpc", "2") in answers[-200:], 60,
+                 "both protocols answered by version 2")
+        switched = len(answers)
+        wait_for(lambda: len(answers) >= switched + 300, 60, "300 answers after the switch")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(120)
+    assert failures == [], failures[:5]
+    assert {version for _, version in answers} == {"1", "2"}
+    log = server.log.read_text()
+    assert "model 'digits' version 2 loaded and warmed up" in log and "model 'digits' version 1 unloaded" in log
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    assert client.get_model_metadata("digits")["versions"] == ["2"]  # version 1 drained and left
+
+    (repo / "digits" / "3").mkdir()
+    corrupt(repo / "digits" / "3" / "model.onnx")  # a broken new version
+    wait_for(lambda: "model 'digits' version 3 refused" in server.log.read_text(), 30, "version 3 refused")
+    assert "version 2 keeps serving" in server.log.read_text()
+    result = http_infer(client, "digits", rows)
+    assert result.get_response()["model_version"] == "2"
+    np.testing.assert_array_equal(result.as_numpy("logits"), expected["2"])
+    index = {(e["name"], e["version"]): e for e in client.get_model_repository_index()}
+    assert index[("digits", "2")]["state"] == "READY"
+    assert index[("digits", "3")]["state"] == "UNAVAILABLE" and "model.onnx" in index[("digits", "3")]["reason"]
+    time.sleep(1.0)  # five more polls: a refused file is not retried (nor logged again) until it changes
+    assert server.log.read_text().count("model 'digits' version 3 refused") == 1
+    client.close()
+
+
+def test_repository_extension_load_and_unload(two_models, weights, start_server):
+    """Explicit control (no --poll-s): unload over REST drains and removes a model, load over gRPC
+    brings it back; both behind --api-key."""
+    import tritonclient.grpc as triton_grpc
+
+    server = start_server(None, "--model-repository", two_models, "--api-key", "s3cret")
+    key = {"authorization": "Bearer s3cret"}
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_url)
+    with pytest.raises(triton_http.InferenceServerException, match="API key"):
+        rest.unload_model("bundled")
+    with pytest.raises(triton_grpc.InferenceServerException, match="API key"):
+        grpc_client.load_model("bundled")
+
+    rest.unload_model("bundled", headers=key)
+    assert not rest.is_model_ready("bundled", headers=key)
+    assert [e["name"] for e in rest.get_model_repository_index(headers=key)] == ["digits", "digits"]
+    with pytest.raises(triton_http.InferenceServerException, match="unknown model 'bundled'"):
+        rest.infer("bundled", [], headers=key)
+    with pytest.raises(triton_grpc.InferenceServerException, match="is not loaded"):
+        grpc_client.unload_model("bundled", headers=key)
+
+    grpc_client.load_model("bundled", headers=key)
+    rows = images(2, 8)
+    tensor = triton_grpc.InferInput("rows", [2, 28, 28], "FP32")
+    tensor.set_data_from_numpy(rows)
+    result = grpc_client.infer("bundled", [tensor], headers=key)
+    np.testing.assert_array_equal(result.as_numpy("logits"), weights["bundled"].predict(rows).logits)
+    ready = grpc_client.get_model_repository_index(headers=key, as_json=True)["models"]
+    assert [(m["name"], m["version"], m["state"]) for m in ready] == [
+        ("bundled", "1", "READY"), ("digits", "1", "READY"), ("digits", "2", "READY")]
+
+    corrupt(two_models / "bundled" / "1" / "model.onnx")  # a reload that fails keeps what serves
+    with pytest.raises(triton_http.InferenceServerException, match="did not load.*version 1 keeps serving"):
+        rest.load_model("bundled", headers=key)
+    result = grpc_client.infer("bundled", [tensor], headers=key)
+    np.testing.assert_array_equal(result.as_numpy("logits"), weights["bundled"].predict(rows).logits)
+    with pytest.raises(triton_grpc.InferenceServerException) as absent:
+        grpc_client.load_model("absent", headers=key)
+    assert absent.value.status() == "StatusCode.NOT_FOUND"
+    rest.close()
+    grpc_client.close()
+
+
+def test_explicit_control_is_refused_while_polling(two_models, start_server):
+    server = start_server(None, "--model-repository", two_models, "--poll-s", "5")
+    rest = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    with pytest.raises(triton_http.InferenceServerException, match="not allowed while --poll-s"):
+        rest.unload_model("bundled")
+    assert rest.is_model_ready("bundled")
+    rest.close()
