@@ -281,6 +281,8 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = ServeSettings.max_body_mb,
     body_timeout_s: Annotated[float, typer.Option(help="A body not received within this: 408.")] = ServeSettings.body_timeout_s,
     drain_timeout_s: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")] = ServeSettings.drain_timeout_s,
+    header_timeout_s: Annotated[float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")] = ServeSettings.header_timeout_s,
+    max_connections: Annotated[int, typer.Option(help="HTTP connections open at once; a connection beyond it gets 503 at once.")] = ServeSettings.max_connections,
     api_key: Annotated[Optional[str], typer.Option(envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health).")] = None,
     cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
@@ -301,6 +303,7 @@ def serve(
         host=host, port=port, grpc_port=None if no_grpc else grpc_port, name=name, model_repository=None if model_repository is None else str(model_repository),
         poll_s=poll_s, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
         max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
+        header_timeout_s=header_timeout_s, max_connections=max_connections,
         api_key=api_key, cors_origin=cors_origin, log_level=log_level,
     )
     run(create_app(model, settings), settings)

@@ -17,8 +17,10 @@ import time
 from types import FrameType
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from runtime.errors import InputError
+from serve.protocol import error_body
 from serve.state import ServerState
 from serve.settings import ServeSettings
 
@@ -83,6 +85,72 @@ class DrainingServer(uvicorn.Server):
                       file=sys.stderr, flush=True)
 
 
+def plain_response(status: str, message: str, headers: str = "") -> bytes:
+    """A whole HTTP/1.1 response with a JSON error, written straight to a socket that is then closed."""
+    body = error_body(message)
+    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n{headers}\r\n").encode() + body
+
+
+def guarded_protocol(settings: ServeSettings) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the two limits it lacks.
+
+    - A total deadline for a request's headers (--header-timeout-s): uvicorn waits forever for a
+      client that never finishes them, so a slowloris holding thousands of connections makes the
+      server drop new clients. A deadline per request, not per byte: trickling does not extend it.
+    - A ceiling on open connections (--max-connections): a connection beyond it is answered 503
+      and closed at once, before it can hold anything; requests in flight are not touched.
+      (uvicorn's own limit_concurrency answers only once the headers arrive, in plain text.)
+    """
+    timeout_s, ceiling = settings.header_timeout_s, settings.max_connections
+    too_slow = plain_response("408 Request Timeout", f"the request headers did not arrive within {timeout_s:g} s")
+    too_many = plain_response("503 Service Unavailable",
+                              f"the server has {ceiling} connections open (--max-connections); retry later",
+                              "retry-after: 1\r\n")
+
+    class GuardedProtocol(HttpToolsProtocol):
+        header_deadline = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            if len(self.connections) > ceiling:
+                transport.write(too_many)
+                transport.close()
+                return
+            self.arm_header_deadline()
+
+        def arm_header_deadline(self) -> None:
+            if self.header_deadline is None:
+                self.header_deadline = self.loop.call_later(timeout_s, self.headers_too_slow)
+
+        def disarm_header_deadline(self) -> None:
+            if self.header_deadline is not None:
+                self.header_deadline.cancel()
+                self.header_deadline = None
+
+        def headers_too_slow(self) -> None:
+            self.header_deadline = None
+            if not self.transport.is_closing():
+                log.info("%s: request headers not received within %g s: 408, closed",
+                         "%s:%d" % self.client if self.client else "-", timeout_s)
+                self.transport.write(too_slow)
+                self.transport.close()
+
+        def on_message_begin(self) -> None:  # the next request on a kept-alive connection
+            super().on_message_begin()
+            self.arm_header_deadline()
+
+        def on_headers_complete(self) -> None:
+            self.disarm_header_deadline()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc) -> None:
+            self.disarm_header_deadline()
+            super().connection_lost(exc)
+
+    return GuardedProtocol
+
+
 def configure_logging(level: str) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level.upper())
     logging.getLogger("rowrnn").setLevel(level.upper())
@@ -96,11 +164,14 @@ def run(app, settings: ServeSettings) -> None:
                     settings.host)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-        http="httptools", loop="uvloop", lifespan="on", server_header=False,
+        http=guarded_protocol(settings), loop="uvloop", lifespan="on", server_header=False,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
     )
     server = DrainingServer(config, app.state.rowrnn)
-    server.run(sockets=[listen(settings.host, settings.port)])
+    http_socket = listen(settings.host, settings.port)
+    if settings.grpc_port:  # a busy gRPC port: one line now, not after uvicorn has started
+        listen(settings.host, settings.grpc_port).close()
+    server.run(sockets=[http_socket])
     if server.startup_error is not None:
         raise server.startup_error
 

@@ -25,6 +25,8 @@ class ServeSettings:
     max_body_mb: float = 16.0  # larger request bodies: 413
     body_timeout_s: float = 30.0  # a client that stops sending its body mid-way: 408
     drain_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may take
+    header_timeout_s: float = 10.0  # a client must send its request headers within this (total, not idle): 408
+    max_connections: int = 2048  # HTTP connections open at once; beyond: 503 at once (well under the fd limit)
     api_key: str | None = None  # when set: `Authorization: Bearer KEY` on all but health
     cors_origin: str | None = None  # no CORS headers unless an origin is given
     log_level: str = "info"
@@ -37,13 +39,16 @@ class ServeSettings:
             raise InputError(f"--grpc-port {self.grpc_port} is --port too: give them different ports")
         if not self.name or "/" in self.name or not self.name.isprintable():
             raise InputError(f"--name {self.name!r} must be a non-empty name without '/'")
-        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue)):
+        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),
+                              ("--max-connections", self.max_connections)):
             if value < 1:
                 raise InputError(f"{option} must be at least 1, got {value}")
         for option, value in (("--max-delay-ms", self.max_delay_ms), ("--max-body-mb", self.max_body_mb),
                               ("--body-timeout-s", self.body_timeout_s), ("--drain-timeout-s", self.drain_timeout_s)):
             if not value >= 0:  # also refuses NaN
                 raise InputError(f"{option} must be a non-negative number, got {value}")
+        if not self.header_timeout_s > 0:
+            raise InputError(f"--header-timeout-s must be above 0, got {self.header_timeout_s}")
         if not self.poll_s >= 0:
             raise InputError(f"--poll-s must be a non-negative number, got {self.poll_s}")
         if self.poll_s and self.model_repository is None:
