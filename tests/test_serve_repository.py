@@ -200,47 +200,44 @@ def test_rollout_under_load_loses_no_request(exported, weights, start_server, tm
     stop = threading.Event()
     lock = threading.Lock()
 
-    def rest_client() -> None:
-        client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60)
+    def keep_inferring(protocol: str, infer_once) -> None:
+        """Infer until told to stop (at most 5 000 times), recording who answered and any failure."""
         for _ in range(5_000):
             if stop.is_set():
                 break
             try:
-                result = http_infer(client, "digits", rows)
-                version = result.get_response()["model_version"]
-                ok = np.array_equal(result.as_numpy("logits"), expected.get(version))
+                version, logits = infer_once()
+                failure = None if np.array_equal(logits, expected.get(version)) else \
+                    f"{protocol}: an answer of version {version!r} is not that version's"
             except Exception as exc:  # noqa: BLE001  (a thread's exception would vanish)
-                version, ok = "", False
-                with lock:
-                    failures.append(f"rest: {exc!r}")
+                version, failure = "", f"{protocol}: {exc!r}"
             with lock:
-                answers.append(("rest", version))
-                if not ok and version:
-                    failures.append(f"rest: an answer of version {version} is not that version's")
+                answers.append((protocol, version))
+                if failure:
+                    failures.append(failure)
+
+    def rest_client() -> None:
+        client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60)
+
+        def infer_once() -> tuple[str, np.ndarray]:
+            result = http_infer(client, "digits", rows)
+            return result.get_response()["model_version"], result.as_numpy("logits")
+
+        keep_inferring("rest", infer_once)
         client.close()
 
     def grpc_client() -> None:
         channel = grpc.insecure_channel(server.grpc_url)
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        request = pb.ModelInferRequest(model_name="digits")
+        request = pb.ModelInferRequest(model_name="digits", outputs=[{"name": "logits"}])
         request.inputs.add(name="rows", datatype="FP32", shape=rows.shape)
         request.raw_input_contents.append(rows.tobytes())
-        for _ in range(5_000):
-            if stop.is_set():
-                break
-            try:
-                response = stub.ModelInfer(request, timeout=60)
-                version = response.model_version
-                logits = np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 10)
-                ok = response.outputs[0].name == "logits" and np.array_equal(logits, expected.get(version))
-            except grpc.RpcError as exc:
-                version, ok = "", False
-                with lock:
-                    failures.append(f"grpc: {exc.code().name}: {exc.details()}")
-            with lock:
-                answers.append(("grpc", version))
-                if not ok and version:
-                    failures.append(f"grpc: an answer of version {version} is not that version's")
+
+        def infer_once() -> tuple[str, np.ndarray]:
+            response = stub.ModelInfer(request, timeout=60)
+            return response.model_version, np.frombuffer(response.raw_output_contents[0], "<f4").reshape(2, 10)
+
+        keep_inferring("grpc", infer_once)
         channel.close()
 
     threads = [threading.Thread(target=client) for client in [rest_client] * 16 + [grpc_client] * 16]
