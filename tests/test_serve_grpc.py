@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+from helpers import call, decode, good_request_works, images, infer_body, metric
 from runtime import Predictor
 
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
@@ -23,7 +24,6 @@ grpc = pytest.importorskip("grpc", reason="needs the serve extra: pip install '.
 triton_grpc = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc  # noqa: E402
 
-from test_serve import call, good_request_works, images, infer_body, metric  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -182,15 +182,45 @@ def test_grpc_api_key(exported, predictor, start_server):
     tensor = triton_grpc.InferInput("rows", [1, 28, 28], "FP32")
     tensor.set_data_from_numpy(ONE)
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
-        for attempt in (lambda: client.infer("rowrnn", [tensor], headers=headers),
-                        lambda: client.get_model_metadata("rowrnn", headers=headers),
-                        lambda: client.get_model_repository_index(headers=headers)):
+        for attempt in (lambda sent: client.infer("rowrnn", [tensor], headers=sent),
+                        lambda sent: client.get_model_metadata("rowrnn", headers=sent),
+                        lambda sent: client.get_model_repository_index(headers=sent)):
             with pytest.raises(triton_grpc.InferenceServerException) as refused:
-                attempt()
+                attempt(headers)
             assert refused.value.status() == "StatusCode.UNAUTHENTICATED" and "API key" in refused.value.message()
     result = client.infer("rowrnn", [tensor], headers={"authorization": "Bearer s3cret"})
     np.testing.assert_array_equal(result.as_numpy("logits"), predictor.predict(ONE).logits)
     client.close()
+
+
+def test_grpc_full_queue_is_resource_exhausted_at_once_and_recovers(exported, predictor, start_server):
+    server = start_server(exported.onnx_path, "--max-queue", "1", "--max-batch", "8", "--log-level", "warning")
+    rows = images(256, 4)
+    expected = predictor.predict(rows).logits
+    outcomes, lock = [], threading.Lock()
+
+    def client() -> None:
+        channel, stub = stub_of(server)
+        with channel:
+            for _ in range(5):
+                try:
+                    same = np.array_equal(outputs_of(stub.ModelInfer(infer_request(rows), timeout=60))["logits"], expected)
+                    outcome = ("OK" if same else "OK but wrong", "")
+                except grpc.RpcError as exc:
+                    outcome = (exc.code().name, exc.details())
+                with lock:
+                    outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert {code for code, _ in outcomes} == {"OK", "RESOURCE_EXHAUSTED"}, outcomes
+    assert all("busy" in details for code, details in outcomes if code == "RESOURCE_EXHAUSTED")
+    channel, stub = stub_of(server)
+    with channel:  # serving normally afterwards
+        np.testing.assert_array_equal(outputs_of(stub.ModelInfer(infer_request(rows), timeout=60))["logits"], expected)
 
 
 def test_a_rest_and_a_grpc_request_share_one_session_call(exported, predictor, start_server):
@@ -268,8 +298,6 @@ def test_sigterm_drains_both_protocols(exported, predictor, start_server):
             except (ConnectionError, http.client.HTTPException) as exc:
                 going = record("rest", f"lost: {exc!r}")
                 continue
-            from test_serve import decode
-
             same = response.status != 200 or np.array_equal(decode(response, data)["logits"], expected)
             going = record("rest", str(response.status) + ("" if same else " but wrong"))
         connection.close()
