@@ -31,19 +31,13 @@ from export.defaults import (
     MIN_OPSET,
     QUANTIZE_CHOICES,
 )
-from export.step import export_step, step_failure, step_path_for
+from export.step import export_step, step_failure
 from export.validate import accuracy, check_contract, op_counts, parity_report
 from runtime.files import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist
 from runtime.mnist import FILES, resolve_data_dir
 from rowrnn_keras.model import architecture_layers, format_architecture, load_trained_model
-from runtime.contract import (
-    CLASS_LABELS,
-    FORMAT_VERSION,
-    IMAGE_SHAPE,
-    INPUT_SCALING,
-    scale_pixels,
-)
+from runtime.contract import FULL_MODEL, IMAGE_SHAPE, scale_pixels, step_path_for
 from runtime.errors import CheckFailed, InputError
 from runtime.idx import encode_idx
 
@@ -182,9 +176,7 @@ def export_model(
 
     layers = architecture_layers(model)
     metadata = {
-        "format_version": FORMAT_VERSION,
-        "class_labels": json.dumps(list(CLASS_LABELS)),
-        "input_scaling": INPUT_SCALING,
+        **FULL_MODEL.metadata(),
         "architecture": format_architecture(layers),  # for people
         "architecture_json": json.dumps(layers),  # for code: [{"layer": "Dense", "units": 128}, ...]
         "hidden_units": str(next((layer["units"] for layer in layers if layer["layer"] == "LSTM"), "")),

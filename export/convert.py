@@ -124,39 +124,59 @@ def format_rewrites(rewrites: dict[str, dict]) -> str:
 # ---------------------------------------------------------------- Keras weight space
 
 
-def fold_input_layer(model: keras.Model) -> tuple[keras.Model, Rewrite]:
-    """Dense(28 -> D) feeding LSTM(H) -> one LSTM whose input kernel is A·K and bias b + a·K.
+def fold_problem(model: keras.Model) -> str | None:
+    """Why the model's first two layers cannot be folded into one LSTM, or None if they can.
 
-    The LSTM only sees the rows through `h = x·A + a`, and its input gates compute `h·K + b =
-    x·(A·K) + (a·K + b)`; so the folded LSTM reads the 28 raw pixels of a row and the Dense layer's
-    work disappears. Applied only to a Sequential model whose first layer is a linear Dense and
-    whose second is a plain LSTM (last output only, forwards, stateless), and only when it saves
-    arithmetic: 28·4H multiply-adds per row instead of 28·D + D·4H (a Dense narrower than about 28
-    would make it dearer). The folded model is checked against the original, Keras against Keras,
-    before anything is converted; the export's parity check then compares ONNX with the original.
-    """
-    name = "fold_input_layer"
+    The fold needs a Sequential model whose first layer is a linear Dense and whose second is a
+    plain LSTM: last output only, forwards, stateless. The full export and the step export both
+    ask this one question."""
     layers = model.layers if isinstance(model, keras.Sequential) else []
     if len(layers) < 2 or not isinstance(layers[0], keras.layers.Dense) or not isinstance(layers[1], keras.layers.LSTM):
-        return model, Rewrite(name, False, "the model does not start with Dense -> LSTM")
+        return "the model does not start with Dense -> LSTM"
     dense, lstm = layers[0], layers[1]
     if getattr(dense.activation, "__name__", None) != "linear":
-        return model, Rewrite(name, False, f"the Dense layer has a {dense.activation.__name__} activation: not linear")
+        return f"the Dense layer has a {getattr(dense.activation, '__name__', dense.activation)} activation: not linear"
     if lstm.return_sequences or lstm.return_state or lstm.go_backwards or lstm.stateful:
-        return model, Rewrite(name, False, "the LSTM is not a plain forward, last-output LSTM")
-    width, units, gates = IMAGE_SHAPE[1], dense.units, 4 * lstm.units
-    if width * gates >= width * units + units * gates:
-        return model, Rewrite(name, False, f"Dense({units}) is too narrow: folding would add multiply-adds")
+        return "the LSTM is not a plain forward, last-output LSTM"
+    return None
 
+
+def folded_lstm_weights(dense: keras.layers.Dense, lstm: keras.layers.LSTM) -> list[np.ndarray]:
+    """The LSTM's weights [A·K, U, a·K + b] once the Dense layer (A, a) is folded into its input kernel K.
+
+    The LSTM only sees a row `x` through `x·A + a`, and its input gates compute `(x·A + a)·K + b =
+    x·(A·K) + (a·K + b)`. Computed in float64, rounded to float32 once. The folded layer always has
+    a bias (a·K is not zero even where b was absent): build it with `use_bias=True`.
+    """
     kernel, bias = (w.astype(np.float64) for w in dense_weights(dense))
     lstm_kernel, recurrent, *lstm_bias = lstm.get_weights()
     lstm_kernel = lstm_kernel.astype(np.float64)
     folded_bias = bias @ lstm_kernel + (lstm_bias[0] if lstm_bias else 0.0)
-    config = {**lstm.get_config(), "use_bias": True}  # a·K is not zero even if b was absent
-    folded_lstm = keras.layers.LSTM.from_config(config)
+    return [(kernel @ lstm_kernel).astype(np.float32), recurrent, folded_bias.astype(np.float32)]
+
+
+def fold_input_layer(model: keras.Model) -> tuple[keras.Model, Rewrite]:
+    """Dense(28 -> D) feeding LSTM(H) -> one LSTM that reads the 28 raw pixels of a row.
+
+    Applied where `fold_problem` finds none, and only when it saves arithmetic: 28·4H multiply-adds
+    per row instead of 28·D + D·4H (a Dense narrower than about 28 would make it dearer). The folded
+    model is checked against the original, Keras against Keras, before anything is converted; the
+    export's parity check then compares ONNX with the original.
+    """
+    name = "fold_input_layer"
+    problem = fold_problem(model)
+    if problem:
+        return model, Rewrite(name, False, problem)
+    layers = model.layers
+    dense, lstm = layers[0], layers[1]
+    width, units, gates = IMAGE_SHAPE[1], dense.units, 4 * lstm.units
+    if width * gates >= width * units + units * gates:
+        return model, Rewrite(name, False, f"Dense({units}) is too narrow: folding would add multiply-adds")
+
+    folded_lstm = keras.layers.LSTM.from_config({**lstm.get_config(), "use_bias": True})
     rest = [type(layer).from_config(layer.get_config()) for layer in layers[2:]]
     folded = keras.Sequential([keras.Input(IMAGE_SHAPE, name=INPUT_NAME), folded_lstm, *rest], name=model.name)
-    folded_lstm.set_weights([(kernel @ lstm_kernel).astype(np.float32), recurrent, folded_bias.astype(np.float32)])
+    folded_lstm.set_weights(folded_lstm_weights(dense, lstm))
     for source, target in zip(layers[2:], rest):
         target.set_weights(source.get_weights())
 

@@ -23,57 +23,44 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-from export.convert import name_batch_dimension
-from export.validate import CONTROL_FLOW_OPS, compare, onnx_session, op_counts, run_onnx, tensor_signature
+from export.convert import fold_problem, folded_lstm_weights, name_batch_dimension
+from export.validate import check_graph_io, check_no_control_flow, compare, onnx_session, op_counts, run_onnx
 from runtime.contract import (
-    BATCH_DIM,
     IMAGE_COLS,
     IMAGE_ROWS,
     LOGITS_NAME,
-    NUM_CLASSES,
     PROBABILITIES_NAME,
     ROW_NAME,
     STATE_NAMES,
     STATE_OUT_NAMES,
-    STEP_FORMAT,
+    step_model_io,
 )
-from runtime.errors import CheckFailed, InputError
+from runtime.errors import InputError
 
 STEP_PARITY_BATCH_SIZES = (1, 7, "full")
 FULL_MODEL_ATOL = 1e-5  # the step model against the full ONNX model: the same arithmetic, re-ordered
 STEP_OUTPUTS = (*STATE_OUT_NAMES, LOGITS_NAME, PROBABILITIES_NAME)
 
 
-def step_path_for(output: Path) -> Path:
-    return output.with_name(output.stem + ".step.onnx")
-
-
 def step_layers(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.LSTM, keras.layers.Dense]:
     """The model's Dense -> LSTM -> Dense, or an InputError: the fold and the step need exactly that."""
-    layers = list(model.layers)
-    kinds = [type(layer).__name__ for layer in layers]
+    kinds = [type(layer).__name__ for layer in model.layers]
     if kinds != ["Dense", "LSTM", "Dense"]:
         raise InputError(f"step export needs a Dense -> LSTM -> Dense model, got {' -> '.join(kinds)}")
-    embedding, lstm, logits = layers
-    for dense in (embedding, logits):
-        if dense.activation is not keras.activations.linear:
-            raise InputError(f"step export needs linear Dense layers; {dense.name} has {dense.activation.__name__}")
-    if lstm.go_backwards or lstm.return_sequences:
-        raise InputError("step export needs a forward LSTM that returns its last output")
+    problem = fold_problem(model)  # the full export's own check: both exports fold the same models
+    if problem:
+        raise InputError(f"step export needs a foldable model: {problem}")
+    embedding, lstm, logits = model.layers
+    if getattr(logits.activation, "__name__", None) != "linear":
+        raise InputError(f"step export needs a linear output layer (logits); {logits.name} has {logits.activation.__name__}")
     return embedding, lstm, logits
 
 
 def folded_cell(embedding: keras.layers.Dense, lstm: keras.layers.LSTM) -> keras.layers.LSTMCell:
-    """A copy of the trained cell that reads raw pixel rows: the Dense layer folded into its input weights.
-
-    The cell only sees a row `x` through `x·A + a`, and its input gates compute `(x·A + a)·W + b`
-    = `x·(A·W) + (a·W + b)`. Computed in float64, rounded once.
-    """
-    kernel, bias = (w.astype(np.float64) for w in embedding.get_weights())  # A [28, D], a [D]
-    w, u, b = (w.astype(np.float64) for w in lstm.cell.get_weights())  # W [D, 4H], U [H, 4H], b [4H]
-    cell = keras.layers.LSTMCell.from_config({**lstm.cell.get_config(), "name": "step_cell"})
+    """A copy of the trained cell that reads raw pixel rows: `folded_lstm_weights`, as the full export."""
+    cell = keras.layers.LSTMCell.from_config({**lstm.cell.get_config(), "use_bias": True, "name": "step_cell"})
     cell.build((None, IMAGE_COLS))
-    cell.set_weights([(kernel @ w).astype(np.float32), u.astype(np.float32), (bias @ w + b).astype(np.float32)])
+    cell.set_weights(folded_lstm_weights(embedding, lstm))
     return cell
 
 
@@ -118,27 +105,9 @@ def convert_step(model: keras.Model, opset: int) -> onnx.ModelProto:
 
 
 def check_step_contract(model: onnx.ModelProto, hidden: int) -> None:
-    """Names, dtypes and shapes of the step contract, no loops, and onnx.checker with full checking."""
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
-        raise CheckFailed(f"onnx.checker rejected the step graph: {exc}") from None
-    float32 = onnx.TensorProto.FLOAT
-    state = (float32, [BATCH_DIM, hidden])
-    expected_inputs = [(ROW_NAME, (float32, [BATCH_DIM, IMAGE_COLS])), *((name, state) for name in STATE_NAMES)]
-    expected_outputs = [
-        *((name, state) for name in STATE_OUT_NAMES),
-        *((name, (float32, [BATCH_DIM, NUM_CLASSES])) for name in (LOGITS_NAME, PROBABILITIES_NAME)),
-    ]
-    actual_inputs = [(v.name, tensor_signature(v)) for v in model.graph.input]
-    actual_outputs = [(v.name, tensor_signature(v)) for v in model.graph.output]
-    if actual_inputs != expected_inputs:
-        raise CheckFailed(f"step graph inputs {actual_inputs} differ from the contract {expected_inputs}")
-    if actual_outputs != expected_outputs:
-        raise CheckFailed(f"step graph outputs {actual_outputs} differ from the contract {expected_outputs}")
-    loops = CONTROL_FLOW_OPS & op_counts(model).keys()
-    if loops:
-        raise CheckFailed(f"step graph has control flow {sorted(loops)}")
+    """The step model's I/O, and one step of plain ops: no control flow."""
+    check_graph_io(model, step_model_io(hidden))
+    check_no_control_flow(model)
 
 
 def run_steps(session: ort.InferenceSession, rows: np.ndarray, batch_size: int) -> np.ndarray:
@@ -198,7 +167,8 @@ def export_step(
     report = step_parity_report(proto, full_model, keras_logits, rows, atol)
     summary = {k: report[k] for k in ("passed", "max_abs_logit_diff_vs_full_onnx", "max_abs_logit_diff_vs_keras", "images")}
     del proto.metadata_props[:]
-    onnx.helper.set_model_props(proto, {**metadata, "format": STEP_FORMAT, "step_parity": json.dumps(summary)})
+    contract = step_model_io(model.layers[1].units).metadata()  # format: step
+    onnx.helper.set_model_props(proto, {**metadata, **contract, "step_parity": json.dumps(summary)})
     return proto, report
 
 

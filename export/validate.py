@@ -9,14 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from runtime.contract import (
-    BATCH_DIM,
-    IMAGE_SHAPE,
-    INPUT_NAME,
-    LOGITS_NAME,
-    NUM_CLASSES,
-    PROBABILITIES_NAME,
-)
+from runtime.contract import FULL_MODEL, INPUT_NAME, LOGITS_NAME, ModelIO
 from runtime.errors import CheckFailed
 
 PARITY_BATCH_SIZES = (1, 7, 128, "full")
@@ -36,31 +29,35 @@ def tensor_signature(value: onnx.ValueInfoProto) -> tuple[int, list[int | str]]:
     return tensor.elem_type, [d.dim_param or d.dim_value for d in tensor.shape.dim]
 
 
-def check_contract(model: onnx.ModelProto, quantized: bool = False) -> None:
-    """Names, dtypes, shapes, the single fused LSTM, and onnx.checker with full checking."""
+def check_graph_io(model: onnx.ModelProto, io: ModelIO) -> None:
+    """onnx.checker with full checking, then the graph's inputs and outputs exactly as `io` describes
+    them (names, order, float32, the symbolic batch dimension first)."""
     try:
         onnx.checker.check_model(model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise CheckFailed(f"onnx.checker rejected the graph: {exc}") from None
-    graph = model.graph
-    float32 = onnx.TensorProto.FLOAT
-    expected_inputs = [(INPUT_NAME, (float32, [BATCH_DIM, *IMAGE_SHAPE]))]
-    expected_outputs = [
-        (LOGITS_NAME, (float32, [BATCH_DIM, NUM_CLASSES])),
-        (PROBABILITIES_NAME, (float32, [BATCH_DIM, NUM_CLASSES])),
-    ]
-    actual_inputs = [(v.name, tensor_signature(v)) for v in graph.input]
-    actual_outputs = [(v.name, tensor_signature(v)) for v in graph.output]
-    if actual_inputs != expected_inputs:
-        raise CheckFailed(f"graph inputs {actual_inputs} differ from the contract {expected_inputs}")
-    if actual_outputs != expected_outputs:
-        raise CheckFailed(f"graph outputs {actual_outputs} differ from the contract {expected_outputs}")
+    for role, values, specs in (("inputs", model.graph.input, io.inputs), ("outputs", model.graph.output, io.outputs)):
+        actual = [(v.name, tensor_signature(v)) for v in values]
+        expected = [(spec.name, (onnx.TensorProto.FLOAT, spec.shape)) for spec in specs]
+        if actual != expected:
+            raise CheckFailed(f"not a {io.kind}: graph {role} {actual} differ from the contract {expected}")
+
+
+def check_no_control_flow(model: onnx.ModelProto) -> dict[str, int]:
+    """Refuse a graph that runs the recurrence step by step in control flow; returns its op counts."""
     counts = op_counts(model)
+    if CONTROL_FLOW_OPS & counts.keys():
+        raise CheckFailed(f"graph runs the recurrence in control flow ({sorted(CONTROL_FLOW_OPS & counts.keys())}), not in one fused op or step")
+    return counts
+
+
+def check_contract(model: onnx.ModelProto, quantized: bool = False) -> None:
+    """The full model's I/O, no control flow, and the recurrence in exactly one fused LSTM op."""
+    check_graph_io(model, FULL_MODEL)
+    counts = check_no_control_flow(model)
     lstm_op = "DynamicQuantizeLSTM" if quantized else "LSTM"
     if counts.get(lstm_op, 0) != 1:
         raise CheckFailed(f"expected exactly one fused {lstm_op} op, graph has {counts}")
-    if CONTROL_FLOW_OPS & counts.keys():
-        raise CheckFailed(f"graph runs the recurrence in control flow ({sorted(CONTROL_FLOW_OPS & counts.keys())}), not one fused op")
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,13 @@ BATCH_BLOCK, SINGLE_BLOCK = 1000, 50  # images per timed call, each configuratio
 
 def labelled_test_set(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     """uint8 test images, labels and a description; accuracy needs labels, so no synthetic fallback."""
-    from runtime.mnist import load_mnist_dir, resolve_data_dir
+    from runtime.mnist import describe_test_set, load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
     if directory is None:
         raise InputError("anytime needs the MNIST test set: give --data DIR or set $ROWRNN_DATA")
     mnist = load_mnist_dir(directory)
-    return mnist.test_images, mnist.test_labels.astype(np.int64), f"MNIST test set ({directory})"
+    return mnist.test_images, mnist.test_labels.astype(np.int64), describe_test_set(mnist.test_images)
 
 
 def timed_into(samples: list[float], function: Callable[[], object]) -> object:

@@ -72,14 +72,14 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
     """(uint8 test images, labels or None, description); synthetic strokes when MNIST is missing."""
-    from runtime.mnist import load_mnist_dir, resolve_data_dir
+    from runtime.mnist import describe_test_set, load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
     reason = "no MNIST directory (--data or $ROWRNN_DATA)"
     if directory is not None:
         try:
             mnist = load_mnist_dir(directory)
-            return mnist.test_images[:limit], mnist.test_labels[:limit], f"MNIST test set ({directory})"
+            return mnist.test_images[:limit], mnist.test_labels[:limit], describe_test_set(mnist.test_images)
         except InputError as exc:
             reason = one_line(exc)
     rng = np.random.default_rng(0)

@@ -105,7 +105,7 @@ def evaluate(
 
     plot = plot or model.parent / CONFUSION_FILE
     check_writable(plot, ".png")
-    train_module = needs_training_extra()
+    evaluation = needs_training_extra("rowrnn_keras.evaluate")
     from rowrnn_keras.data import load_mnist
     from rowrnn_keras.model import load_trained_model
     from rowrnn_keras.plots import save_confusion
@@ -113,14 +113,14 @@ def evaluate(
 
     keras_model = load_trained_model(model)
     mnist = load_mnist(data)
-    result = train_module.evaluate_model(keras_model, scale_pixels(mnist.test_images), mnist.test_labels)
+    result = evaluation.evaluate_model(keras_model, scale_pixels(mnist.test_images), mnist.test_labels)
     with atomic_path(plot) as tmp:
         save_confusion(result.confusion, tmp, f"{model.name}: test accuracy {result.accuracy:.4f}")
     if as_json:
         typer.echo(json.dumps({"model": str(model), "test_images": len(mnist.test_labels), **result.to_dict(), "confusion_png": str(plot)}))
         return
     typer.echo(f"test accuracy {result.accuracy:.4f} on {len(mnist.test_labels)} images ({model})")
-    typer.echo(train_module.format_evaluation(result))
+    typer.echo(evaluation.format_evaluation(result))
     typer.echo(f"confusion matrix PNG: {plot}")
 
 

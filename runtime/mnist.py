@@ -6,6 +6,7 @@ training. Keras's download fallback and the validation split live in `rowrnn_ker
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 
 from runtime.contract import IMAGE_SHAPE, NUM_CLASSES
 from runtime.errors import InputError
-from runtime.idx import read_idx
+from runtime.idx import encode_idx, read_idx
 
 DATA_ENV = "ROWRNN_DATA"
 TRAIN_SIZE, TEST_SIZE = 60_000, 10_000
@@ -100,4 +101,10 @@ def load_mnist_dir(
         raise InputError(f"{data_dir}: missing MNIST file(s) {', '.join(missing)}")
     train = read_split(data_dir, "train", sizes[0])
     test = read_split(data_dir, "test", sizes[1])
-    return Mnist(*train, *test, source=str(data_dir.resolve()))
+    return Mnist(*train, *test, source="MNIST IDX files")  # no local path: metrics.json gets shipped
+
+
+def describe_test_set(images: np.ndarray) -> str:
+    """The test images named for a report by their checksum, never by a local path (reports get committed)."""
+    return f"MNIST test set (t10k-images sha256 {hashlib.sha256(encode_idx(images)).hexdigest()[:12]}…)"
+

@@ -12,21 +12,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from runtime.contract import (
-    FORMAT_VERSION,
-    IMAGE_COLS,
-    IMAGE_ROWS,
-    IMAGE_SHAPE,
-    INPUT_NAME,
-    LOGITS_NAME,
-    NUM_CLASSES,
-    PROBABILITIES_NAME,
-    scale_pixels,
-)
+from runtime.contract import FULL_MODEL, IMAGE_SHAPE, INPUT_NAME, LOGITS_NAME, PIXELS, PROBABILITIES_NAME, scale_pixels
 from runtime.errors import InputError, require_file
-from runtime.session import open_session
+from runtime.session import check_session, open_session
 
-PIXELS = IMAGE_ROWS * IMAGE_COLS
 # The model that ships inside the package (scripts/build_bundled_model.sh makes it): what
 # `Predictor()`, `rowrnn predict`, `rowrnn info` and `rowrnn serve` use when given no model.
 BUNDLED_MODEL = Path(__file__).with_name("models") / "mnist.onnx"
@@ -109,22 +98,6 @@ def scaled(images: np.ndarray) -> np.ndarray:
     return scale_pixels(images) if images.dtype == np.uint8 else images
 
 
-def check_session(session: ort.InferenceSession, path: Path) -> None:
-    """Refuse a model that does not meet the rowrnn ONNX contract."""
-    inputs = [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()]
-    outputs = {o.name: (o.type, o.shape[1:]) for o in session.get_outputs()}
-    if inputs != [(INPUT_NAME, "tensor(float)", list(IMAGE_SHAPE))]:
-        raise InputError(
-            f"{path}: not a rowrnn model: inputs {inputs}, expected '{INPUT_NAME}' float [batch, 28, 28]"
-        )
-    for name in (LOGITS_NAME, PROBABILITIES_NAME):
-        if outputs.get(name) != ("tensor(float)", [NUM_CLASSES]):
-            raise InputError(f"{path}: not a rowrnn model: output '{name}' float [batch, 10] missing, has {outputs}")
-    version = session.get_modelmeta().custom_metadata_map.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InputError(f"{path}: rowrnn format version {version!r} is not the supported {FORMAT_VERSION!r}")
-
-
 class Predictor:
     """Classify 28x28 digit images with an exported rowrnn ONNX model (default: the bundled one).
 
@@ -149,7 +122,7 @@ class Predictor:
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise InputError(f"threads must be a whole number >= 1, got {threads!r}")  # intra_op_threads: open_session
         self.session = open_session(self.path, intra_op_threads, providers, session_options)
-        check_session(self.session, self.path)
+        check_session(self.session, FULL_MODEL, self.path)
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.threads = threads or usable_cpus()
         self._pool: ThreadPoolExecutor | None = None

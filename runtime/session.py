@@ -14,6 +14,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import (  # onnxruntime's own e
 )
 from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as NotImplementedByOrt
 
+from runtime.contract import ModelIO
 from runtime.errors import InputError, one_line
 
 # onnxruntime's errors for a file that is not a usable model; anything else (a provider that
@@ -48,3 +49,29 @@ def open_session(
         # "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed."
         reason = one_line(exc).split(" failed:", 1)[-1].strip() or type(exc).__name__
         raise InputError(f"{path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
+
+
+def session_inputs(session: ort.InferenceSession) -> list[tuple[str, str, list]]:
+    """(name, type, dims after the batch dimension) of each input, in order."""
+    return [(i.name, i.type, list(i.shape[1:])) for i in session.get_inputs()]
+
+
+def expected_inputs(io: ModelIO) -> list[tuple[str, str, list]]:
+    """`session_inputs` of a session on a model that `io` describes."""
+    return [(spec.name, "tensor(float)", list(spec.dims)) for spec in io.inputs]
+
+
+def check_session(session: ort.InferenceSession, io: ModelIO, path: Path) -> None:
+    """Refuse a model whose inputs, outputs or metadata are not those `io` describes."""
+    inputs = session_inputs(session)
+    outputs = {o.name: (o.type, list(o.shape[1:])) for o in session.get_outputs()}
+    if inputs != expected_inputs(io):
+        expected = ", ".join(spec.describe() for spec in io.inputs)
+        raise InputError(f"{path}: not a {io.kind}: inputs {inputs}, expected {expected}")
+    for spec in io.outputs:
+        if outputs.get(spec.name) != ("tensor(float)", list(spec.dims)):
+            raise InputError(f"{path}: not a {io.kind}: output {spec.describe()} missing, has {outputs}")
+    problem = io.metadata_problem(session.get_modelmeta().custom_metadata_map)
+    if problem:
+        raise InputError(f"{path}: {problem}")
+

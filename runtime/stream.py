@@ -25,10 +25,9 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime.contract import (
-    FORMAT_VERSION,
+    FULL_MODEL,
     IMAGE_COLS,
     IMAGE_ROWS,
-    INPUT_NAME,
     LOGITS_NAME,
     NUM_CLASSES,
     PROBABILITIES_NAME,
@@ -36,10 +35,11 @@ from runtime.contract import (
     STATE_NAMES,
     STATE_OUT_NAMES,
     STEP_FORMAT,
+    step_model_io,
 )
 from runtime.errors import InputError, require_file
 from runtime.predictor import Prediction, as_rows, checked_values, scaled
-from runtime.session import open_session
+from runtime.session import check_session, expected_inputs, open_session, session_inputs
 
 # Images per session call in the batch functions: large enough that the per-call overhead
 # (~10 µs) is noise against a step's matrix work, small enough to keep the state in cache.
@@ -54,23 +54,12 @@ class EarlyPrediction(Prediction):
 
 def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
     """Refuse a model that is not a rowrnn step model; return its hidden size."""
-    metadata = session.get_modelmeta().custom_metadata_map
-    inputs = [(i.name, i.type, i.shape[1:]) for i in session.get_inputs()]
-    outputs = {o.name: (o.type, o.shape[1:]) for o in session.get_outputs()}
-    if metadata.get("format") != STEP_FORMAT and inputs[:1] == [(INPUT_NAME, "tensor(float)", [IMAGE_ROWS, IMAGE_COLS])]:
+    inputs = session_inputs(session)
+    if session.get_modelmeta().custom_metadata_map.get("format") != STEP_FORMAT and inputs[:1] == expected_inputs(FULL_MODEL):
         raise InputError(f"{path}: a full rowrnn model, not a step model (export one with `rowrnn export OUT.onnx --step`)")
-    hidden = inputs[1][2][0] if len(inputs) == 3 and len(inputs[1][2]) == 1 else None
-    expected_inputs = [(ROW_NAME, "tensor(float)", [IMAGE_COLS])] + [(name, "tensor(float)", [hidden]) for name in STATE_NAMES]
-    if not isinstance(hidden, int) or inputs != expected_inputs:
-        raise InputError(f"{path}: not a rowrnn step model: inputs {inputs}, expected 'row' [batch, 28], 'h' and 'c' [batch, H]")
-    for name, size in ((STATE_OUT_NAMES[0], hidden), (STATE_OUT_NAMES[1], hidden), (PROBABILITIES_NAME, NUM_CLASSES)):
-        if outputs.get(name) != ("tensor(float)", [size]):
-            raise InputError(f"{path}: not a rowrnn step model: output '{name}' float [batch, {size}] missing, has {outputs}")
-    if metadata.get("format_version") != FORMAT_VERSION or metadata.get("format") != STEP_FORMAT:
-        raise InputError(
-            f"{path}: rowrnn format {metadata.get('format_version')!r}/{metadata.get('format')!r} is not the supported "
-            f"{FORMAT_VERSION!r}/{STEP_FORMAT!r}"
-        )
+    dims = inputs[1][2] if len(inputs) > 1 else []
+    hidden = dims[0] if len(dims) == 1 and isinstance(dims[0], int) else "H"  # "H": refused below, named so
+    check_session(session, step_model_io(hidden), path)
     return hidden
 
 

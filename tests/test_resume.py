@@ -287,14 +287,14 @@ import os, shutil, signal, sys
 from pathlib import Path
 stage, nth, marker = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
 import rowrnn_keras.backup as backup
-import rowrnn_keras.train as train
+import rowrnn_keras.callbacks as callbacks
 writes = 0
 
 def die():
     marker.write_text(stage)
     os.kill(os.getpid(), signal.SIGKILL)
 
-real_write, real_swap, real_replace, real_rmtree = train.write_backup, backup.swap_in, os.replace, shutil.rmtree
+real_write, real_swap, real_replace, real_rmtree = callbacks.write_backup, backup.swap_in, os.replace, shutil.rmtree
 
 def write_backup(out_dir, fill, state):
     global writes
@@ -326,7 +326,7 @@ def rmtree(path, *args, **kwargs):
         die()
     return real_rmtree(path, *args, **kwargs)
 
-train.write_backup, backup.swap_in, os.replace, shutil.rmtree = write_backup, swap_in, replace, rmtree
+callbacks.write_backup, backup.swap_in, os.replace, shutil.rmtree = write_backup, swap_in, replace, rmtree
 from rowrnn.cli import main
 main(sys.argv[4:])
 """

@@ -415,17 +415,6 @@ def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch,
     assert len(started) == 3
 
 
-def test_serve_source_imports_only_the_runtime():
-    from helpers import REPO
-
-    forbidden = ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export", "rowrnn")
-    for path in (REPO / "serve").glob("*.py"):
-        for line in path.read_text().splitlines():
-            words = line.strip().split()
-            if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                assert words[1].split(".")[0] not in forbidden, f"{path.name}: {line}"
-
-
 def read_reply(sock: socket.socket, timeout: float) -> bytes:
     """Everything the server sends until it closes the connection (or `timeout` passes)."""
     sock.settimeout(timeout)

@@ -112,28 +112,45 @@ def test_step_parity_failure_writes_no_model(tiny_keras_model, tmp_path, monkeyp
 
 
 def test_the_step_contract_check_refuses_other_graphs(exported_step):
-    with pytest.raises(CheckFailed, match="step graph inputs"):
+    with pytest.raises(CheckFailed, match="not a rowrnn step model: graph inputs"):
         check_step_contract(onnx.load(exported_step.onnx_path), HIDDEN)  # the full model
-    with pytest.raises(CheckFailed, match="step graph inputs"):
+    with pytest.raises(CheckFailed, match="not a rowrnn step model: graph inputs"):
         check_step_contract(onnx.load(exported_step.step_path), 64)  # a state of the wrong size
     renamed = onnx.load(exported_step.step_path)
     for node in renamed.graph.node:
         node.input[:] = ["h_new" if name == "h_out" else name for name in node.input]
         node.output[:] = ["h_new" if name == "h_out" else name for name in node.output]
     renamed.graph.output[0].name = "h_new"
-    with pytest.raises(CheckFailed, match="step graph outputs"):
+    with pytest.raises(CheckFailed, match="not a rowrnn step model: graph outputs"):
         check_step_contract(renamed, HIDDEN)
 
 
 @pytest.mark.parametrize("layers, problem", [
-    (lambda: [keras.layers.Dense(8, activation="relu"), keras.layers.LSTM(8), keras.layers.Dense(10)], "linear Dense"),
+    (lambda: [keras.layers.Dense(8, activation="relu"), keras.layers.LSTM(8), keras.layers.Dense(10)], "relu activation: not linear"),
+    (lambda: [keras.layers.Dense(8), keras.layers.LSTM(8, go_backwards=True), keras.layers.Dense(10)], "not a plain forward"),
+    (lambda: [keras.layers.Dense(8), keras.layers.LSTM(8), keras.layers.Dense(10, activation="softmax")], "linear output layer"),
     (lambda: [keras.layers.Dense(8), keras.layers.GRU(8), keras.layers.Dense(10)], "Dense -> GRU -> Dense"),
     (lambda: [keras.layers.LSTM(8), keras.layers.Dense(10)], "Dense -> LSTM -> Dense"),
-], ids=["relu", "gru", "no-embedding"])
+], ids=["relu", "gru", "no-embedding", "backwards", "softmax-head"])
 def test_the_step_export_refuses_other_architectures(layers, problem):
     model = keras.Sequential([keras.Input((28, 28)), *layers()])
     with pytest.raises(InputError, match=problem):
         step_layers(model)
+
+
+@pytest.mark.parametrize("dense_bias, lstm_bias", [(False, True), (True, False), (False, False)],
+                         ids=["dense-without-bias", "lstm-without-bias", "neither"])
+def test_models_without_biases_step_exactly(dense_bias, lstm_bias):
+    """The step export folds as the full export does, bias-free layers included (it once crashed on them)."""
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Dense(32, use_bias=dense_bias),
+                              keras.layers.LSTM(HIDDEN, use_bias=lstm_bias), keras.layers.Dense(10)])
+    rng = np.random.default_rng(7)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    proto = step_module.convert_step(model, opset=17)
+    check_step_contract(proto, HIDDEN)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = synthetic_rows(64, seed=2)
+    np.testing.assert_allclose(step_logits(session, rows), model(rows, training=False).numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow
