@@ -83,10 +83,25 @@ def accepts_images(content_type: str) -> bool:
     return content_type in ("", "application/octet-stream") or content_type.startswith("image/")
 
 
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+def check_tensor_media_type(content_type: str, header_length: str | None) -> None:
+    """The Content-Type must not contradict the body's layout (JSON alone, or JSON then binary
+    tensor data, which Inference-Header-Content-Length announces). No Content-Type: either."""
+    if content_type == "application/json" and header_length is not None:
+        raise ProtocolError("Content-Type application/json, but Inference-Header-Content-Length announces "
+                            "binary tensor data: send it as application/octet-stream")
+    if content_type == "application/octet-stream" and header_length is None:
+        raise ProtocolError("Content-Type application/octet-stream needs Inference-Header-Content-Length "
+                            "(the binary tensor data extension); send a JSON request as application/json")
+
+
 async def read_body(request: Request, settings: ServeSettings, accepts=accepts_tensors, expected: str = (
         "application/json (or application/octet-stream with binary tensor data)")) -> bytes:
     """The whole body, within --max-body-mb (413) and --body-timeout-s (408)."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = media_type(request)
     if not accepts(content_type):
         raise ProtocolError(f"content type {content_type!r} is not accepted; send {expected}", 415)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
@@ -179,8 +194,10 @@ async def infer(request: Request, state: ServerState) -> Response:
     name, version = model_and_version(request)
     state.repository.resolve(name, version)  # an unknown model or version: 404 before reading the body
     with state.arriving():
+        header_length = request.headers.get(HEADER_LENGTH)
+        check_tensor_media_type(media_type(request), header_length)
         body = await read_body(request, state.settings)
-        parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+        parsed = parse_infer_request(body, header_length)
     request.scope["rowrnn.images"] = len(parsed.images)
     model, prediction = await state.infer(name, version, parsed.images)
     content, headers = encode_infer_response(parsed, prediction, model.name, str(model.version))
@@ -274,6 +291,16 @@ async def metrics(request: Request, state: ServerState) -> Response:
     return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 
+def header_block_problem(headers: list[tuple[bytes, bytes]], settings: ServeSettings) -> str | None:
+    """Why a request's header block is refused (431), or None."""
+    if len(headers) > settings.max_header_fields:
+        return f"{len(headers)} header fields; at most {settings.max_header_fields} are accepted"
+    size = sum(len(name) + len(value) + 4 for name, value in headers)  # "name: value\r\n"
+    if size > settings.max_header_bytes:
+        return f"a header block of {size} bytes; at most {settings.max_header_bytes} are accepted"
+    return None
+
+
 class Observe:
     """Pure ASGI middleware: the request counter, latency histogram and one access-log line."""
 
@@ -285,6 +312,12 @@ class Observe:
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = 500  # if the app fails before it answers
+        too_large = header_block_problem(scope["headers"], self.state.settings)
+        if too_large:
+            scope["rowrnn.endpoint"] = "headers"
+            app = error(too_large, 431, {"connection": "close"})
+        else:
+            app = self.app
 
         async def observed_send(message: Message) -> None:
             nonlocal status
@@ -293,7 +326,7 @@ class Observe:
             await send(message)
 
         try:
-            await self.app(scope, receive, observed_send)
+            await app(scope, receive, observed_send)
         finally:
             seconds = time.perf_counter() - started
             status = scope.get("rowrnn.status", status)

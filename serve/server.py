@@ -25,8 +25,9 @@ from serve.state import ServerState
 from serve.settings import ServeSettings
 
 log = logging.getLogger("rowrnn.serve")
-# After the last request in flight, keep answering 503 this long, so clients still sending learn
-# that the server is going (and close their connections) rather than meet a closed socket.
+# After the signal the listener keeps accepting, with readiness 503 and new inference requests 503,
+# for at least this long and until the last request in flight has finished, so load balancers and
+# clients still sending learn that the server is going before they meet a closed port.
 LINGER_S = 0.5
 
 

@@ -29,6 +29,10 @@ class ServeSettings:
     max_connections: int = 2048  # HTTP connections open at once; beyond: 503 at once (well under the fd limit)
     api_key: str | None = None  # when set: `Authorization: Bearer KEY` on all but health
     cors_origin: str | None = None  # no CORS headers unless an origin is given
+    # A request whose header block is larger, or has more fields, gets 431 (Node's 16 KiB,
+    # Apache's 100 fields): a protocol client sends a few hundred bytes in a handful of fields.
+    max_header_bytes: int = 16 * 1024
+    max_header_fields: int = 100
     log_level: str = "info"
 
     def __post_init__(self) -> None:

@@ -34,7 +34,13 @@ def key_matches(authorization: str | None, key: str | None) -> bool:
     if key is None:
         return True
     scheme, _, token = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+    # The token exactly as sent (no stripping: " KEY" is not the key), as the bytes on the wire
+    # (Starlette decodes headers as latin-1; gRPC metadata is ASCII) against the key's UTF-8 bytes.
+    try:
+        sent = token.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
 
 
 API_KEY_MESSAGE = "missing or wrong API key: send 'Authorization: Bearer KEY'"

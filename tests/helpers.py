@@ -239,7 +239,8 @@ def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndar
     return arrays
 
 
-def call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+def http_call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """One request on a new connection to 127.0.0.1:`port`: (response, body bytes)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(method, path, body, headers or {})
@@ -252,7 +253,7 @@ def call(port: int, method: str, path: str, body: bytes | None = None, headers: 
 def good_request_works(port: int, predictor) -> None:
     """A good binary request after whatever came before: answered, bit-exact to `predictor`."""
     rows = images(2, 99)
-    response, body = call(port, "POST", INFER, *infer_body(rows, binary=True))
+    response, body = http_call(port, "POST", INFER, *infer_body(rows, binary=True))
     assert response.status == 200, body
     np.testing.assert_array_equal(decode(response, body)["logits"], predictor.predict(rows).logits)
 

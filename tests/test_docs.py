@@ -162,3 +162,92 @@ def test_documents_name_no_path_from_around_this_repository(document):
         if path.is_file() and path.suffix in {".md", ".sh", ".py", ".txt", ""}:
             text = path.read_text()
             assert "../shared" not in text and "/work/" not in text, path
+
+
+# ------------------------------------------------------------ rowrnn bench: benchmarks/results/bench.json
+
+
+@pytest.fixture(scope="module")
+def bench() -> dict:
+    return json.loads((RESULTS / "bench.json").read_text())
+
+
+def engines(bench: dict) -> dict[str, dict]:
+    return {row["engine"]: row for row in bench["engines"]}
+
+
+def microseconds(row: dict) -> str:
+    return f"{row['latency_us']['p50_us']:.0f} µs"
+
+
+def test_the_benchmark_table_is_the_committed_runs_report(bench):
+    from rowrnn.bench import format_report
+
+    block = section(BENCHMARKS, "## The table (`rowrnn bench`: `benchmarks/results/bench.json`)")
+    assert f"```\n{format_report(bench)}\n```" in block
+    assert bench["inputs"].startswith("MNIST test set") and bench["images"] == 10_000
+
+
+def test_the_readme_speed_table_is_the_committed_run(bench):
+    rows = table(section(README, "## Speed"), "engine")
+    keras, fp32, int8 = (engines(bench)[name] for name in ("Keras predict", "ONNX fp32", "ONNX int8"))
+    assert rows["Keras `predict`"] == [f"{keras['latency_us']['p50_us'] / 1000:.0f} ms", grouped(keras["images_per_s"])]
+    for name, row in (("ONNX fp32 (`runtime.Predictor`)", fp32), ("ONNX int8", int8)):
+        assert rows[name] == [f"{microseconds(row)} ({row['latency_speedup_vs_keras']:.0f}×)",
+                              f"{grouped(row['images_per_s'])} ({row['throughput_vs_keras']:.1f}×)"], name
+    memory, cold = bench["peak_rss"], bench["cold_start"]
+    text = " ".join(section(README, "## Speed").split())
+    assert f"exits in {cold['p50_s']:.2f} s" in text
+    assert f"peaks at {memory['predictor_mb']:.0f} MB" in text and f"the same, {memory['keras_mb']:.0f} MB" in text
+    assert f"load average {bench['machine']['load_average']:.2f}" in text
+
+
+def test_the_streaming_speed_table_is_the_committed_run(bench):
+    streaming = bench["streaming"]
+    rows = table(section(README, "## Streaming"), "p50, one image")
+    full = streaming["full_call_p50_us"]
+    assert rows == {
+        "one row (`Stream.push`)": [f"{streaming['step_p50_us']:.0f}", f"{streaming['step_p50_us'] / full:.2f}×"],
+        "a streamed image (28 pushes)": [grouped(streaming["streamed_image_p50_us"]),
+                                         f"{streaming['streamed_image_p50_us'] / full:.2f}×"],
+        "one full-model call (`Predictor.predict`)": [f"{full:.0f}", "1×"],
+    }
+
+
+def test_the_targets_are_judged_on_the_committed_run(bench):
+    rows = table(section(BENCHMARKS, "## Targets"), "target")
+    fp32, int8 = engines(bench)["ONNX fp32"], engines(bench)["ONNX int8"]
+    memory, cold = bench["peak_rss"], bench["cold_start"]
+    expected = {
+        "fp32 single-image p50 ≥ 400× faster than Keras `predict`": (f"{fp32['latency_speedup_vs_keras']:.0f}×", fp32["latency_speedup_vs_keras"] >= 400),
+        "fp32 throughput ≥ 2.5× Keras": (f"{fp32['throughput_vs_keras']:.1f}×", fp32["throughput_vs_keras"] >= 2.5),
+        "fp32 throughput ≥ 80 % of the measured ceiling": (f"{fp32['fraction_of_ceiling'] * 100:.0f} %", fp32["fraction_of_ceiling"] >= 0.8),
+        "predictor process peak RSS ≤ 0.2× a Keras process": (f"{memory['predictor_vs_keras']:.2f}×", memory["predictor_vs_keras"] <= 0.2),
+        "fp32 single-image p50 ≤ 100 µs": (microseconds(fp32), fp32["latency_us"]["p50_us"] <= 100),
+        "int8 single-image p50 ≤ 60 µs": (microseconds(int8), int8["latency_us"]["p50_us"] <= 60),
+        "`rowrnn predict` cold start ≤ 0.5 s": (f"{cold['p50_s']:.2f} s", cold["p50_s"] <= 0.5),
+    }
+    assert rows.keys() == expected.keys()
+    for target, (figure, met) in expected.items():
+        measured, verdict = rows[target]
+        assert measured.startswith(figure), (target, measured)
+        assert verdict.startswith("met" if met else "missed"), (target, verdict)
+
+
+# ------------------------------------------------------------ rowrnn anytime: benchmarks/results/anytime.json
+
+
+def test_the_anytime_tables_are_the_committed_run():
+    anytime = json.loads((RESULTS / "anytime.json").read_text())
+    streaming = section(README, "## Streaming")
+    after = table(streaming, "rows read")
+    header = next(line for line in streaming.splitlines() if line.startswith("| rows read |"))
+    rows_read = [int(cell) for cell in header.strip("| ").split(" | ")[1:]]
+    assert after["test accuracy"] == [f"{anytime['accuracy_after_rows'][k - 1] * 100:.1f} %" for k in rows_read]
+    exits = table(streaming, "early exit at")
+    for stop in anytime["early_exit"]:
+        assert exits[f"{stop['threshold']:g}"] == [
+            f"{stop['accuracy'] * 100:.2f} %", f"{stop['mean_rows']:.1f}", f"{stop['stopped_early'] * 100:.1f} %",
+            f"{stop['batch_time_saved'] * 100:.0f} %", f"{stop['one_at_a_time_time_saved'] * 100:.0f} %"]
+    assert exits["(never: all 28 rows)"][0] == percent(anytime["full_accuracy"]) == bundled_figures()["test accuracy, 10 000 MNIST test images"]
+    assert anytime["model"] == "runtime/models/mnist.step.onnx"  # the bundled step model, not another

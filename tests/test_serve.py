@@ -20,7 +20,8 @@ import types
 import numpy as np
 import pytest
 
-from helpers import INFER, call, decode, good_request_works, images, infer_body, metric
+from helpers import INFER, decode, good_request_works, images, infer_body, metric
+from helpers import http_call as call
 from runtime import Predictor
 
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from helpers import call, decode, good_request_works, images, infer_body, metric
+from helpers import decode, good_request_works, images, infer_body, metric
+from helpers import http_call as call
 from runtime import Predictor
 
 pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
