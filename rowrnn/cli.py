@@ -22,7 +22,7 @@ from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
 from rowrnn_keras.config import DISTRIBUTE_CHOICES, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
-from runtime.repository import FIRST_VERSION
+from runtime.repository import MODEL_VERSION
 from serve.settings import ServeSettings
 
 app = typer.Typer(
@@ -316,7 +316,7 @@ def triton_repo(
     name: Annotated[str, typer.Option(help="Model name (its directory in the repository).")] = ServeSettings.name,
     max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")] = ServeSettings.max_batch,
     max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
-    version: Annotated[int, typer.Option(help="The version directory to write (another version of a model already there: a server polling the repository rolls it out).")] = FIRST_VERSION,
+    version: Annotated[int, typer.Option(help="The version directory to write (another version of a model already there: a server polling the repository rolls it out).")] = int(MODEL_VERSION),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + VERSION/model.onnx) for a model."""
     from runtime.repository import write_triton_repository

@@ -20,7 +20,7 @@ from runtime.errors import InputError, require_file
 from runtime.files import write_bytes_atomic, write_text_atomic
 from runtime.predictor import Predictor
 
-FIRST_VERSION = 1
+MODEL_VERSION = "1"  # the version directory written unless told otherwise
 # Triton's own default: the newest version serves, so writing version N+1 replaces version N.
 VERSION_POLICY = "latest: { num_versions: 1 }"
 # How a served model batches, here and in `rowrnn serve` (serve.settings takes these): Triton then
@@ -59,7 +59,7 @@ def write_triton_repository(
     name: str = "rowrnn",
     max_batch: int = DEFAULT_MAX_BATCH,
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
-    version: int = FIRST_VERSION,
+    version: int = int(MODEL_VERSION),
 ) -> Path:
     """Write DIR/<name>/config.pbtxt and DIR/<name>/<version>/model.onnx; returns DIR/<name>.
 
