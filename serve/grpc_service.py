@@ -108,7 +108,7 @@ def rpc(public: bool = False, inference: bool = False):
         async def handler(self: "InferenceService", request, context: grpc.aio.ServicerContext):
             state, started, code = self.state, time.perf_counter(), "OK"
             try:
-                if not public:
+                if not public and state.settings.api_key is not None:  # no metadata to read without a key
                     state.check_key(dict(context.invocation_metadata()).get("authorization"))
                 if inference:
                     with state.inference_request():
