@@ -4,6 +4,11 @@ Everything that is compared is measured interleaved (round after round, each eng
 drift on a shared machine hits all engines alike. Single-image latency cycles through real test
 images; throughput classifies the whole test set; the hardware ceiling is a float32 matmul timed
 in the same rounds. Cold start and peak memory are measured in fresh subprocesses.
+
+What is not given is skipped with the reason (a model file that does not exist, no test images:
+synthetic ones, accuracy not measured); what is given and unusable (a data directory or model that
+does not read) is refused before any measuring; a measurement that fails (a child process that
+crashes or hangs) is reported in the table and the JSON's "failures", and `rowrnn bench` exits 1.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ MATMUL_SIZE = 1536  # float32 [n, n] @ [n, n]: 7.2 GFLOP, long enough to reach f
 # Pause before each engine's turn: the previous engine's thread pools (TensorFlow's, BLAS's) spin
 # for a while after their work and would otherwise slow the next engine down.
 SETTLE_SECONDS = 0.05
+CHILD_TIMEOUT_S = 600  # a cold-start or memory child still running after this has failed (hung)
 
 
 @dataclass
@@ -71,20 +77,17 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def bench_images(data: Path | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """(uint8 test images, labels or None, description); synthetic strokes when MNIST is missing."""
+    """(uint8 test images, labels or None, description): the MNIST test set of `data` (or
+    $ROWRNN_DATA), refused (InputError) if it does not read; synthetic strokes when none is given."""
     from runtime.mnist import describe_test_set, load_mnist_dir, resolve_data_dir
 
     directory = resolve_data_dir(data)
-    reason = "no MNIST directory (--data or $ROWRNN_DATA)"
     if directory is not None:
-        try:
-            mnist = load_mnist_dir(directory)
-            return mnist.test_images[:limit], mnist.test_labels[:limit], describe_test_set(mnist.test_images)
-        except InputError as exc:
-            reason = one_line(exc)
+        mnist = load_mnist_dir(directory)
+        return mnist.test_images[:limit], mnist.test_labels[:limit], describe_test_set(mnist.test_images)
     rng = np.random.default_rng(0)
     images = (rng.random((limit or 10_000, *IMAGE_SHAPE)) < 0.15).astype(np.uint8) * 255
-    return images, None, f"synthetic images, accuracy not measured: {reason}"
+    return images, None, "synthetic images, accuracy not measured: no MNIST directory (--data or $ROWRNN_DATA)"
 
 
 def model_flops(layers: list[dict] | None) -> float | None:
@@ -133,7 +136,8 @@ def onnx_flops(path: Path) -> float | None:
 
 
 def keras_engines(path: Path) -> list[Engine]:
-    """Keras `predict` and Keras called directly, or two skipped rows saying why."""
+    """Keras `predict` and Keras called directly, or two skipped rows saying why (no such file, no
+    TensorFlow here); a file that is not a trained rowrnn model is refused (InputError)."""
     names = {"keras_predict": "Keras predict", "keras_call": "Keras call"}
     if not path.is_file():
         return [Engine(k, n, str(path), skipped=f"{path}: not found (run `rowrnn train`)") for k, n in names.items()]
@@ -141,9 +145,9 @@ def keras_engines(path: Path) -> list[Engine]:
         from rowrnn.extras import needs_training_extra
 
         keras_side = needs_training_extra("rowrnn_keras.model")
-        model = keras_side.load_trained_model(path)
     except InputError as exc:
         return [Engine(k, n, str(path), skipped=one_line(exc)) for k, n in names.items()]
+    model = keras_side.load_trained_model(path)
 
     def call_many(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([model(rows[i : i + KERAS_BATCH], training=False).numpy().argmax(1)
@@ -160,15 +164,13 @@ def keras_engines(path: Path) -> list[Engine]:
 
 
 def onnx_engine(key: str, name: str, path: Path) -> Engine:
-    """The runtime Predictor on one ONNX file, or a skipped row saying why."""
+    """The runtime Predictor on one ONNX file, or a skipped row if there is no such file; a file
+    that is not a rowrnn model is refused (InputError)."""
     from runtime.predictor import Predictor
 
     if not path.is_file():
         return Engine(key, name, str(path), skipped=f"{path}: not found (run `rowrnn export`)")
-    try:
-        predictor = Predictor(path)
-    except InputError as exc:
-        return Engine(key, name, str(path), skipped=one_line(exc))
+    predictor = Predictor(path)
     return Engine(key, name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
                   model_flops=model_flops(metadata_architecture(predictor.metadata)), executed_flops=onnx_flops(path))
 
@@ -243,8 +245,25 @@ def rowrnn_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "rowrnn"]
 
 
+def run_child(command: list[str], what: str) -> str:
+    """Run a measuring child process; its stdout, or ChildFailed saying how it ended."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"{what}: still running after {CHILD_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.stdout.strip()
+        raise ChildFailed(f"{what}: exited with {done.returncode}: {one_line(last, 300)}")
+    return done.stdout
+
+
+class ChildFailed(Exception):
+    """A measuring child process crashed, or hung: the measurement failed (not skipped)."""
+
+
 def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: Path) -> dict:
-    """Wall time of `rowrnn predict MODEL one.png` in a fresh process (the first run warms the disk cache)."""
+    """Wall time of `rowrnn predict MODEL one.png` in a fresh process (the first run warms the
+    disk cache); {"failed": why} if a run fails."""
     from PIL import Image
 
     png = workdir / "one.png"
@@ -253,10 +272,11 @@ def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: P
     seconds = []
     for _ in range(runs + 1):
         start = time.perf_counter()
-        done = subprocess.run(command, capture_output=True, text=True)
+        try:
+            run_child(command, f"`rowrnn predict {png.name} --model {onnx_path.name}`")
+        except ChildFailed as exc:
+            return {"failed": str(exc)}
         seconds.append(time.perf_counter() - start)
-        if done.returncode != 0:
-            return {"skipped": f"`{' '.join(command[-3:])}` failed: {one_line(done.stderr or done.stdout)}"}
     seconds = seconds[1:]
     return {"command": f"rowrnn predict {onnx_path.name} one.png", "runs": runs,
             "p50_s": statistics.median(seconds), "min_s": min(seconds)}
@@ -285,20 +305,28 @@ load_trained_model(sys.argv[1]).predict(np.load(sys.argv[2]), batch_size=1024, v
 """ + REPORT_PEAK_RSS
 
 
-def peak_rss_mb(code: str, model: Path, rows_file: Path) -> float | str:
-    """Peak RSS (MB) of a fresh process that loads `model` and classifies the saved rows, or why not."""
-    done = subprocess.run([sys.executable, "-c", code, str(model), str(rows_file)], capture_output=True, text=True)
-    if done.returncode != 0:
-        return f"child process failed: {one_line(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode)}"
-    return float(done.stdout.split()[-1])
+def peak_rss_mb(code: str, model: Path, rows_file: Path, who: str) -> float:
+    """Peak RSS (MB) of a fresh process that loads `model` and classifies the saved rows; ChildFailed if it fails."""
+    return float(run_child([sys.executable, "-c", code, str(model), str(rows_file)], f"peak RSS of the {who} process").split()[-1])
 
 
 def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir: Path, keras_ok: bool) -> dict:
+    """{"images", "predictor_mb", "keras_mb"}: MB, or why it was not measured; a child that failed
+    is named in "failed" (and its entry says "failed")."""
     rows_file = workdir / "rows.npy"
     np.save(rows_file, rows)
-    result: dict = {"images": len(rows)}
-    result["predictor_mb"] = peak_rss_mb(PREDICTOR_CHILD, onnx_path, rows_file) if onnx_path.is_file() else f"{onnx_path}: not found"
-    result["keras_mb"] = peak_rss_mb(KERAS_CHILD, keras_path, rows_file) if keras_ok else "no Keras model measured"
+    result: dict = {"images": len(rows), "predictor_mb": f"{onnx_path}: not found", "keras_mb": "no Keras model measured"}
+    failed = []
+    for key, code, model, measured, who in (("predictor_mb", PREDICTOR_CHILD, onnx_path, onnx_path.is_file(), "predictor"),
+                                            ("keras_mb", KERAS_CHILD, keras_path, keras_ok, "Keras")):
+        if measured:
+            try:
+                result[key] = peak_rss_mb(code, model, rows_file, who)
+            except ChildFailed as exc:
+                result[key] = "failed"
+                failed.append(str(exc))
+    if failed:
+        result["failed"] = "; ".join(failed)
     return result
 
 
@@ -330,11 +358,15 @@ def run_bench(
     step_path: Path | None = None,
 ) -> dict:
     """Measure every engine; return the report `format_report` prints and `--json` writes."""
-    progress("loading test images and models")
+    # Read everything given first: what does not read is refused before any output or measuring.
     images, labels, source = bench_images(data, settings.images)
     rows = scale_pixels(images)
     keras = keras_engines(keras_path)
     engines = [*keras, onnx_engine("onnx_fp32", "ONNX fp32", onnx_path), onnx_engine("onnx_int8", "ONNX int8", int8_path)]
+    if step_path is not None and step_path.is_file():
+        from runtime.stream import StreamingPredictor
+
+        StreamingPredictor(step_path)  # not a step model: refused now, not after minutes of measuring
     measure_latency(engines, rows, settings, progress)
     gflops = measure_throughput(engines, rows, labels, progress)
     ceiling = statistics.median(gflops)
@@ -355,6 +387,12 @@ def run_bench(
     if step_path is not None:
         report["streaming"] = streaming
     return report
+
+
+def failures(report: dict) -> list[str]:
+    """The measurements of `report` that failed (a child process crashed or hung), one line each."""
+    return [f"{what}: {report[key]['failed']}" for key, what in (("cold_start", "cold start"), ("peak_rss", "peak RSS"))
+            if "failed" in report[key]]
 
 
 def build_report(engines: list[Engine], ceiling_gflops: float, cold: dict, memory: dict,
@@ -425,6 +463,7 @@ def format_report(report: dict) -> str:
                          "(input layer folded into the LSTM); FLOP use = executed GFLOP/s / ceiling")
     cold = report["cold_start"]
     lines.append("cold start: " + (f"skipped: {cold['skipped']}" if "skipped" in cold else
+                                   f"FAILED: {cold['failed']}" if "failed" in cold else
                                    f"`{cold['command']}` p50 {cold['p50_s']:.3f} s, min {cold['min_s']:.3f} s ({cold['runs']} runs)"))
     memory = report["peak_rss"]
     if "skipped" in memory:
@@ -434,6 +473,8 @@ def format_report(report: dict) -> str:
                  for who, mb in (("predictor", memory["predictor_mb"]), ("Keras", memory["keras_mb"]))]
         lines.append(f"peak RSS classifying {memory['images']} images: " + ", ".join(parts)
                      + (f" ({memory['predictor_vs_keras']:.2f}× Keras)" if "predictor_vs_keras" in memory else ""))
+        if "failed" in memory:
+            lines.append(f"peak RSS: FAILED: {memory['failed']}")
     if "streaming" in report:
         from rowrnn.anytime import format_streaming
 

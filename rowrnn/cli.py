@@ -20,7 +20,7 @@ import typer
 from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
 from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
-from rowrnn_keras.config import DISTRIBUTE_CHOICES, TrainConfig, multi_worker_task
+from rowrnn_keras.config import DISTRIBUTE_CHOICES, MULTI_WORKER_BUGS, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
 from runtime.repository import MODEL_VERSION
 from serve.settings import ServeSettings
@@ -45,6 +45,12 @@ DEFAULT_MODEL = Path("artifacts/model.keras")
 
 
 DEFAULTS = TrainConfig()  # the train command's defaults are the library's
+# multi-worker stays accepted (issue 22 retires or repairs it), but help must not offer it as working.
+DISTRIBUTE_HELP = (
+    f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU, else every CPU). "
+    "multi-worker (the cluster in $TF_CONFIG) does NOT work today: model.fit fails with Keras 3 "
+    f"({MULTI_WORKER_BUGS})."
+)
 
 
 @app.command()
@@ -57,7 +63,7 @@ def train(
     seed: Annotated[int, typer.Option(min=0)] = DEFAULTS.seed,
     limit: Annotated[Optional[int], typer.Option(min=2, help="Train on the first N training images only.")] = DEFAULTS.limit,
     hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
-    distribute: Annotated[str, typer.Option(help=f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU; multi-worker: the cluster in $TF_CONFIG).")] = DEFAULTS.distribute,
+    distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
     tensorboard: Annotated[Optional[Path], typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run.")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the backup of an interrupted run instead of resuming it.")] = False,
 ) -> None:
@@ -243,9 +249,12 @@ def bench(
 ) -> None:
     """Keras vs the ONNX predictor side by side: latency, throughput, ceiling, cold start, memory.
 
-    Missing models or data skip the rows they affect, with the reason; the rest is still measured.
+    A model file that does not exist skips its rows, with the reason; without --data (or
+    $ROWRNN_DATA) synthetic images are timed and accuracy is not measured. A --data directory or a
+    model that does not read is refused (exit 2); a measurement whose child process fails is
+    reported, and the command exits 1.
     """
-    from rowrnn.bench import format_report, run_bench, save_plot
+    from rowrnn.bench import failures, format_report, run_bench, save_plot
     from runtime.files import check_writable, write_json_atomic
 
     if json_path is not None:
@@ -263,6 +272,9 @@ def bench(
     if plot is not None:
         save_plot(report, plot)
         typer.echo(f"wrote {plot}")
+    failed = failures(report)
+    if failed:
+        raise CheckFailed(f"{len(failed)} measurement(s) failed: " + "; ".join(failed))
 
 
 @app.command()

@@ -18,6 +18,8 @@ CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"
 DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker")
+# Why multi-worker fails today, for --help and for the error a run gives (one place).
+MULTI_WORKER_BUGS = "keras-team/keras#20585, tensorflow/tensorflow#72388"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from rowrnn_keras.config import multi_worker_task
+from rowrnn_keras.config import MULTI_WORKER_BUGS, multi_worker_task
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ def short_device(name: str) -> str:
 
 MULTI_WORKER_BROKEN = (
     f"--distribute multi-worker: model.fit fails in Keras {keras.__version__} with TensorFlow {tf.__version__} "
-    '("unsupported type PerReplica": keras-team/keras#20585, tensorflow/tensorflow#72388); '
+    f'("unsupported type PerReplica": {MULTI_WORKER_BUGS}); '
     "--distribute mirrored trains on every device of one machine"
 )
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FIXTURE_SEED, QUICK_REAL, RunningServer, real_mnist_dir, start_server_process, synthetic_digits
+from helpers import (FIXTURE_SEED, QUICK_REAL, RunningServer, real_mnist_dir, require_module, start_server_process,
+                     synthetic_digits)
 
 
 @pytest.fixture(autouse=True)
@@ -52,10 +53,7 @@ def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Pa
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    found = real_mnist_dir()
-    if found is None:
-        pytest.skip("real MNIST not available: set ROWRNN_DATA to the directory with the IDX files")
-    return found
+    return real_mnist_dir()  # skips, or fails where the data is required (helpers.unavailable)
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +118,7 @@ def real_model(mnist, tmp_path_factory) -> Path:
 def start_server(tmp_path):
     """`start_server(model, *options, env=...)` -> a ready `rowrnn serve` on 127.0.0.1 (any free
     port); every server still running is stopped by its PID at the end of the test."""
-    pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+    require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
     servers: list[RunningServer] = []
 
     def start(model, *options, env=None) -> RunningServer:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import gzip
 import http.client
+import importlib
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import numpy as np
 
@@ -94,13 +97,59 @@ def write_mnist_dir(directory: Path, n_train: int = 120, n_test: int = 40, compr
     return directory
 
 
-def real_mnist_dir() -> Path | None:
-    """$ROWRNN_DATA, else ../shared/data/mnist beside the checkout, if it holds the files."""
-    candidates = [os.environ.get("ROWRNN_DATA"), REPO.parent / "shared" / "data" / "mnist"]
-    for candidate in candidates:
-        if candidate and (Path(candidate) / "t10k-images-idx3-ubyte.gz").is_file():
-            return Path(candidate)
-    return None
+def real_mnist_dir() -> Path:
+    """$ROWRNN_DATA if set, else ../shared/data/mnist beside the checkout; `unavailable` (skip, or
+    fail where required) unless it holds the four MNIST files."""
+    from runtime.mnist import DATA_ENV, FILES, find_idx_file
+
+    chosen = os.environ.get(DATA_ENV)
+    directory = Path(chosen) if chosen else REPO.parent / "shared" / "data" / "mnist"
+    missing = [stem for stem in FILES.values() if find_idx_file(directory, stem) is None]
+    if missing:
+        where = f"${DATA_ENV}={chosen}" if chosen else f"${DATA_ENV} is not set and {directory}"
+        unavailable("data", f"real MNIST not available: {where} lacks {', '.join(missing)} (.gz or raw); "
+                            f"set ${DATA_ENV} to the directory with the four IDX files")
+    return directory
+
+
+# --- what a test needs and CI has: skip where it is missing, fail where it is required -------------
+
+# What `unavailable` can be asked for, and the variable that requires it. CI=true requires them all
+# (CI services set it); an explicit ROWRNN_REQUIRE_*=0 lets a CI job without, say, a browser opt out.
+REQUIREMENTS = {
+    "data": "ROWRNN_REQUIRE_DATA",  # the real MNIST files
+    "browser": "ROWRNN_REQUIRE_BROWSER",  # Playwright and chromium
+    "serve": "ROWRNN_REQUIRE_SERVE",  # the serve extra
+}
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def is_required(what: str) -> bool:
+    """True when ROWRNN_REQUIRE_<WHAT> says so, else when $CI does."""
+    explicit = os.environ.get(REQUIREMENTS[what])
+    if explicit is not None:
+        return explicit.strip().lower() not in FALSE_WORDS
+    return os.environ.get("CI", "").strip().lower() not in FALSE_WORDS
+
+
+def unavailable(what: str, reason: str) -> NoReturn:
+    """The test cannot run here: skip it with `reason`, or fail with it where `what` is required
+    (CI must not go green by skipping what it was set up to run). Works at module level too."""
+    import pytest
+
+    if is_required(what):
+        variable = REQUIREMENTS[what]
+        because = f"{variable}={os.environ[variable]}" if variable in os.environ else f"CI={os.environ['CI']}"
+        pytest.fail(f"{reason} [required here: {because}]", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_module(name: str, what: str, reason: str) -> ModuleType:
+    """`pytest.importorskip(name)`, except that where `what` is required a missing module fails."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(what, f"{reason} ({exc})")
 
 
 def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, metadata=None):

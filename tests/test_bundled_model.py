@@ -87,7 +87,7 @@ def test_fresh_venv_plain_install_predicts_with_no_model_argument(tmp_path):
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", "--no-deps",
          "--no-build-isolation", str(source)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert install.returncode == 0, install.stderr
-    assert subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path).returncode != 0
+    assert subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path, timeout=60).returncode != 0
 
     from PIL import Image, ImageDraw
 
@@ -100,5 +100,5 @@ def test_fresh_venv_plain_install_predicts_with_no_model_argument(tmp_path):
     source, index, label, confidence = result.stdout.split()
     assert (source, index, label) == ("one.png", "0", "1") and float(confidence) > 0.5
     installed = subprocess.run([str(python), "-c", "import runtime; print(runtime.__file__)"], capture_output=True,
-                               text=True, cwd=tmp_path).stdout
+                               text=True, cwd=tmp_path, timeout=60).stdout
     assert str(venv) in installed  # the installed package, with its model, not the checkout

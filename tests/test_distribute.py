@@ -136,7 +136,7 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGKILL)
-                worker.wait()
+                worker.wait(30)
     errors = [stderr for _, stderr in results]
     if any("PerReplica" in stderr for stderr in errors):
         for worker, stderr in zip(workers, errors):  # the known failure, reported as one line

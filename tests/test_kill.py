@@ -38,17 +38,42 @@ TESTS = Path(__file__).resolve().parent
 MARKED_ROWRNN = f"import sys; sys.path.insert(1, {str(TESTS)!r}); import stage_markers; stage_markers.main()"
 
 
-def start(*args, markers: Path | None = None) -> subprocess.Popen:
-    """`rowrnn ARGS` in a new process; with `markers`, through stage_markers (see its docstring)."""
+@dataclass
+class Child:
+    """A `rowrnn` process whose output goes to files: nobody reads its pipes while the test waits
+    on it, and a full pipe would stall it."""
+
+    process: subprocess.Popen
+    logs: Path
+
+    def wait(self, timeout: float) -> int:
+        """Its exit code; killed (and the test failed) if it is still running after `timeout` s."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(30)
+            raise AssertionError(f"`{' '.join(map(str, self.process.args[-6:]))}` still running after {timeout} s; "
+                                 f"stderr: {self.stderr()}") from None
+
+    def stderr(self) -> str:
+        return (self.logs / "stderr.txt").read_text()
+
+
+def start(*args, logs: Path, markers: Path | None = None) -> Child:
+    """`rowrnn ARGS` in a new process, its stdout and stderr in files in `logs`; with `markers`,
+    through stage_markers (see its docstring)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "ROWRNN_DATA": ""}
     command = [sys.executable, "-m", "rowrnn"]
     if markers is not None:
         env["ROWRNN_STAGE_DIR"] = str(markers)
         command = [sys.executable, "-c", MARKED_ROWRNN]
-    # A background job inherits SIGINT ignored (so Python installs no handler): restore the default.
-    return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "stdout.txt", "wb") as stdout, open(logs / "stderr.txt", "wb") as stderr:
+        # A background job inherits SIGINT ignored (so Python installs no handler): restore the default.
+        process = subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env, stdout=stdout, stderr=stderr,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return Child(process, logs)
 
 
 @dataclass(frozen=True)
@@ -69,16 +94,17 @@ class Kills:
         return f"{len(self.landed)} of {total} kills landed inside their stage; missed: {self.missed or 'none'}"
 
 
-def stop_at(process: subprocess.Popen, marker: Path, sig: signal.Signals, timeout: float = 300) -> tuple[int, str]:
-    """Send `sig` as soon as `marker` exists (polled every millisecond); return (exit code, stderr)."""
+def stop_at(child: Child, marker: Path, sig: signal.Signals, timeout: float = 300) -> tuple[int, str]:
+    """Send `sig` as soon as `marker` exists (polled every millisecond); return (exit code, stderr).
+    A run that neither reaches the marker nor ends within `timeout` s is killed and fails the test."""
     deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
+    while child.process.poll() is None and time.monotonic() < deadline:
         if marker.exists():
-            process.send_signal(sig)
+            child.process.send_signal(sig)
             break
         time.sleep(0.001)
-    _, stderr = process.communicate(timeout=timeout)
-    return process.returncode, stderr
+    code = child.wait(max(deadline - time.monotonic(), 60))
+    return code, child.stderr()
 
 
 def assert_stopped_by(sig: signal.Signals, code: int, stderr: str) -> None:
@@ -142,7 +168,7 @@ def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[K
         previous = {name: (out / name).read_bytes() for name in artifacts}
         run_markers = markers / f"{sig.name}-{point.stage}"
         run_markers.mkdir(parents=True)
-        code, stderr = stop_at(start(*command, markers=run_markers), run_markers / point.ready, sig)
+        code, stderr = stop_at(start(*command, logs=run_markers / "logs", markers=run_markers), run_markers / point.ready, sig)
         landed = (run_markers / f"{point.stage}.entered").exists() and not (run_markers / f"{point.stage}.left").exists()
         (kills.landed if landed else kills.missed).append(point.stage)
         if not landed:
@@ -159,8 +185,8 @@ def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[K
         if sig == signal.SIGINT:
             assert leftovers(out) == [], "Ctrl-C left temporaries behind"
         check(point, previous)
-    again = start(*command[:-2])
-    assert again.wait(timeout=300) == 0, again.stderr.read()
+    again = start(*command[:-2], logs=markers / f"{sig.name}-again")
+    assert again.wait(timeout=300) == 0, again.stderr()
     assert leftovers(out) == [], "the killed runs' temporaries were not cleared"
     for name, is_complete in artifacts.items():
         is_complete(out / name)
@@ -173,8 +199,8 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
     first = tmp_path_factory.getbasetemp() / "train-kill-first"
     args = ["--data", mnist_dir, "--limit", 600, "--epochs", 3, "--hidden-units", 8, "--batch-size", 64]
     if not first.exists():
-        done = start("train", "--out", first, *args)
-        assert done.wait(timeout=300) == 0, done.stderr.read()
+        done = start("train", "--out", first, *args, logs=tmp_path_factory.mktemp("train-first-logs"))
+        assert done.wait(timeout=300) == 0, done.stderr()
     out = Path(shutil.copytree(first, tmp_path_factory.mktemp("train-kill") / "out"))
     points = [
         KillPoint("importing", "importing.entered"),
@@ -200,8 +226,9 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
 def test_killed_export_keeps_artifacts_whole(tmp_path_factory, tiny_keras_model, sig_name):
     first = tmp_path_factory.getbasetemp() / "export-kill-first"
     if not first.exists():
-        done = start("export", first / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8")
-        assert done.wait(timeout=300) == 0, done.stderr.read()
+        done = start("export", first / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8",
+                     logs=tmp_path_factory.mktemp("export-first-logs"))
+        assert done.wait(timeout=300) == 0, done.stderr()
     out = Path(shutil.copytree(first, tmp_path_factory.mktemp("export-kill") / "out"))
     points = [
         KillPoint("importing", "importing.entered"),  # nothing written yet (converting: the same)

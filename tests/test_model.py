@@ -16,16 +16,19 @@ from rowrnn_keras.model import (
 from runtime.errors import InputError
 
 
-def test_architecture_is_dense_lstm_dense():
-    model = create_model()
+def test_the_default_model_is_the_default_configs_dense_lstm_dense():
+    """`create_model()` builds what `TrainConfig()` describes (one place holds the defaults, which
+    `rowrnn train` shows too: test_cli), with each layer's weights wired as the architecture says."""
+    model, config = create_model(), TrainConfig()
     assert isinstance(model, keras.Sequential)
     kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["Dense", "LSTM", "Dense"]
     dense, lstm, head = model.layers
-    assert dense.units == 128 and lstm.units == 128 and head.units == 10
+    assert (dense.units, lstm.units, head.units) == (config.dense_units, config.hidden_units, config.num_classes)
     assert lstm.cell.unit_forget_bias
-    # 28*128+128, 4*(128*128 + 128*128 + 128), 128*10+10
-    assert model.count_params() == 3712 + 131584 + 1290
+    d, h = config.dense_units, config.hidden_units
+    # Dense over 28 pixels; LSTM's four gates over [input, state] plus bias; the 10-class head
+    assert [w.shape for w in model.get_weights()] == [(28, d), (d,), (d, 4 * h), (h, 4 * h), (4 * h,), (h, 10), (10,)]
 
 
 def numpy_forward(model: keras.Model, rows: np.ndarray) -> np.ndarray:

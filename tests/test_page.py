@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import require_module, unavailable
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
 
 STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
@@ -31,11 +32,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (test extra)")
+    sync_api = require_module("playwright.sync_api", "browser", "needs playwright (test extra)")
     if not Path(CHROMIUM).exists():
-        if os.environ.get("ROWRNN_REQUIRE_BROWSER"):
-            pytest.fail("ROWRNN_REQUIRE_BROWSER is set but there is no chromium (apt-get install chromium)")
-        pytest.skip("no chromium installed (Debian: apt-get install chromium)")
+        unavailable("browser", f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         yield browser

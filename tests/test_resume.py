@@ -234,14 +234,27 @@ def reference(idx_dir, tmp_path_factory) -> Path:
     return out
 
 
-def start_training(idx_dir: Path, out: Path, hook: list | None = None) -> subprocess.Popen:
-    """`python -m rowrnn train`, or the same through KILL_HOOK with `hook` = [stage, nth, marker]."""
+def start_training(idx_dir: Path, out: Path, stderr: Path, hook: list | None = None) -> subprocess.Popen:
+    """`python -m rowrnn train`, or the same through KILL_HOOK with `hook` = [stage, nth, marker];
+    its stderr goes to the file `stderr`."""
     args = ["train", "--data", idx_dir, "--out", out, *TRAIN_ARGS]
     command = [sys.executable, "-m", "rowrnn"] if hook is None else [sys.executable, "-c", KILL_HOOK, *map(str, hook)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    # stdout (progress bars) is not read while the test waits: a full pipe would stall the run
-    return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Nothing reads the output while the test waits (a full pipe would stall the run): stdout
+    # (progress bars) is dropped, stderr kept in a file for the failure message.
+    with open(stderr, "wb") as errors:
+        return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+
+
+def ended(process: subprocess.Popen, stderr: Path, timeout: float) -> tuple[int, str]:
+    """(exit code, stderr) once `process` ends; killed, and the test failed, after `timeout` s."""
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(30)
+        raise AssertionError(f"training still running after {timeout} s: {stderr.read_text()[-2000:]}") from None
+    return process.returncode, stderr.read_text()
 
 
 def backed_up_epoch(out: Path) -> int | None:
@@ -268,13 +281,13 @@ def finish_and_compare(idx_dir: Path, out: Path, reference: Path, resumes_at: in
 @pytest.mark.slow
 def test_sigkill_during_the_third_epoch_then_the_same_command_resumes_it(idx_dir, reference, tmp_path):
     out = tmp_path / "out"
-    process = start_training(idx_dir, out)
+    process = start_training(idx_dir, out, tmp_path / "train.stderr")
     deadline = time.monotonic() + 300
     while backed_up_epoch(out) != 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     process.kill()  # SIGKILL, as soon as epoch 2 is backed up: during epoch 3
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == -signal.SIGKILL, stderr
+    code, stderr = ended(process, tmp_path / "train.stderr", 60)
+    assert code == -signal.SIGKILL, stderr
     backup = read_backup(out)
     assert backup is not None and backup.epoch == 2, "the kill must land after epoch 2 and before epoch 3 ended"
     finish_and_compare(idx_dir, out, reference, resumes_at=3)
@@ -345,9 +358,9 @@ def test_a_kill_at_each_stage_of_the_backup_write_leaves_a_whole_backup(idx_dir,
     out = tmp_path / "out"
     for stage, nth, resumes_at in KILL_STAGES:
         marker = tmp_path / f"landed-{stage}"
-        process = start_training(idx_dir, out, [stage, nth, marker])
-        _, stderr = process.communicate(timeout=300)
-        assert process.returncode == -signal.SIGKILL and marker.read_text() == stage, (stage, stderr[-2000:])
+        log = tmp_path / f"train-{stage}.stderr"
+        code, stderr = ended(start_training(idx_dir, out, log, [stage, nth, marker]), log, 300)
+        assert code == -signal.SIGKILL and marker.read_text() == stage, (stage, stderr[-2000:])
         backup = read_backup(out)  # complete: it reads, and its digests match its files
         assert backup is not None and backup.epoch == resumes_at - 1, stage
     finish_and_compare(idx_dir, out, reference, resumes_at=4)

@@ -149,7 +149,8 @@ def test_shared_predictor_is_thread_safe(predictor):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
     assert not errors and not mismatches
 
 
@@ -168,7 +169,8 @@ def test_processes_load_one_model_at_once(exported, tmp_path):
         for i in range(4)
     ]
     for child in children:
-        assert child.wait(timeout=120) == 0, child.stderr.read()
+        _, stderr = child.communicate(timeout=120)  # reads the pipe while it waits
+        assert child.returncode == 0, stderr
     expected = Predictor(exported.onnx_path).predict(images).probabilities
     for i in range(4):
         np.testing.assert_array_equal(np.load(tmp_path / f"out{i}.npy"), expected)

@@ -20,11 +20,11 @@ import types
 import numpy as np
 import pytest
 
-from helpers import INFER, decode, good_request_works, images, infer_body, metric
+from helpers import INFER, decode, good_request_works, images, infer_body, metric, require_module
 from helpers import http_call as call
 from runtime import Predictor
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +129,13 @@ def test_load_32_clients_get_their_own_answers(exported, predictor, start_server
 
 def raw_exchange(port: int, data: bytes, close_after: bool = False, timeout: float = 30) -> bytes:
     """Send raw bytes (a request written by hand, maybe broken) and read until the server closes."""
+    deadline = time.monotonic() + timeout  # for the whole reply: a server trickling bytes cannot hold the test
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         if close_after:
             return b""
         chunks = []
-        while True:
+        while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
             except (ConnectionResetError, TimeoutError):
@@ -281,9 +282,11 @@ def test_sigterm_drains_without_losing_an_accepted_request(exported, predictor, 
     lock = threading.Lock()
     terminated = threading.Event()
 
+    deadline = time.monotonic() + 180  # the whole exchange: it takes ~10 s; a stuck one fails, never hangs
+
     def client() -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        while True:
+        while time.monotonic() < deadline:
             try:
                 connection.request("POST", INFER, body, headers)
             except ConnectionRefusedError:
@@ -309,13 +312,15 @@ def test_sigterm_drains_without_losing_an_accepted_request(exported, predictor, 
     threads = [threading.Thread(target=client) for _ in range(8)]
     for thread in threads:
         thread.start()
-    while len(outcomes) < 200:
+    while len(outcomes) < 200 and any(t.is_alive() for t in threads) and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(outcomes) >= 200, f"the load did not get going: {outcomes[-5:]}"
     server.process.send_signal(signal.SIGTERM)
     terminated.set()
     ready = call(server.port, "GET", "/v2/health/ready")[0].status
     for thread in threads:
-        thread.join(60)
+        thread.join(max(deadline - time.monotonic(), 1))
+    assert not any(t.is_alive() for t in threads), "clients still sending at the deadline"
     assert server.process.wait(60) == 0
     assert ready == 503  # readiness turned false at once
 

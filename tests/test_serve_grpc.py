@@ -16,15 +16,15 @@ import time
 import numpy as np
 import pytest
 
-from helpers import decode, good_request_works, images, infer_body, metric
+from helpers import decode, good_request_works, images, infer_body, metric, require_module
 from helpers import http_call as call
 from runtime import Predictor
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
-grpc = pytest.importorskip("grpc", reason="needs the serve extra: pip install '.[serve]'")
-triton_grpc = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc]")
+SERVE_EXTRA = "needs the serve extra: pip install '.[serve]'"
+require_module("uvicorn", "serve", SERVE_EXTRA)
+grpc = require_module("grpc", "serve", SERVE_EXTRA)
+triton_grpc = require_module("tritonclient.grpc", "serve", SERVE_EXTRA)
 from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc  # noqa: E402
-
 
 
 @pytest.fixture(scope="module")

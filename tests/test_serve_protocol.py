@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("orjson", reason="needs the serve extra: pip install '.[serve]'")
+from helpers import require_module
+
+require_module("orjson", "serve", "needs the serve extra: pip install '.[serve]'")
 
 from runtime.predictor import Prediction  # noqa: E402
 from serve.protocol import ProtocolError, encode_infer_response, parse_infer_request  # noqa: E402

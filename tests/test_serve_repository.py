@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, rowrnn
+from helpers import assert_one_line_error, require_module, rowrnn
 from runtime import BUNDLED_MODEL, Predictor
 from runtime.repository import write_triton_repository
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
-triton_http = pytest.importorskip("tritonclient.http", reason="needs tritonclient (test extra)")
-text_format = pytest.importorskip("google.protobuf.text_format")
+SERVE_EXTRA = "needs the serve extra: pip install '.[serve]'"
+require_module("uvicorn", "serve", SERVE_EXTRA)
+triton_http = require_module("tritonclient.http", "serve", "needs tritonclient[http] (test extra)")
+text_format = require_module("google.protobuf.text_format", "serve", SERVE_EXTRA)
 
 
 def images(n: int, seed: int) -> np.ndarray:

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import REPO, http_call as call, start_server_process
+from helpers import REPO, http_call as call, require_module, start_server_process
 
-pytest.importorskip("uvicorn", reason="needs the serve extra: pip install '.[serve]'")
+require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
 
 MODEL = REPO / "runtime" / "models" / "mnist.onnx"
 INFER = "/v2/models/rowrnn/infer"
@@ -74,7 +74,8 @@ def exchange(port: int, data: bytes, timeout: float = 10.0, then: bytes | None =
         except (BrokenPipeError, ConnectionResetError):
             pass  # the server answered and closed before reading everything: read what it said
         received = b""
-        while True:
+        deadline = time.monotonic() + timeout  # for the whole reply: a server trickling bytes cannot hold the test
+        while time.monotonic() < deadline:
             try:
                 chunk = sock.recv(65536)
             except ConnectionResetError:

@@ -42,7 +42,8 @@ def in_threads(worker, arguments: list[tuple]) -> list[Exception]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "a thread is stuck"
     return errors
 
 

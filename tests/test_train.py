@@ -61,7 +61,30 @@ def test_history_has_one_row_per_epoch(trained):
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert len(rows) == metrics["epochs"]
     assert {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
-    assert float(rows[-1]["val_accuracy"]) <= metrics["val_accuracy"] + 1e-6  # best is kept
+
+
+def test_the_saved_model_is_the_best_epochs(trained):
+    """model.keras is the epoch with the best validation accuracy (the first of equals), not the
+    last one: evaluated on the run's own validation images, it scores the history's best."""
+    import keras
+
+    from rowrnn_keras.callbacks import weights_digest
+
+    out, metrics = trained
+    val_accuracy = [float(row["val_accuracy"]) for row in csv.DictReader((out / "history.csv").open())]
+    best = max(val_accuracy)
+    best_epoch = val_accuracy.index(best) + 1
+    assert metrics["best_epoch"] == best_epoch and metrics["val_accuracy"] == pytest.approx(best, abs=1e-6)
+
+    images, labels = make_splits(tiny_mnist(), TrainConfig(**TINY_TRAIN)).validation
+    model = keras.models.load_model(out / "model.keras")
+    evaluated = float(np.mean(model.predict(images, verbose=0).argmax(axis=1) == labels))
+    assert evaluated == pytest.approx(best, abs=1e-6), (evaluated, val_accuracy)
+    if val_accuracy[-1] != best:
+        assert evaluated != pytest.approx(val_accuracy[-1], abs=1e-6)
+    # the last epoch's weights are recorded: the saved model has them only when the last epoch is the best
+    saved_is_last = weights_digest(model) == metrics["final_weights_sha256"]
+    assert saved_is_last == (best_epoch == len(val_accuracy)), (best_epoch, val_accuracy)
 
 
 def test_same_seed_same_history(tmp_path):
@@ -99,7 +122,7 @@ def test_failed_run_leaves_previous_artifacts_untouched_and_its_backup_finishes_
 
 
 def test_a_new_run_removes_what_killed_runs_left(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
     dead_pid = int(dead.stdout)  # that process has exited: its pid names leftovers of a dead run
     stale_scratch = tmp_path / f".rowrnn-{dead_pid}-abc"
     stale_scratch.mkdir()
