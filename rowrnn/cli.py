@@ -22,6 +22,7 @@ from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
 from rowrnn_keras.config import DISTRIBUTE_CHOICES, MULTI_WORKER_BUGS, TrainConfig, multi_worker_task
 from runtime.errors import CheckFailed, InputError, one_line
+from runtime.repository import MODEL_VERSION
 from serve.settings import ServeSettings
 
 app = typer.Typer(
@@ -281,34 +282,43 @@ def serve(
     model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
-    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name}.")] = ServeSettings.name,
-    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images.")] = ServeSettings.max_batch,
+    grpc_port: Annotated[int, typer.Option(help="TCP port of the gRPC service (0: any free port, printed at start).")] = ServeSettings.grpc_port,
+    no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Serve REST only.")] = False,
+    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")] = ServeSettings.name,
+    model_repository: Annotated[Optional[Path], typer.Option(help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file.")] = None,
+    poll_s: Annotated[float, typer.Option(help="With --model-repository: look for new and removed versions every S seconds and roll them out (0: never).")] = ServeSettings.poll_s,
+    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images (a repository's models: their config's max_batch_size).")] = ServeSettings.max_batch,
     max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for company (0: never).")] = ServeSettings.max_delay_ms,
     max_queue: Annotated[int, typer.Option(help="Images that may wait; beyond it: 503 + Retry-After.")] = ServeSettings.max_queue,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = ServeSettings.max_body_mb,
     body_timeout_s: Annotated[float, typer.Option(help="A body not received within this: 408.")] = ServeSettings.body_timeout_s,
     drain_timeout_s: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")] = ServeSettings.drain_timeout_s,
+    header_timeout_s: Annotated[float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")] = ServeSettings.header_timeout_s,
+    max_connections: Annotated[int, typer.Option(help="HTTP connections open at once; a connection beyond it gets 503 at once.")] = ServeSettings.max_connections,
     api_key: Annotated[Optional[str], typer.Option(envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health).")] = None,
     cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
 ) -> None:
     """Serve the model: a page to draw digits on (/), the Open Inference Protocol (KServe v2)
-    with dynamic batching, and /metrics.
+    over REST and gRPC with dynamic batching, and /metrics.
 
     Clients written for Triton, KServe or MLServer work unchanged. SIGTERM or Ctrl-C drains:
     readiness turns false, requests in flight finish, exit 0.
     """
     check_serve_extra()
-    from runtime.predictor import Predictor
     from serve.app import create_app
     from serve.server import run
 
+    if model is not None and model_repository is not None:
+        raise InputError(f"{model}: give a model file or --model-repository, not both")
     settings = ServeSettings(
-        host=host, port=port, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
+        host=host, port=port, grpc_port=None if no_grpc else grpc_port, name=name, model_repository=None if model_repository is None else str(model_repository),
+        poll_s=poll_s, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
         max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
+        header_timeout_s=header_timeout_s, max_connections=max_connections,
         api_key=api_key, cors_origin=cors_origin, log_level=log_level,
     )
-    run(create_app(Predictor(model), settings), settings)
+    run(create_app(model, settings), settings)
 
 
 @app.command()
@@ -336,12 +346,14 @@ def triton_repo(
     name: Annotated[str, typer.Option(help="Model name (its directory in the repository).")] = ServeSettings.name,
     max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")] = ServeSettings.max_batch,
     max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
+    version: Annotated[int, typer.Option(help="The version directory to write (another version of a model already there: a server polling the repository rolls it out).")] = int(MODEL_VERSION),
 ) -> None:
-    """Write a Triton Inference Server model repository (config.pbtxt + 1/model.onnx) for a model."""
+    """Write a Triton Inference Server model repository (config.pbtxt + VERSION/model.onnx) for a model."""
     from runtime.repository import write_triton_repository
 
-    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms)
-    typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
+    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms,
+                                      version=version)
+    typer.echo(f"wrote {written}/config.pbtxt and {written}/{version}/model.onnx")
 
 
 @app.command()

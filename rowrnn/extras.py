@@ -18,7 +18,7 @@ from runtime.errors import InputError
 
 TRAINING_EXTRA = ("tensorflow", "keras", "tf2onnx", "matplotlib")
 INSTALL_HINT = "install the training extra: pip install 'rowrnn[train]'"
-SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson")
+SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson", "grpc", "tritonclient")
 
 
 @contextlib.contextmanager

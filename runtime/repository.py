@@ -1,11 +1,13 @@
 """A Triton Inference Server model repository for an exported rowrnn model.
 
     DIR/<name>/config.pbtxt      platform onnxruntime_onnx, dims without the batch dim,
-                                 dynamic batching with a max queue delay
-    DIR/<name>/1/model.onnx      the model file, byte for byte
+                                 dynamic batching with a max queue delay, version policy latest 1
+    DIR/<name>/<version>/model.onnx  the model file, byte for byte (version 1 unless told)
 
-Triton (and KServe, which runs it) then serves the same Open Inference Protocol as
-`rowrnn serve`: a client changes only the URL. Light: needs onnxruntime, not TensorFlow.
+Triton (and KServe, which runs it) and `rowrnn serve --model-repository` serve it with the same
+Open Inference Protocol: a client changes only the URL. Writing another version into the same
+directory rolls it out wherever the repository is polled (the policy serves the latest version).
+Light: needs onnxruntime, not TensorFlow.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from runtime.errors import InputError, require_file
 from runtime.files import write_bytes_atomic, write_text_atomic
 from runtime.predictor import Predictor
 
-MODEL_VERSION = "1"
+MODEL_VERSION = "1"  # the version directory written unless told otherwise
+# Triton's own default: the newest version serves, so writing version N+1 replaces version N.
+VERSION_POLICY = "latest: { num_versions: 1 }"
 # How a served model batches, here and in `rowrnn serve` (serve.settings takes these): Triton then
 # batches as `rowrnn serve` does, so scaling out changes nothing for clients.
 DEFAULT_MAX_BATCH = 64  # images per session call
@@ -34,7 +38,7 @@ def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
         f'name: "{name}"',
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {max_batch}",
-        f"version_policy: {{ specific: {{ versions: [ {MODEL_VERSION} ] }} }}",
+        f"version_policy: {{ {VERSION_POLICY} }}",
         "input [",
         tensor(INPUT_NAME, [IMAGE_ROWS, IMAGE_COLS]),
         "]",
@@ -55,15 +59,20 @@ def write_triton_repository(
     name: str = "rowrnn",
     max_batch: int = DEFAULT_MAX_BATCH,
     max_delay_ms: float = DEFAULT_MAX_DELAY_MS,
+    version: int = int(MODEL_VERSION),
 ) -> Path:
-    """Write DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx; returns DIR/<name>.
+    """Write DIR/<name>/config.pbtxt and DIR/<name>/<version>/model.onnx; returns DIR/<name>.
 
     The model is checked against the rowrnn contract first (the config describes that contract),
-    and each file is written atomically.
+    and each file is written atomically: a server polling the repository never sees half a model.
+    The version directory is created before its model file lands in it, and a poll that finds the
+    directory without the file waits for it.
     """
     model = require_file(model, "an .onnx model file")
     if not name or any(c in name for c in '/\\"') or name in (".", ".."):
         raise InputError(f"--name {name!r} is not a usable model directory name")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"--version must be a whole number >= 1, got {version!r}")
     if max_batch < 1:
         raise InputError(f"--max-batch must be at least 1, got {max_batch}")
     if not max_delay_ms >= 0:
@@ -74,7 +83,7 @@ def write_triton_repository(
     if directory.exists() and not directory.is_dir():
         raise InputError(f"{directory}: exists and is not a directory")
     model_dir = directory / name
-    version_dir = model_dir / MODEL_VERSION
+    version_dir = model_dir / str(version)
     try:
         version_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

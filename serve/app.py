@@ -1,18 +1,19 @@
-"""The ASGI app: the Open Inference Protocol over HTTP, the dynamic batcher, metrics, access log.
+"""The ASGI app: the Open Inference Protocol over HTTP, the repository extension, the page,
+metrics, access log. Inference goes through `ServerState.infer` (serve.state), as gRPC's does.
 
-`create_app` loads and warms up the model, so the app is ready when it returns: mount it in
-another Starlette/FastAPI app or run it under any ASGI server (`serve.server.run` is ours).
+`create_app` loads and warms up the models, so the app is ready when it returns: mount it in
+another Starlette/FastAPI app or run it under any ASGI server (`serve.server.run` is ours, and
+adds the gRPC service).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -27,22 +28,22 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runtime.errors import InputError
-from runtime.predictor import Prediction, Predictor
+from runtime.predictor import Predictor
 from runtime.preprocess import preprocess_image
-from runtime.stream import StreamingPredictor
-from serve.batcher import DynamicBatcher, QueueFull
-from serve.metrics import Metrics
 from serve.protocol import (
     HEADER_LENGTH,
-    MODEL_VERSION,
     ProtocolError,
+    as_bool,
+    as_object,
     encode_infer_response,
     error_body,
     model_metadata,
     parse_infer_request,
+    parse_json,
     server_metadata,
 )
 from serve.settings import ServeSettings
+from serve.state import ServerState
 from serve.static_site import (
     DESCRIPTION_FILE,
     MODEL_FILE,
@@ -53,64 +54,19 @@ from serve.static_site import (
     STEP_FILE,
     model_description,
     page_html,
-    step_model_beside,
 )
 from serve.web_runtime import FILES as ORT_FILES
-from serve.web_runtime import cached_files
 
 access_log = logging.getLogger("rowrnn.serve.access")
 JSON = "application/json"
 RETRY_AFTER_S = "1"
+PAGE_ASSET_BYTES = {asset: (PAGE_DIR / asset).read_bytes() for asset in PAGE_ASSETS}
 # The page's policy (serve.static_site), and what only a header can say: no framing by other sites.
 PAGE_HEADERS = {
     "content-security-policy": PAGE_POLICY + "; frame-ancestors 'none'",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
 }
-
-
-def package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("rowrnn")
-    except Exception:  # noqa: BLE001  (running from a source tree that is not installed)
-        return "0+unknown"
-
-
-class ServerState:
-    """What the endpoints share: the model, the batcher, readiness and requests in flight."""
-
-    def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
-        self.predictor, self.settings = predictor, settings
-        self.metrics = Metrics()
-        self.batcher = DynamicBatcher(predictor, settings.max_batch, settings.max_delay_ms / 1000,
-                                      settings.max_queue, self.observe_batch, lambda: self.receiving)
-        self.model_parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
-        # The step model beside the model (`rowrnn export --step`), for ?steps=1: what the network
-        # believed after each row. Optional: without it the page shows no heat map.
-        self.step_path = step_model_beside(predictor.path)
-        self.streaming = StreamingPredictor(self.step_path) if self.step_path else None
-        self.version = package_version()
-        # onnxruntime-web from the cache `rowrnn site` fills: with it the page runs the model in
-        # the browser; without it (never fetched here), the page uses /v1/classify
-        self.ort_dir = cached_files()
-        self.page = page_html(settings.name, steps=self.streaming is not None, server=True, browser=self.ort_dir is not None)
-        self.page_assets = {asset: (PAGE_DIR / asset).read_bytes() for asset in PAGE_ASSETS}
-        self.description = orjson.dumps(model_description(settings.name, predictor, self.streaming))
-        self.ready = False
-        self.draining = False
-        self.in_flight = 0  # inference requests between arrival and response
-        self.receiving = 0  # inference requests not yet handed to the batcher (body, parsing)
-
-    def observe_batch(self, images: int, seconds: float) -> None:
-        self.metrics.observe_batch(images, seconds)
-
-    def warm_up(self) -> None:
-        """Run the shapes the server will see once, so the first client does not pay for it."""
-        for size in sorted({1, self.settings.max_batch}):
-            self.predictor.predict(np.zeros((size, 28, 28), np.float32))
-        self.ready = True
 
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -121,25 +77,8 @@ def json_response(body: dict) -> Response:
     return Response(orjson.dumps(body), media_type=JSON)
 
 
-def check_key(request: Request, key: str | None) -> None:
-    """`Authorization: Bearer KEY`, compared in constant time, when a key is set."""
-    if key is None:
-        return
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    # The token exactly as sent (no stripping: " KEY" is not the key), as the bytes on the wire
-    # (Starlette decodes headers as latin-1) against the key's UTF-8 bytes.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode("latin-1"), key.encode()):
-        raise ProtocolError("missing or wrong API key: send 'Authorization: Bearer KEY'", 401)
-
-
-def check_model(request: Request, name: str) -> None:
-    model = request.path_params.get("model")
-    if model != name:
-        raise ProtocolError(f"unknown model {model!r}; this server serves {name!r}", 404)
-    version = request.path_params.get("version", MODEL_VERSION)
-    if version != MODEL_VERSION:
-        raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {MODEL_VERSION!r}", 404)
+def model_and_version(request: Request) -> tuple[str, str | None]:
+    return request.path_params.get("model"), request.path_params.get("version")
 
 
 def accepts_tensors(content_type: str) -> bool:
@@ -199,13 +138,12 @@ def endpoint(name: str, inference: bool = False, public: bool = False):
         async def route(request: Request) -> Response:
             state: ServerState = request.app.state.rowrnn
             request.scope["rowrnn.endpoint"] = name
-            if inference:
-                state.in_flight += 1
             try:
                 if not public:
-                    check_key(request, state.settings.api_key)
-                if inference and state.draining:
-                    raise ProtocolError("the server is shutting down", 503)
+                    state.check_key(request.headers.get("authorization"))
+                if inference:
+                    with state.inference_request():
+                        return await handler(request, state)
                 return await handler(request, state)
             except InputError as exc:  # bad input the runtime found (an image it cannot read, ...)
                 return error(str(exc), 400)
@@ -219,9 +157,6 @@ def endpoint(name: str, inference: bool = False, public: bool = False):
             except ClientDisconnect:
                 request.scope["rowrnn.status"] = 499  # nginx's "client closed request"
                 return Response(status_code=499)
-            finally:
-                if inference:
-                    state.in_flight -= 1
 
         return route
 
@@ -235,7 +170,7 @@ async def live(request: Request, state: ServerState) -> Response:
 
 @endpoint("ready", public=True)
 async def ready(request: Request, state: ServerState) -> Response:
-    if state.ready and not state.draining:
+    if state.serving():
         return json_response({"ready": True})
     reason = "the server is shutting down" if state.draining else "the model is not loaded yet"
     return Response(error_body(reason), 503, media_type=JSON)
@@ -248,68 +183,51 @@ async def server_info(request: Request, state: ServerState) -> Response:
 
 @endpoint("model_metadata")
 async def model_info(request: Request, state: ServerState) -> Response:
-    check_model(request, state.settings.name)
-    return json_response(model_metadata(state.settings.name, state.model_parameters))
+    model = state.repository.resolve(*model_and_version(request))
+    return json_response(model_metadata(model.name, state.repository.versions(model.name), model.parameters))
 
 
 @endpoint("model_ready")
 async def model_ready(request: Request, state: ServerState) -> Response:
-    check_model(request, state.settings.name)
-    if state.ready and not state.draining:
-        return json_response({"name": state.settings.name, "ready": True})
-    return Response(error_body(f"model {state.settings.name!r} is not ready"), 503, media_type=JSON)
-
-
-@contextlib.contextmanager
-def arriving(state: ServerState) -> Iterator[None]:
-    """A request on its way to the batcher (body, parsing): a batch may wait for it."""
-    state.receiving += 1
-    try:
-        yield
-    except BaseException:
-        state.batcher.wake()  # it will not come: the batch need not wait for it
-        raise
-    finally:
-        state.receiving -= 1
-
-
-async def predict_batched(request: Request, state: ServerState, images) -> Prediction:
-    request.scope["rowrnn.images"] = len(images)
-    try:
-        return await state.batcher.predict(images)
-    except QueueFull as exc:
-        raise ProtocolError(f"the server is busy: {exc}; retry later", 503) from None
-    finally:
-        state.metrics.queue_images.set(state.batcher.queued_images)
+    model = state.repository.resolve(*model_and_version(request))
+    if state.serving():
+        return json_response({"name": model.name, "ready": True})
+    return Response(error_body(f"model {model.name!r} is not ready"), 503, media_type=JSON)
 
 
 @endpoint("infer", inference=True)
 async def infer(request: Request, state: ServerState) -> Response:
-    check_model(request, state.settings.name)
-    with arriving(state):
+    name, version = model_and_version(request)
+    state.repository.resolve(name, version)  # an unknown model or version: 404 before reading the body
+    with state.arriving():
         header_length = request.headers.get(HEADER_LENGTH)
         check_tensor_media_type(media_type(request), header_length)
         body = await read_body(request, state.settings)
         parsed = parse_infer_request(body, header_length)
-    prediction = await predict_batched(request, state, parsed.images)
-    content, headers = encode_infer_response(parsed, prediction, state.settings.name)
+    request.scope["rowrnn.images"] = len(parsed.images)
+    model, prediction = await state.infer(name, version, parsed.images)
+    content, headers = encode_infer_response(parsed, prediction, model.name, str(model.version))
     return Response(content, headers=headers)
 
 
 @endpoint("classify", inference=True)
 async def classify(request: Request, state: ServerState) -> Response:
-    """The page's endpoint: the bytes of an image (PNG, JPEG, BMP, ...) of one digit."""
-    with arriving(state):
+    """The page's endpoint: the bytes of an image (PNG, JPEG, BMP, ...) of one digit; `?model=`
+    names the model (default: the page's)."""
+    name = request.query_params.get("model") or state.default_model
+    streaming = state.repository.resolve(name).streaming
+    with state.arriving():
         body = await read_body(request, state.settings, accepts_images, "an image (image/png, image/jpeg, ...)")
         # decoding and MNIST-style preprocessing take a millisecond or two: not on the event loop
         rows = await asyncio.get_running_loop().run_in_executor(None, preprocess_image, body)
     steps = None
     if request.query_params.get("steps") == "1":
-        if state.streaming is None:
+        if streaming is None:
             raise ProtocolError("this server has no step model (MODEL.step.onnx beside the model, from "
                                 "rowrnn export --step): ask without ?steps=1")
-        steps = await asyncio.get_running_loop().run_in_executor(None, state.streaming.row_probabilities, rows)
-    prediction = await predict_batched(request, state, rows[np.newaxis])
+        steps = await asyncio.get_running_loop().run_in_executor(None, streaming.row_probabilities, rows)
+    request.scope["rowrnn.images"] = 1
+    model, prediction = await state.infer(name, None, rows[np.newaxis])
     label = int(prediction.labels[0])
     extra = {} if steps is None else {"steps": steps[0].tolist()}  # [28][10]: after each row
     return json_response({
@@ -318,14 +236,18 @@ async def classify(request: Request, state: ServerState) -> Response:
         "confidence": float(prediction.probabilities[0, label]),
         "probabilities": prediction.probabilities[0].tolist(),
         "input": np.rint(rows * 255).astype(np.uint8).tolist(),  # the 28x28 image the model saw
-        "model": {"name": state.settings.name, **{key: state.model_parameters.get(key) for key in
-                                                   ("architecture", "test_accuracy", "size_bytes")}},
+        "model": {"name": model.name, "version": str(model.version),
+                  **{key: model.parameters.get(key) for key in ("architecture", "test_accuracy", "size_bytes")}},
     })
 
 
 @endpoint("page", public=True)
 async def page(request: Request, state: ServerState) -> Response:
-    return Response(state.page, headers=PAGE_HEADERS, media_type="text/html; charset=utf-8")
+    """The page, for the default model or the one `?model=` names."""
+    name = request.query_params.get("model") or state.default_model
+    model = state.repository.resolve(name)
+    html = page_html(name, steps=model.streaming is not None, server=True, browser=state.ort_dir is not None)
+    return Response(html, headers=PAGE_HEADERS, media_type="text/html; charset=utf-8")
 
 
 @endpoint("page", public=True)
@@ -333,7 +255,40 @@ async def page_asset(request: Request, state: ServerState) -> Response:
     name = request.path_params["asset"]
     if name not in PAGE_ASSETS:
         raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
-    return Response(state.page_assets[name], headers=PAGE_HEADERS, media_type=PAGE_ASSETS[name])
+    return Response(PAGE_ASSET_BYTES[name], headers=PAGE_HEADERS, media_type=PAGE_ASSETS[name])
+
+
+async def optional_json(request: Request, state: ServerState) -> dict:
+    """The repository endpoints' JSON body, which clients may leave out."""
+    if request.headers.get("content-length", "0") == "0" and "transfer-encoding" not in request.headers:
+        return {}
+    return parse_json(await read_body(request, state.settings))
+
+
+@endpoint("repository")
+async def repository_index(request: Request, state: ServerState) -> Response:
+    """The repository extension's index; `{"ready": true}` lists only the versions taking traffic."""
+    ready_only = as_bool((await optional_json(request, state)).get("ready", False), "'ready'")
+    entries = [{key: value for key, value in entry.items() if value or key != "reason"}
+               for entry in state.repository.index() if entry["state"] == "READY" or not ready_only]
+    return json_response(entries)
+
+
+@endpoint("repository")
+async def repository_load(request: Request, state: ServerState) -> Response:
+    parameters = as_object((await optional_json(request, state)).get("parameters", {}), "'parameters'")
+    if parameters:
+        raise ProtocolError(f"load parameters {sorted(parameters)} are not supported: the model loads from "
+                            "its directory in the repository")
+    await state.load_model(request.path_params["model"])
+    return json_response({})
+
+
+@endpoint("repository")
+async def repository_unload(request: Request, state: ServerState) -> Response:
+    await optional_json(request, state)  # unload_dependents: a rowrnn model has none
+    await state.unload_model(request.path_params["model"])
+    return json_response({})
 
 
 @endpoint("page", public=True)
@@ -347,11 +302,15 @@ async def page_runtime(request: Request, state: ServerState) -> Response:
 
 @endpoint("page_model")
 async def page_model(request: Request, state: ServerState) -> Response:
-    """The model files the browser engine runs, and their description: behind the API key, if any."""
-    name = request.url.path.rsplit("/", 1)[-1]
-    if name == DESCRIPTION_FILE:
-        return Response(state.description, headers=PAGE_HEADERS, media_type=JSON)
-    path = {MODEL_FILE: state.predictor.path, STEP_FILE: state.step_path}.get(name)
+    """The model files the browser engine runs, and their description, for the page's model
+    (`?model=`, as the page asks; default: the default model): behind the API key, if any."""
+    name = request.query_params.get("model") or state.default_model
+    model = state.repository.resolve(name)
+    file = request.url.path.rsplit("/", 1)[-1]
+    if file == DESCRIPTION_FILE:
+        description = model_description(name, model.predictor, model.streaming)
+        return Response(orjson.dumps(description), headers=PAGE_HEADERS, media_type=JSON)
+    path = {MODEL_FILE: model.predictor.path, STEP_FILE: model.streaming and model.streaming.path}.get(file)
     if path is None:
         raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
     return FileResponse(path, headers=PAGE_HEADERS, media_type="application/octet-stream")
@@ -359,7 +318,6 @@ async def page_model(request: Request, state: ServerState) -> Response:
 
 @endpoint("metrics")
 async def metrics(request: Request, state: ServerState) -> Response:
-    state.metrics.queue_images.set(state.batcher.queued_images)
     return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 
@@ -424,20 +382,31 @@ MODEL = "/v2/models/{model}"
 VERSION = "/v2/models/{model}/versions/{version}"
 
 
-def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | None = None) -> Starlette:
-    """The serving ASGI app for a rowrnn ONNX model (a path, or a Predictor you made), loaded and
-    warmed up: ready to serve when this returns."""
+def create_app(model: str | os.PathLike | Predictor | None = None, settings: ServeSettings | None = None) -> Starlette:
+    """The serving ASGI app, every model loaded and warmed up: ready to serve when this returns.
+
+    `model`: a rowrnn ONNX file or a Predictor you made (default: the bundled model), served as
+    `settings.name` version 1; or, with `settings.model_repository`, every model of that Triton
+    model repository (then `model` must be None). With `settings.poll_s` the app follows the
+    repository's directory while it runs.
+    """
     settings = settings or ServeSettings()
-    predictor = model if isinstance(model, Predictor) else Predictor(model)
-    state = ServerState(predictor, settings)
-    state.warm_up()
+    if model is not None and settings.model_repository is not None:
+        raise InputError("give a model file or --model-repository, not both")
+    state = ServerState(settings)
+    state.load(model)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        poller = (asyncio.create_task(state.repository.follow(settings.poll_s), name="rowrnn-poll")
+                  if settings.poll_s else None)
         yield
         state.ready = False
-        await state.batcher.close()
-        predictor.close()
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        await state.repository.close()
 
     routes = [  # the router tries them in order: the hot path first
         Route(MODEL + "/infer", infer, methods=["POST"]),
@@ -449,6 +418,9 @@ def create_app(model: str | os.PathLike | Predictor, settings: ServeSettings | N
         Route(VERSION, model_info),
         Route(MODEL + "/ready", model_ready),
         Route(VERSION + "/ready", model_ready),
+        Route("/v2/repository/index", repository_index, methods=["POST"]),
+        Route("/v2/repository/models/{model}/load", repository_load, methods=["POST"]),
+        Route("/v2/repository/models/{model}/unload", repository_unload, methods=["POST"]),
         Route("/metrics", metrics),
         Route("/", page),
         *(Route(f"/page/{name}", page_model) for name in (DESCRIPTION_FILE, MODEL_FILE, STEP_FILE)),

@@ -26,6 +26,10 @@ class QueueFull(Exception):
     """The queue holds `max_queue` images already: the caller should answer 503."""
 
 
+class BatcherClosed(Exception):
+    """The batcher was closed (its model version unloaded) before this request's turn."""
+
+
 @dataclass
 class Job:
     images: np.ndarray
@@ -85,6 +89,11 @@ class DynamicBatcher:
             started = time.perf_counter()
             try:
                 prediction = await loop.run_in_executor(self._executor, self.predictor.predict, images)
+            except asyncio.CancelledError:  # closed while this batch ran
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(BatcherClosed("the model version was unloaded during this request"))
+                raise
             except Exception as exc:  # noqa: BLE001  (each waiting request gets the error)
                 for job in jobs:
                     if not job.future.done():
@@ -129,6 +138,7 @@ class DynamicBatcher:
         return jobs
 
     async def close(self) -> None:
+        """Stop; requests still waiting (a drain that timed out) get BatcherClosed, never silence."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -136,4 +146,9 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.future.done():
+                job.future.set_exception(BatcherClosed("the model version was unloaded before this request's turn"))
+        self.queued_images = 0
         self._executor.shutdown(wait=True)

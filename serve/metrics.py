@@ -7,6 +7,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MODEL_LABELS = ["model", "version"]
 
 
 class Metrics:
@@ -18,21 +19,30 @@ class Metrics:
                                 ["endpoint", "code"], registry=self.registry)
         self.latency = Histogram("rowrnn_request_duration_seconds", "Time from request to response.",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("rowrnn_inference_batch_size", "Images per session call.",
-                                    buckets=BATCH_BUCKETS, registry=self.registry)
+        self.grpc_requests = Counter("rowrnn_grpc_requests", "gRPC calls by method and status code.",
+                                     ["method", "code"], registry=self.registry)
+        self.grpc_latency = Histogram("rowrnn_grpc_request_duration_seconds", "Time from gRPC call to response.",
+                                      ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("rowrnn_inference_batch_size", "Images per session call, by model and version.",
+                                    MODEL_LABELS, buckets=BATCH_BUCKETS, registry=self.registry)
         self.inference_seconds = Histogram("rowrnn_inference_seconds", "Time of one session call.",
-                                           buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.images = Counter("rowrnn_inference_images", "Images classified.", registry=self.registry)
-        self.queue_images = Gauge("rowrnn_queue_images", "Images waiting for the batcher.", registry=self.registry)
+                                           MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.images = Counter("rowrnn_inference_images", "Images classified.", MODEL_LABELS, registry=self.registry)
+        self.queue_images = Gauge("rowrnn_queue_images", "Images waiting for the batcher.", MODEL_LABELS,
+                                  registry=self.registry)
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(code)).inc()
         self.latency.labels(endpoint).observe(seconds)
 
-    def observe_batch(self, images: int, seconds: float) -> None:
-        self.batch_size.observe(images)
-        self.inference_seconds.observe(seconds)
-        self.images.inc(images)
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method).observe(seconds)
+
+    def observe_batch(self, model: str, version: str, images: int, seconds: float) -> None:
+        self.batch_size.labels(model, version).observe(images)
+        self.inference_seconds.labels(model, version).observe(seconds)
+        self.images.labels(model, version).inc(images)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,7 +26,6 @@ from runtime.errors import InputError, one_line
 from runtime.predictor import Prediction, validate_images
 
 PROTOCOL_VERSION = "2"
-MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"  # what Triton calls a model run by onnxruntime
 DATATYPE = "FP32"
 OUTPUT_NAMES = (LOGITS_NAME, PROBABILITIES_NAME)
@@ -36,12 +35,19 @@ PIXELS = IMAGE_ROWS * IMAGE_COLS
 FLOAT32_LE = np.dtype("<f4")
 
 
-class ProtocolError(Exception):
-    """A request the protocol refuses: `status` is the HTTP status, the message says why."""
+# The gRPC status of each HTTP status we answer with (KServe v2's gRPC service, as Triton maps them).
+GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
+              409: "FAILED_PRECONDITION", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
 
-    def __init__(self, message: str, status: int = 400) -> None:
+
+class ProtocolError(Exception):
+    """A request the protocol refuses: `status` is the HTTP status, `grpc_code` the gRPC status
+    name (by default the HTTP status's), the message says why."""
+
+    def __init__(self, message: str, status: int = 400, grpc_code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.grpc_code = grpc_code or GRPC_CODES.get(status, "INVALID_ARGUMENT")
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,12 @@ def server_metadata(name: str, version: str) -> dict:
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(name: str, parameters: dict[str, str]) -> dict:
+def model_metadata(name: str, versions: list[str], parameters: dict[str, str]) -> dict:
+    """The model's metadata; `versions`: the versions loaded (the protocol's field)."""
     tensor = lambda tensor_name, shape: {"name": tensor_name, "datatype": DATATYPE, "shape": shape}  # noqa: E731
     return {
         "name": name,
-        "versions": [MODEL_VERSION],
+        "versions": versions,
         "platform": PLATFORM,
         "inputs": [tensor(INPUT_NAME, [-1, IMAGE_ROWS, IMAGE_COLS])],
         "outputs": [tensor(output, [-1, NUM_CLASSES]) for output in OUTPUT_NAMES],
@@ -109,17 +116,10 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
 def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(f"'inputs' must be a list with the one input '{INPUT_NAME}'")
-    names = [item.get("name") if isinstance(item, dict) else None for item in inputs]
-    unknown = [name for name in names if name != INPUT_NAME]
-    if unknown:
-        raise ProtocolError(f"unknown input {unknown[0]!r}; this model has one input, '{INPUT_NAME}'")
-    if len(inputs) > 1:
-        raise ProtocolError(f"input '{INPUT_NAME}' is given {len(inputs)} times")
+    check_input_names([item.get("name") if isinstance(item, dict) else None for item in inputs])
     tensor = inputs[0]
-    if tensor.get("datatype") != DATATYPE:
-        raise ProtocolError(f"input '{INPUT_NAME}' has datatype {tensor.get('datatype')!r}; the model takes {DATATYPE}")
+    check_datatype(tensor.get("datatype"))
     count = image_count(tensor.get("shape"))
-    values = PIXELS * count
     binary_size = as_object(tensor.get("parameters", {}), "input parameters").get("binary_data_size")
     if binary_size is not None:
         if "data" in tensor:
@@ -129,21 +129,49 @@ def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
         if binary_size > len(binary):
             raise ProtocolError(f"binary_data_size {binary_size} runs past the end of the body "
                                 f"({len(binary)} bytes of binary data)")
-        if binary_size != values * FLOAT32_LE.itemsize:
-            raise ProtocolError(f"binary data of {binary_size} bytes does not match shape "
-                                f"[{count}, 28, 28] ({values * FLOAT32_LE.itemsize} bytes of FP32)")
+        check_binary_size(binary_size, count)
         if len(binary) != binary_size:
             raise ProtocolError(f"{len(binary) - binary_size} bytes of binary data follow the tensors, "
                                 "claimed by no input")
-        images = np.frombuffer(binary, FLOAT32_LE, count=values)  # a view: no copy
-    else:
-        if len(binary):
-            raise ProtocolError(f"{len(binary)} bytes of binary data, but no input has binary_data_size")
-        if "data" not in tensor:
-            raise ProtocolError(f"input '{INPUT_NAME}' has neither 'data' nor binary_data_size")
-        images = json_values(tensor["data"], values, count)
+        return binary_images(binary, count)
+    if len(binary):
+        raise ProtocolError(f"{len(binary)} bytes of binary data, but no input has binary_data_size")
+    if "data" not in tensor:
+        raise ProtocolError(f"input '{INPUT_NAME}' has neither 'data' nor binary_data_size")
+    return checked_images(json_values(tensor["data"], PIXELS * count, count), count)
+
+
+# The checks below are shared by both protocols (REST here, gRPC in serve.grpc_service): a client
+# gets the same message for the same mistake whichever way it speaks.
+
+def check_input_names(names: list) -> None:
+    unknown = [name for name in names if name != INPUT_NAME]
+    if unknown:
+        raise ProtocolError(f"unknown input {unknown[0]!r}; this model has one input, '{INPUT_NAME}'")
+    if len(names) > 1:
+        raise ProtocolError(f"input '{INPUT_NAME}' is given {len(names)} times")
+
+
+def check_datatype(datatype: object) -> None:
+    if datatype != DATATYPE:
+        raise ProtocolError(f"input '{INPUT_NAME}' has datatype {datatype!r}; the model takes {DATATYPE}")
+
+
+def check_binary_size(size: int, count: int) -> None:
+    if size != PIXELS * count * FLOAT32_LE.itemsize:
+        raise ProtocolError(f"binary data of {size} bytes does not match shape "
+                            f"[{count}, 28, 28] ({PIXELS * count * FLOAT32_LE.itemsize} bytes of FP32)")
+
+
+def binary_images(blob: bytes | memoryview, count: int) -> np.ndarray:
+    """Raw little-endian FP32 tensor data (its size already checked) as checked images, no copy."""
+    return checked_images(np.frombuffer(blob, FLOAT32_LE, count=PIXELS * count), count)
+
+
+def checked_images(values: np.ndarray, count: int) -> np.ndarray:
+    """float32 values -> [N, 28, 28] images, refused if out of [0, 1] or not finite."""
     try:
-        return validate_images(images.reshape(count, IMAGE_ROWS, IMAGE_COLS), f"input '{INPUT_NAME}'")
+        return validate_images(values.reshape(count, IMAGE_ROWS, IMAGE_COLS), f"input '{INPUT_NAME}'")
     except InputError as exc:
         raise ProtocolError(str(exc)) from None
 
@@ -165,9 +193,13 @@ def json_values(data: object, values: int, count: int) -> np.ndarray:
             array = np.asarray(data, dtype=np.float32)
     except (ValueError, TypeError):
         raise ProtocolError(f"input '{INPUT_NAME}' data must be numbers in a flat or evenly nested list") from None
-    if array.size != values:
-        raise ProtocolError(f"input '{INPUT_NAME}' data holds {array.size} values; shape [{count}, 28, 28] needs {values}")
+    check_value_count(array.size, count)
     return array
+
+
+def check_value_count(size: int, count: int) -> None:
+    if size != PIXELS * count:
+        raise ProtocolError(f"input '{INPUT_NAME}' data holds {size} values; shape [{count}, 28, 28] needs {PIXELS * count}")
 
 
 def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, bool], ...]:
@@ -175,16 +207,18 @@ def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, boo
         return tuple((name, binary_default) for name in OUTPUT_NAMES)
     if not isinstance(outputs, list) or not outputs:
         raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...} objects")
-    chosen = []
-    for item in outputs:
-        name = item.get("name") if isinstance(item, dict) else None
+    names = [item.get("name") if isinstance(item, dict) else None for item in outputs]
+    check_output_names(names)
+    return tuple((name, as_bool(as_object(item.get("parameters", {}), f"parameters of output '{name}'").get(
+        "binary_data", binary_default), "'binary_data'")) for name, item in zip(names, outputs))
+
+
+def check_output_names(names: list) -> None:
+    for name in names:
         if name not in OUTPUT_NAMES:
             raise ProtocolError(f"unknown output {name!r}; this model has {', '.join(map(repr, OUTPUT_NAMES))}")
-        parameters = as_object(item.get("parameters", {}), f"parameters of output '{name}'")
-        chosen.append((name, as_bool(parameters.get("binary_data", binary_default), "'binary_data'")))
-    if len({name for name, _ in chosen}) != len(chosen):
+    if len(set(names)) != len(names):
         raise ProtocolError("an output is asked for twice")
-    return tuple(chosen)
 
 
 def as_object(value: object, what: str) -> dict:
@@ -200,13 +234,12 @@ def as_bool(value: object, what: str) -> bool:
 
 
 def encode_infer_response(
-    request: InferRequest, prediction: Prediction, model_name: str
+    request: InferRequest, prediction: Prediction, model_name: str, model_version: str
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers: JSON, or JSON + binary tensors when any is binary."""
-    arrays = {LOGITS_NAME: prediction.logits, PROBABILITIES_NAME: prediction.probabilities}
     outputs, blobs = [], []
     for name, binary in request.outputs:
-        array = np.ascontiguousarray(arrays[name], dtype=FLOAT32_LE)
+        array = output_array(prediction, name)
         tensor: dict = {"name": name, "datatype": DATATYPE, "shape": list(array.shape)}
         if binary:
             blobs.append(array.tobytes())
@@ -214,7 +247,7 @@ def encode_infer_response(
         else:
             tensor["data"] = array.ravel()  # orjson writes float32 values in their shortest exact form
         outputs.append(tensor)
-    response: dict = {"model_name": model_name, "model_version": MODEL_VERSION, "outputs": outputs}
+    response: dict = {"model_name": model_name, "model_version": model_version, "outputs": outputs}
     if request.id is not None:
         response["id"] = request.id
     header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -224,6 +257,12 @@ def encode_infer_response(
         "content-type": "application/octet-stream",
         "inference-header-content-length": str(len(header)),
     }
+
+
+def output_array(prediction: Prediction, name: str) -> np.ndarray:
+    """An output tensor as the protocol sends it: little-endian FP32, C order."""
+    array = prediction.logits if name == LOGITS_NAME else prediction.probabilities
+    return np.ascontiguousarray(array, dtype=FLOAT32_LE)
 
 
 def error_body(message: str) -> bytes:

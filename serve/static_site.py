@@ -21,6 +21,7 @@ import shutil
 from html import escape
 from pathlib import Path
 
+from runtime.contract import step_path_for
 from runtime.errors import InputError
 from runtime.files import check_directory_writable, private_prefix, remove_leftovers, sha256_file
 from runtime.predictor import BUNDLED_MODEL, Predictor
@@ -46,7 +47,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-
 
 def step_model_beside(model: Path) -> Path | None:
     """MODEL.step.onnx beside MODEL.onnx (`rowrnn export --step`), if there is one."""
-    step = model.with_name(model.stem + ".step.onnx")
+    step = step_path_for(model)
     return step if step.is_file() else None
 
 

@@ -9,8 +9,11 @@ directories) comes from conftest's fixtures.
 from __future__ import annotations
 
 import gzip
+import http.client
 import importlib
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -189,6 +192,11 @@ class RunningServer:
     def __init__(self, process: subprocess.Popen, log: Path) -> None:
         self.process, self.log = process, log
         self.port = 0
+        self.grpc_port: int | None = None  # None: the server runs without gRPC (--no-grpc)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -206,6 +214,8 @@ class RunningServer:
             found = re.search(r"ready at http://127\.0\.0\.1:(\d+)/", self.log.read_text())
             if found:
                 self.port = int(found.group(1))
+                grpc_found = re.search(r"gRPC \(.*\) at 127\.0\.0\.1:(\d+)", self.log.read_text())
+                self.grpc_port = int(grpc_found.group(1)) if grpc_found else None
                 with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=5) as response:
                     assert response.status == 200
                 return self
@@ -231,20 +241,55 @@ class RunningServer:
 
 
 def start_server_process(model, *options, log: Path, env: dict[str, str] | None = None) -> RunningServer:
-    """`rowrnn serve MODEL --port 0 OPTIONS` on 127.0.0.1, its output in `log`; ready when returned."""
+    """`rowrnn serve MODEL --port 0 --grpc-port 0 OPTIONS` on 127.0.0.1 (MODEL None: not given, e.g. with
+    --model-repository), its output in `log`; ready when returned."""
     with open(log, "wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_BOOT, "serve", str(model), "--host", "127.0.0.1", "--port", "0",
-             *map(str, options)],
+            [sys.executable, "-c", SERVER_BOOT, "serve", *([] if model is None else [str(model)]),
+             "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", *map(str, options)],
             stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
         )
     return RunningServer(process, log).wait_ready()
 
 
+# --- talking to a server: the Open Inference Protocol over HTTP, by hand -----------------------------
+
+INFER = "/v2/models/rowrnn/infer"
+
+
+def images(n: int, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    return (pixels / np.float32(255)).astype(np.float32)
+
+
+def infer_body(rows: np.ndarray, binary: bool, **extra) -> tuple[bytes, dict[str, str]]:
+    tensor = {"name": "rows", "datatype": "FP32", "shape": list(rows.shape)}
+    if not binary:
+        tensor["data"] = rows.ravel().tolist()
+        return json.dumps({"inputs": [tensor], **extra}).encode(), {"Content-Type": "application/json"}
+    tensor["parameters"] = {"binary_data_size": rows.nbytes}
+    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}, **extra}).encode()
+    return header + rows.tobytes(), {"Content-Type": "application/octet-stream",
+                                     "Inference-Header-Content-Length": str(len(header))}
+
+
+def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndarray]:
+    """Output name -> float32 array, from a JSON or a binary-tensor response."""
+    length = response.getheader("Inference-Header-Content-Length")
+    header = json.loads(body[: int(length)] if length else body)
+    arrays, offset = {}, int(length or 0)
+    for output in header["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            arrays[output["name"]] = np.array(output["data"], np.float32).reshape(output["shape"])
+        else:
+            arrays[output["name"]] = np.frombuffer(body, "<f4", size // 4, offset).reshape(output["shape"])
+            offset += size
+    return arrays
+
+
 def http_call(port: int, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
     """One request on a new connection to 127.0.0.1:`port`: (response, body bytes)."""
-    import http.client
-
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         connection.request(method, path, body, headers or {})
@@ -252,3 +297,22 @@ def http_call(port: int, method: str, path: str, body: bytes | None = None, head
         return response, response.read()
     finally:
         connection.close()
+
+
+def good_request_works(port: int, predictor) -> None:
+    """A good binary request after whatever came before: answered, bit-exact to `predictor`."""
+    rows = images(2, 99)
+    response, body = http_call(port, "POST", INFER, *infer_body(rows, binary=True))
+    assert response.status == 200, body
+    np.testing.assert_array_equal(decode(response, body)["logits"], predictor.predict(rows).logits)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include `labels` (asserted to exist)."""
+    values = []
+    for sample, label_text, value in re.findall(r"^([a-z_]+)(?:\{(.*)\})? (\S+)$", text, re.M):
+        found = dict(re.findall(r'(\w+)="([^"]*)"', label_text))
+        if sample == name and all(found.get(key) == wanted for key, wanted in labels.items()):
+            values.append(float(value))
+    assert values, (name, labels)
+    return sum(values)

@@ -58,8 +58,8 @@ def test_option_defaults_are_the_librarys():
         assert defaults["bench"][option] == getattr(BenchSettings(), option), option
     from serve.settings import ServeSettings
 
-    for option in ("host", "port", "name", "max_batch", "max_delay_ms", "max_queue", "max_body_mb",
-                   "body_timeout_s", "drain_timeout_s", "log_level"):
+    for option in ("host", "port", "grpc_port", "name", "poll_s", "max_batch", "max_delay_ms", "max_queue", "max_body_mb",
+                   "body_timeout_s", "drain_timeout_s", "header_timeout_s", "max_connections", "log_level"):
         assert defaults["serve"][option] == getattr(ServeSettings(), option), option
     for option in ("name", "max_batch", "max_delay_ms"):
         assert defaults["triton-repo"][option] == getattr(ServeSettings(), option), option

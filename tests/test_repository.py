@@ -37,7 +37,7 @@ def test_repository_matches_the_onnx_file(exported, tmp_path):
     assert config.name == "digits" and config.platform == "onnxruntime_onnx"
     assert config.max_batch_size == 32
     assert config.dynamic_batching.max_queue_delay_microseconds == 1500
-    assert list(config.version_policy.specific.versions) == [1]
+    assert config.version_policy.latest.num_versions == 1  # Triton's default: the newest version serves
     model = onnx.load(exported.onnx_path)
     as_triton = lambda tensors: [(t.name, model_config_pb2.DataType.Name(t.data_type), list(t.dims)) for t in tensors]  # noqa: E731
     assert as_triton(config.input) == io_of(model, model.graph.input) == [("rows", "TYPE_FP32", [28, 28])]
@@ -50,6 +50,17 @@ def test_cli_writes_a_repository_for_an_existing_model(exported, tmp_path):
     assert result.returncode == 0, result.stderr
     config = parse_config(tmp_path / "repo" / "rowrnn" / "config.pbtxt")
     assert config.max_batch_size == 64 and config.dynamic_batching.max_queue_delay_microseconds == 2000
+
+
+def test_version_writes_another_version_beside_the_first(exported, tmp_path):
+    for version in (1, 2):
+        result = rowrnn("triton-repo", exported.onnx_path, tmp_path / "repo", "--version", version)
+        assert result.returncode == 0, result.stderr
+        assert f"/{version}/model.onnx" in result.stdout
+    model_dir = tmp_path / "repo" / "rowrnn"
+    assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2", "config.pbtxt"]
+    assert (model_dir / "2" / "model.onnx").read_bytes() == (model_dir / "1" / "model.onnx").read_bytes()
+    assert_one_line_error(rowrnn("triton-repo", exported.onnx_path, tmp_path / "repo", "--version", 0), "--version")
 
 
 def test_refuses_what_it_cannot_describe(tmp_path, exported):

@@ -15,53 +15,16 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
 
-from helpers import http_call as call, require_module
+from helpers import INFER, decode, good_request_works, images, infer_body, metric, require_module
+from helpers import http_call as call
 from runtime import Predictor
 
 require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
-INFER = "/v2/models/rowrnn/infer"
-
-
-def images(n: int, seed: int) -> np.ndarray:
-    pixels = np.random.default_rng(seed).integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    return (pixels / np.float32(255)).astype(np.float32)
-
-
-def infer_body(rows: np.ndarray, binary: bool, **extra) -> tuple[bytes, dict[str, str]]:
-    tensor = {"name": "rows", "datatype": "FP32", "shape": list(rows.shape)}
-    if not binary:
-        tensor["data"] = rows.ravel().tolist()
-        return json.dumps({"inputs": [tensor], **extra}).encode(), {"Content-Type": "application/json"}
-    tensor["parameters"] = {"binary_data_size": rows.nbytes}
-    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}, **extra}).encode()
-    return header + rows.tobytes(), {"Content-Type": "application/octet-stream",
-                                     "Inference-Header-Content-Length": str(len(header))}
-
-
-def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndarray]:
-    """Output name -> float32 array, from a JSON or a binary-tensor response."""
-    length = response.getheader("Inference-Header-Content-Length")
-    header = json.loads(body[: int(length)] if length else body)
-    arrays, offset = {}, int(length or 0)
-    for output in header["outputs"]:
-        size = output.get("parameters", {}).get("binary_data_size")
-        if size is None:
-            arrays[output["name"]] = np.array(output["data"], np.float32).reshape(output["shape"])
-        else:
-            arrays[output["name"]] = np.frombuffer(body, "<f4", size // 4, offset).reshape(output["shape"])
-            offset += size
-    return arrays
-
-
-def good_request_works(port: int, predictor: Predictor) -> None:
-    rows = images(2, 99)
-    response, body = call(port, "POST", INFER, *infer_body(rows, binary=True))
-    assert response.status == 200, body
-    np.testing.assert_array_equal(decode(response, body)["logits"], predictor.predict(rows).logits)
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +67,6 @@ def test_tritonclient_speaks_to_rowrnn_serve(exported, predictor, start_server):
     with pytest.raises(triton.InferenceServerException, match="no version '2'"):
         client.infer("rowrnn", [tensor], model_version="2")
     client.close()
-
-
-def metric(text: str, name: str) -> float:
-    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert found, name
-    return float(found.group(1))
 
 
 def run_load(port: int, pool: list, clients: int, per_client: int) -> list[str]:
@@ -164,7 +121,7 @@ def test_load_32_clients_get_their_own_answers(exported, predictor, start_server
     text = text.decode()
     batches = metric(text, "rowrnn_inference_batch_size_count")
     batched_images = metric(text, "rowrnn_inference_batch_size_sum")
-    requests = metric(text, 'rowrnn_requests_total{code="200",endpoint="infer"}')
+    requests = metric(text, "rowrnn_requests_total", code="200", endpoint="infer")
     assert requests == 6400
     assert batches < requests * 0.8, "requests were not batched together"  # proof that batches were shared
     assert batched_images > batches  # on average more than one image per session call
@@ -420,6 +377,10 @@ def test_without_the_serve_extra_it_names_the_extra(exported):
     (["--max-delay-ms", "-1"], "--max-delay-ms"),
     (["--log-level", "loud"], "--log-level 'loud'"),
     (["--api-key", " "], "--api-key is empty"),
+    (["--grpc-port", "70000"], "--grpc-port 70000"),
+    (["--port", "8123", "--grpc-port", "8123"], "give them different ports"),
+    (["--header-timeout-s", "0"], "--header-timeout-s must be above 0"),
+    (["--max-connections", "0"], "--max-connections must be at least 1"),
 ])
 def test_bad_options_are_one_line(exported, options, message):
     from helpers import assert_one_line_error, rowrnn
@@ -437,6 +398,8 @@ def test_bad_model_and_busy_port_are_one_line(exported, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         assert_one_line_error(rowrnn("serve", exported.onnx_path, "--port", port), f"cannot listen on 127.0.0.1:{port}")
+        assert_one_line_error(rowrnn("serve", exported.onnx_path, "--port", 0, "--grpc-port", port),
+                              f"cannot listen on 127.0.0.1:{port}")
 
 
 def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch, caplog):
@@ -447,7 +410,7 @@ def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch,
     assert not ServeSettings().exposed and not ServeSettings(host="::1").exposed
     assert ServeSettings(host="0.0.0.0").exposed and ServeSettings(host="192.0.2.1").exposed
     started = []
-    monkeypatch.setattr(serve.server, "listen", lambda host, port: None)
+    monkeypatch.setattr(serve.server, "listen", lambda host, port: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(serve.server.DrainingServer, "run", lambda self, sockets: started.append(self))
     app = create_app(exported.onnx_path)
     for settings, warned in ((ServeSettings(host="0.0.0.0"), True), (ServeSettings(host="0.0.0.0", api_key="k"), False),
@@ -456,3 +419,90 @@ def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch,
         serve.server.run(app, settings)
         assert ("without --api-key" in caplog.text) == warned
     assert len(started) == 3
+
+
+def read_reply(sock: socket.socket, timeout: float) -> bytes:
+    """Everything the server sends until it closes the connection (or `timeout` passes)."""
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return b"".join(chunks)
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_off(exported, predictor, start_server):
+    """Slowloris: 50 connections trickle a header byte every 0.2 s. Trickling does not extend the
+    deadline: each gets 408 and is closed within --header-timeout-s (1 s here), and a good client
+    is served meanwhile."""
+    server = start_server(exported.onnx_path, "--header-timeout-s", "1", "--log-level", "warning")
+    slow = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(50)]
+    started = time.monotonic()
+    for sock in slow:
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\n".encode())
+    good_request_works(server.port, predictor)
+    cut = set()
+    while len(cut) < len(slow) and time.monotonic() - started < 10:
+        for index, sock in enumerate(slow):
+            if index not in cut:
+                try:
+                    sock.sendall(b"X")  # one more byte of a header that never ends
+                except OSError:  # the server closed it
+                    cut.add(index)
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    replies = [read_reply(sock, 5) for sock in slow]
+    for sock in slow:
+        sock.close()
+    assert len(cut) == len(slow) and elapsed < 5, (len(cut), elapsed)  # cut off near the 1 s deadline
+    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply for reply in replies), replies[0]
+    good_request_works(server.port, predictor)
+
+
+def test_connections_beyond_the_limit_get_503_at_once_while_requests_in_flight_finish(exported, predictor, start_server):
+    server = start_server(exported.onnx_path, "--max-connections", "20", "--header-timeout-s", "60",
+                          "--log-level", "warning")
+    rows = images(3, 31)
+    body, headers = infer_body(rows, binary=True)
+    head = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
+    in_flight = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    in_flight.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:50])
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(19)]
+    time.sleep(0.5)  # the server has accepted all 20
+    for _ in range(5):  # the 21st, 22nd, ...: refused at once, with the reason
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as extra:
+            reply = read_reply(extra, 5)
+        assert time.monotonic() - started < 2
+        assert reply.startswith(b"HTTP/1.1 503") and b"--max-connections" in reply and b"retry-after: 1" in reply, reply
+    in_flight.sendall(body[50:])  # the request in flight finishes, answered exactly
+    reply = read_reply_until_complete(in_flight)
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    in_flight.close()
+    for sock in idle:
+        sock.close()
+    deadline = time.monotonic() + 10
+    while True:  # once they are gone, new clients are served again
+        response, data = call(server.port, "POST", INFER, body, headers)
+        if response.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert response.status == 200
+    np.testing.assert_array_equal(decode(response, data)["logits"], predictor.predict(rows).logits)
+
+
+def read_reply_until_complete(sock: socket.socket) -> bytes:
+    """One HTTP response with a Content-Length, read whole (the connection stays open)."""
+    sock.settimeout(30)
+    data = b""
+    while True:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: (\d+)", head, re.I)
+        if length and len(rest) >= int(length.group(1)):
+            return data
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk

@@ -55,7 +55,7 @@ def prediction(n: int) -> Prediction:
 
 def test_json_response_round_trips_float32_exactly(images):
     parsed = parse_infer_request(*request(images, outputs=[{"name": "logits"}], id="x"))
-    body, headers = encode_infer_response(parsed, prediction(3), "rowrnn")
+    body, headers = encode_infer_response(parsed, prediction(3), "rowrnn", "1")
     assert headers == {"content-type": "application/json"}
     response = json.loads(body)
     assert response["id"] == "x" and response["model_name"] == "rowrnn" and response["model_version"] == "1"
@@ -69,7 +69,7 @@ def test_binary_response_is_read_by_tritonclient(images):
     from tritonclient.http import InferResult
 
     parsed = parse_infer_request(*request(images, binary=True, parameters={"binary_data_output": True}))
-    body, headers = encode_infer_response(parsed, prediction(3), "rowrnn")
+    body, headers = encode_infer_response(parsed, prediction(3), "rowrnn", "1")
     assert headers["content-type"] == "application/octet-stream"
     result = InferResult.from_response_body(body, header_length=int(headers["inference-header-content-length"]))
     np.testing.assert_array_equal(result.as_numpy("logits"), prediction(3).logits)

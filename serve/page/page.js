@@ -7,6 +7,9 @@ import {MAX_IMAGE_PIXELS, preprocessPixels} from "./preprocess.mjs";
 
 const meta = (name) => document.querySelector(`meta[name="rowrnn-${name}"]`).content;
 const MODEL = meta("model");
+// Which model the page was made for: a server with several (a model repository) serves each its
+// own files and answers; a static site's server ignores the query and has one.
+const MODEL_QUERY = "?model=" + encodeURIComponent(MODEL);
 const STEPS = meta("steps") === "1";  // a step model is there: the heat map
 const SERVER = meta("server") === "1";  // rowrnn serve answers /v1/classify (not on a static site)
 const BROWSER = meta("browser") === "1";  // onnxruntime-web and the model files are there
@@ -187,7 +190,7 @@ async function classify(body, type, mine = ++sequence, started = performance.now
   try {
     // the bytes themselves, not the Blob: what was sent is then visible to the browser's tools
     const bytes = await body.arrayBuffer();
-    response = await fetch(STEPS ? "v1/classify?steps=1" : "v1/classify", {method: "POST", body: bytes, headers: headers(type)});
+    response = await fetch("v1/classify" + MODEL_QUERY + (STEPS ? "&steps=1" : ""), {method: "POST", body: bytes, headers: headers(type)});
     answer = await response.json();
   } catch (failure) {
     if (mine === sequence) showError("the server did not answer (" + failure.message + ")");
@@ -300,7 +303,7 @@ document.getElementById("key-use").addEventListener("click", () => {
 async function describeModel() {
   const footer = document.getElementById("model");
   try {
-    const response = await fetch("page/model.json", {headers: headers()});
+    const response = await fetch("page/model.json" + MODEL_QUERY, {headers: headers()});
     if (response.status === 401) keyBox.hidden = false;
     if (!response.ok) {
       footer.textContent = "Model " + MODEL + ": description not available (" + response.status + ").";
@@ -340,8 +343,8 @@ function startEngines() {
     if (!info) throw new Error("the model description did not load");
     return loadEngine({
       ortDir: new URL("page/ort/", document.baseURI).href,
-      model: new URL("page/model.onnx", document.baseURI).href,
-      stepModel: STEPS && info.step_hidden ? new URL("page/model.step.onnx", document.baseURI).href : null,
+      model: new URL("page/model.onnx" + MODEL_QUERY, document.baseURI).href,
+      stepModel: STEPS && info.step_hidden ? new URL("page/model.step.onnx" + MODEL_QUERY, document.baseURI).href : null,
       hidden: info.step_hidden,
       fetchOptions: {headers: headers()},
     });

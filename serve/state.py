@@ -1,0 +1,168 @@
+"""What both protocols share: the models, readiness, requests in flight, metrics, and the one
+inference path that REST (serve.app) and gRPC (serve.grpc_service) requests go through, so
+requests of either kind arriving together share a session call."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from runtime.predictor import Prediction, Predictor
+from serve.batcher import BatcherClosed, DynamicBatcher, QueueFull
+from serve.metrics import Metrics
+from serve.protocol import ProtocolError
+from serve.repository import Batching, ModelRepository, ModelVersion
+from serve.settings import ServeSettings
+from serve.web_runtime import cached_files
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rowrnn")
+    except Exception:  # noqa: BLE001  (running from a source tree that is not installed)
+        return "0+unknown"
+
+
+def key_matches(authorization: str | None, key: str | None) -> bool:
+    """`Authorization: Bearer KEY` (HTTP header or gRPC metadata), compared in constant time."""
+    if key is None:
+        return True
+    scheme, _, token = (authorization or "").partition(" ")
+    # The token exactly as sent (no stripping: " KEY" is not the key), as the bytes on the wire
+    # (Starlette decodes headers as latin-1; gRPC metadata is ASCII) against the key's UTF-8 bytes.
+    try:
+        sent = token.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
+
+
+API_KEY_MESSAGE = "missing or wrong API key: send 'Authorization: Bearer KEY'"
+
+
+class ServerState:
+    """The models and the server's life cycle, shared by the REST app and the gRPC service."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.version = package_version()
+        self.ready = False
+        self.draining = False
+        self.in_flight = 0  # inference requests between arrival and response, both protocols
+        self.receiving = 0  # inference requests not yet handed to a batcher (body, parsing)
+        self.repository: ModelRepository | None = None
+        # onnxruntime-web from the cache `rowrnn site` fills: with it the page runs the model in
+        # the browser; without it (never fetched here), the page uses /v1/classify
+        self.ort_dir: Path | None = cached_files()
+
+    def load(self, model: str | os.PathLike | Predictor | None) -> None:
+        """Load and warm up every model: the repository (--model-repository), else one model file
+        (the bundled one by default) as a repository of one, version 1."""
+        settings = self.settings
+        batching = Batching(settings.max_batch, settings.max_delay_ms / 1000)
+        if settings.model_repository is not None:
+            self.repository = ModelRepository.of_directory(Path(settings.model_repository), self.make_batcher,
+                                                           batching, settings.drain_timeout_s)
+        else:
+            model = model if isinstance(model, Predictor) else Predictor(model)
+            self.repository = ModelRepository.of_one(settings.name, model, batching, self.make_batcher,
+                                                     settings.drain_timeout_s)
+        self.ready = True
+
+    def make_batcher(self, name: str, version: int, predictor: Predictor, batching: Batching) -> DynamicBatcher:
+        def observe(images: int, seconds: float) -> None:
+            self.metrics.observe_batch(name, str(version), images, seconds)
+
+        return DynamicBatcher(predictor, batching.max_batch, batching.max_delay_s, self.settings.max_queue,
+                              observe, lambda: self.receiving)
+
+    @property
+    def default_model(self) -> str:
+        """The page's model: --name if the server has it, else the first by name."""
+        names = sorted(self.repository.models)
+        return self.settings.name if self.settings.name in names or not names else names[0]
+
+    def serving(self) -> bool:
+        return self.ready and not self.draining
+
+    def check_key(self, authorization: str | None) -> None:
+        if not key_matches(authorization, self.settings.api_key):
+            raise ProtocolError(API_KEY_MESSAGE, 401)
+
+    @contextlib.contextmanager
+    def inference_request(self) -> Iterator[None]:
+        """An inference request in flight (the drain waits for it); refused while draining."""
+        self.in_flight += 1
+        try:
+            if self.draining:
+                raise ProtocolError("the server is shutting down", 503)
+            yield
+        finally:
+            self.in_flight -= 1
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """A request on its way to a batcher (body, parsing): a batch may wait for it."""
+        self.receiving += 1
+        try:
+            yield
+        except BaseException:
+            for versions in self.repository.models.values():
+                for loaded in versions.values():
+                    loaded.batcher.wake()  # it will not come: no batch need wait for it
+            raise
+        finally:
+            self.receiving -= 1
+
+    async def infer(self, name: str, version: str | None, images: np.ndarray) -> tuple[ModelVersion, Prediction]:
+        """The one inference path: route to the version (the latest loaded when none is named) at
+        this moment, and wait for its batcher. The version is held until the answer is back, so a
+        version that is leaving answers every request it took."""
+        model = self.repository.resolve(name, version)
+        model.in_flight += 1
+        try:
+            return model, await model.batcher.predict(images)
+        except QueueFull as exc:
+            raise ProtocolError(f"the server is busy: {exc}; retry later", 503, "RESOURCE_EXHAUSTED") from None
+        except BatcherClosed as exc:
+            raise ProtocolError(f"{exc}; retry", 503) from None
+        finally:
+            model.in_flight -= 1
+            self.metrics.queue_images.labels(model.name, str(model.version)).set(model.batcher.queued_images)
+
+    # -- the repository extension (both protocols) ------------------------------------------------
+    def check_explicit_control(self, name: str) -> None:
+        if self.settings.poll_s:  # Triton's rule too: the directory is in charge
+            raise ProtocolError("explicit model load and unload are not allowed while --poll-s polls the "
+                                "repository: change the directory instead", 409)
+        if self.repository.root is None:
+            raise ProtocolError("this server serves one model file, not a model repository "
+                                "(start it with --model-repository DIR)", 409)
+        if not (self.repository.root / name).is_dir() and name not in self.repository.models:
+            raise ProtocolError(f"no model {name!r} in the repository", 404)
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) NAME as its directory now says; an error names why it did not load."""
+        self.check_explicit_control(name)
+        await self.repository.sync({name})
+        reasons = [f"version {entry['version']}: {entry['reason']}" if entry["version"] else entry["reason"]
+                   for entry in self.repository.problems(name)]
+        serving = self.repository.versions(name)
+        if reasons or not serving:
+            kept = f"; version {', '.join(serving)} keeps serving" if serving else ""
+            raise ProtocolError(f"model {name!r} did not load: {'; '.join(reasons) or 'no version to serve'}{kept}")
+
+    async def unload_model(self, name: str) -> None:
+        """Stop serving NAME: its requests in flight finish first."""
+        self.check_explicit_control(name)
+        if name not in self.repository.models:
+            raise ProtocolError(f"model {name!r} is not loaded", 404)
+        await self.repository.sync({name}, unload={name})
