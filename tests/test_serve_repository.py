@@ -11,6 +11,7 @@ import json
 import shutil
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,6 +96,14 @@ def test_two_models_and_two_versions_each_answer_with_their_own_weights(two_mode
                                    headers={"Content-Type": "image/png"}, method="POST")
     answer = json.loads(urllib.request.urlopen(digit, timeout=30).read())
     assert answer["model"]["name"] == "digits" and answer["model"]["version"] == "2"
+    # the browser engine's files follow ?model= too: the page runs the model it was made for
+    described = json.loads(urllib.request.urlopen(f"{server.url}/page/model.json?model=digits", timeout=30).read())
+    assert described["name"] == "digits" and described["size_bytes"] == BUNDLED_MODEL.stat().st_size
+    served_file = urllib.request.urlopen(f"{server.url}/page/model.onnx?model=bundled", timeout=30).read()
+    assert served_file == BUNDLED_MODEL.read_bytes()
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        urllib.request.urlopen(f"{server.url}/page/model.onnx?model=nope", timeout=30)
+    assert unknown.value.code == 404
 
     index = client.get_model_repository_index()
     assert [(e["name"], e["version"], e["state"]) for e in index] == [

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -261,7 +262,8 @@ def test_static_site_reads_a_drawn_1_and_0_with_no_request_after_load_and_offlin
     assert shown["label"] == "1" and shown["engine"] == "browser" and shown["error"] is None
     assert log.requests == loaded
     assert all(url.startswith(server.url + "/") for url in loaded), loaded  # nothing from another origin
-    assert {name.rsplit("/", 1)[-1] for name in loaded} >= {"ort-wasm-simd-threaded.wasm", "model.onnx", "model.step.onnx"}
+    files = {urllib.parse.urlsplit(url).path.rsplit("/", 1)[-1] for url in loaded}
+    assert files >= {"ort-wasm-simd-threaded.wasm", "model.onnx", "model.step.onnx"}
     assert log.types[server.url + "/page/ort/ort-wasm-simd-threaded.wasm"] == "application/wasm"
     assert log.types[server.url + "/page/ort/ort.wasm.min.mjs"].startswith("text/javascript")
     assert watch.problems == []  # no console error: no CSP violation, no failed load
@@ -307,7 +309,7 @@ def test_served_page_answers_in_the_browser_and_says_so(browser, start_server, w
     shown = draw_and_read(page, ONE)
     assert shown == {**shown, "label": "1", "engine": "server", "error": None}
     assert shown["said"].startswith("Answered by the server")
-    assert any(url.endswith("/v1/classify?steps=1") for url in log.requests)
+    assert any(url.endswith("/v1/classify?model=rowrnn&steps=1") for url in log.requests)  # the page's model
     assert not any("/page/ort/" in url for url in log.requests)  # onnxruntime-web was never loaded
     context.close()
     assert watch.problems == []
