@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, NUM_CLASSES, PROBABILITIES_NAME
+from runtime.contract import FULL_MODEL, TensorSpec
 from runtime.errors import InputError, require_file
 from runtime.files import write_bytes_atomic, write_text_atomic
 from runtime.predictor import Predictor
 
+PLATFORM = "onnxruntime_onnx"  # what Triton calls a model that onnxruntime runs
 MODEL_VERSION = "1"  # the version directory written unless told otherwise
 # Triton's own default: the newest version serves, so writing version N+1 replaces version N.
 VERSION_POLICY = "latest: { num_versions: 1 }"
@@ -31,20 +32,19 @@ DEFAULT_MAX_DELAY_MS = 2.0  # how long the first request of a batch waits for co
 
 def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
     """Triton's model configuration (protobuf text format) for the rowrnn contract."""
-    def tensor(tensor_name: str, dims: list[int]) -> str:
-        return f'  {{ name: "{tensor_name}" data_type: TYPE_FP32 dims: {dims} }}'
+    def tensors(specs: tuple[TensorSpec, ...]) -> str:  # Triton's dims leave out the batch dimension
+        return ",\n".join(f'  {{ name: "{spec.name}" data_type: TYPE_FP32 dims: {list(spec.dims)} }}' for spec in specs)
 
     return "\n".join([
         f'name: "{name}"',
-        'platform: "onnxruntime_onnx"',
+        f'platform: "{PLATFORM}"',
         f"max_batch_size: {max_batch}",
         f"version_policy: {{ {VERSION_POLICY} }}",
         "input [",
-        tensor(INPUT_NAME, [IMAGE_ROWS, IMAGE_COLS]),
+        tensors(FULL_MODEL.inputs),
         "]",
         "output [",
-        tensor(LOGITS_NAME, [NUM_CLASSES]) + ",",
-        tensor(PROBABILITIES_NAME, [NUM_CLASSES]),
+        tensors(FULL_MODEL.outputs),
         "]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {round(max_delay_ms * 1000)} }}",
         "instance_group [ { count: 1 kind: KIND_CPU } ]",

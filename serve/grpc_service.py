@@ -20,20 +20,20 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, NUM_CLASSES
+from runtime.contract import INPUT_NAME
 from runtime.errors import InputError, one_line
 from runtime.predictor import Prediction
 from serve.protocol import (
     DATATYPE,
     EXTENSIONS,
     OUTPUT_NAMES,
-    PLATFORM,
     InferRequest,
     ProtocolError,
     binary_images,
     check_binary_size,
     check_datatype,
     check_input_names,
+    model_metadata,
     check_output_names,
     check_value_count,
     checked_images,
@@ -88,11 +88,13 @@ def encode_grpc_infer_response(request: InferRequest, prediction: Prediction, mo
 
 
 def model_metadata_response(name: str, versions: list[str]) -> pb.ModelMetadataResponse:
+    """REST's model metadata (serve.protocol), as the gRPC message: one description for both."""
+    described = model_metadata(name, versions, {})
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
-        name=name, versions=versions, platform=PLATFORM,
-        inputs=[tensor(name=INPUT_NAME, datatype=DATATYPE, shape=[-1, IMAGE_ROWS, IMAGE_COLS])],
-        outputs=[tensor(name=output, datatype=DATATYPE, shape=[-1, NUM_CLASSES]) for output in OUTPUT_NAMES],
+        name=name, versions=versions, platform=described["platform"],
+        inputs=[tensor(**spec) for spec in described["inputs"]],
+        outputs=[tensor(**spec) for spec in described["outputs"]],
     )
 
 

@@ -14,24 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from runtime.contract import (
-    IMAGE_COLS,
-    IMAGE_ROWS,
-    INPUT_NAME,
-    LOGITS_NAME,
-    NUM_CLASSES,
-    PROBABILITIES_NAME,
-)
+from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, PIXELS
+from runtime.repository import PLATFORM
 from runtime.errors import InputError, one_line
 from runtime.predictor import Prediction, validate_images
 
 PROTOCOL_VERSION = "2"
-PLATFORM = "onnxruntime_onnx"  # what Triton calls a model run by onnxruntime
 DATATYPE = "FP32"
-OUTPUT_NAMES = (LOGITS_NAME, PROBABILITIES_NAME)
+OUTPUT_NAMES = tuple(spec.name for spec in FULL_MODEL.outputs)
 EXTENSIONS = ("binary_tensor_data",)
 HEADER_LENGTH = "inference-header-content-length"
-PIXELS = IMAGE_ROWS * IMAGE_COLS
 FLOAT32_LE = np.dtype("<f4")
 
 
@@ -63,13 +55,13 @@ def server_metadata(name: str, version: str) -> dict:
 
 def model_metadata(name: str, versions: list[str], parameters: dict[str, str]) -> dict:
     """The model's metadata; `versions`: the versions loaded (the protocol's field)."""
-    tensor = lambda tensor_name, shape: {"name": tensor_name, "datatype": DATATYPE, "shape": shape}  # noqa: E731
+    tensor = lambda spec: {"name": spec.name, "datatype": DATATYPE, "shape": [-1, *spec.dims]}  # noqa: E731
     return {
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
-        "inputs": [tensor(INPUT_NAME, [-1, IMAGE_ROWS, IMAGE_COLS])],
-        "outputs": [tensor(output, [-1, NUM_CLASSES]) for output in OUTPUT_NAMES],
+        "inputs": [tensor(spec) for spec in FULL_MODEL.inputs],
+        "outputs": [tensor(spec) for spec in FULL_MODEL.outputs],
         "parameters": parameters,  # the model file's own metadata: architecture, accuracy, ...
     }
 

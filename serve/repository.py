@@ -24,12 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, NUM_CLASSES, PROBABILITIES_NAME, step_path_for
+from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, step_path_for
 from runtime.errors import InputError, one_line
 from runtime.predictor import Predictor
 from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher
-from serve.protocol import PLATFORM, ProtocolError
+from runtime.repository import PLATFORM
+from serve.protocol import ProtocolError
 
 log = logging.getLogger("rowrnn.serve.repository")
 CONFIG = "config.pbtxt"
@@ -99,8 +100,8 @@ def check_config(config, name: str, path: Path) -> None:
                          f"rowrnn serves {PLATFORM!r} models")
     if config.max_batch_size < 1:
         raise InputError(f"{path}: max_batch_size {config.max_batch_size}; rowrnn models batch (max_batch_size >= 1)")
-    expected_inputs = [(INPUT_NAME, pb.TYPE_FP32, [IMAGE_ROWS, IMAGE_COLS])]
-    expected_outputs = {LOGITS_NAME: (pb.TYPE_FP32, [NUM_CLASSES]), PROBABILITIES_NAME: (pb.TYPE_FP32, [NUM_CLASSES])}
+    expected_inputs = [(spec.name, pb.TYPE_FP32, list(spec.dims)) for spec in FULL_MODEL.inputs]
+    expected_outputs = {spec.name: (pb.TYPE_FP32, list(spec.dims)) for spec in FULL_MODEL.outputs}
     inputs = [(t.name, t.data_type, list(t.dims)) for t in config.input]
     if inputs and inputs != expected_inputs:
         raise InputError(f"{path}: inputs {inputs} are not the rowrnn contract's ('rows' TYPE_FP32 [28, 28])")

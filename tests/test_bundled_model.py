@@ -11,7 +11,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 

@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import re
-from pathlib import Path
 
 import onnx
 import pytest
