@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 from helpers import start_server_process  # noqa: E402
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor  # noqa: E402
+from runtime.files import write_text_atomic  # noqa: E402
 from serve import web_runtime  # noqa: E402
 from serve.static_site import write_site  # noqa: E402
 from test_page import CHROMIUM, CHROMIUM_ARGS, ONE, ZERO  # noqa: E402
@@ -154,7 +155,7 @@ def main() -> None:
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        write_text_atomic(args.json, text + "\n")  # a committed source: never half
 
 
 if __name__ == "__main__":

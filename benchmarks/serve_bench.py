@@ -44,6 +44,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from runtime import Predictor  # noqa: E402
+from runtime.files import write_text_atomic  # noqa: E402
 from runtime.repository import DEFAULT_MAX_DELAY_MS, MODEL_VERSION, config_pbtxt  # noqa: E402
 
 MODEL = "rowrnn"
@@ -273,9 +274,9 @@ def batch_counts(server: Server) -> tuple[float, float] | None:
     if server.label == TRITON:  # Triton: executions of the model, and the inferences they held
         calls = re.search(rf'^nv_inference_exec_count{{model="{MODEL}",version="1"}} (\S+)$', text, re.M)
         images = re.search(rf'^nv_inference_count{{model="{MODEL}",version="1"}} (\S+)$', text, re.M)
-    else:
-        calls = re.search(r"^rowrnn_inference_batch_size_count (\S+)$", text, re.M)
-        images = re.search(r"^rowrnn_inference_batch_size_sum (\S+)$", text, re.M)
+    else:  # rowrnn: the batch-size histogram of the served model (labelled by model and version)
+        calls = re.search(rf'^rowrnn_inference_batch_size_count{{model="{MODEL}",version="1"}} (\S+)$', text, re.M)
+        images = re.search(rf'^rowrnn_inference_batch_size_sum{{model="{MODEL}",version="1"}} (\S+)$', text, re.M)
     return (float(calls.group(1)), float(images.group(1))) if calls and images else None
 
 
@@ -581,7 +582,7 @@ def main() -> None:
     if args.markdown:
         print("\n".join(["", *markdown(report), "", readme_summary(report)]))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")  # a committed source: never half
 
 
 if __name__ == "__main__":

@@ -88,6 +88,7 @@ def write_triton_repository(
         version_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"{version_dir}: cannot create ({exc.strerror or exc})") from None
-    write_bytes_atomic(version_dir / "model.onnx", model.read_bytes())
+    # the configuration first: a server polling the repository never sees a model without one
     write_text_atomic(model_dir / "config.pbtxt", config_pbtxt(name, max_batch, max_delay_ms))
+    write_bytes_atomic(version_dir / "model.onnx", model.read_bytes())
     return model_dir

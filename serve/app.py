@@ -114,7 +114,7 @@ async def read_body(request: Request, settings: ServeSettings, accepts=accepts_t
         raise ProtocolError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported", 415)
     limit = settings.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared[:19]) > limit:
         raise ProtocolError(f"request body of {int(declared)} bytes is over the {settings.max_body_mb:g} MB limit", 413)
     chunks, size = [], 0
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,13 +124,24 @@ def select_versions(policy, available: list[int]) -> list[int]:
     return sorted(available)[-max(count, 1):] if available else []
 
 
+# A version is a plain decimal number, as Triton names version directories: not "²" (a digit to
+# str.isdigit, not to int) and not 5 000 digits (past int()'s limit), which would end in a 500.
+VERSION_NAME = re.compile(r"[1-9][0-9]{0,17}")
+
+
+def version_number(text: str) -> int | None:
+    """The version a directory or request names, or None when it names none."""
+    return int(text) if VERSION_NAME.fullmatch(text) else None
+
+
 def available_versions(model_dir: Path, filename: str) -> dict[int, Path]:
     """Version directories holding the model file. A directory whose file is not there yet (a copy
     in progress) is not a version yet."""
     found = {}
     for entry in model_dir.iterdir():
-        if entry.name.isdigit() and int(entry.name) > 0 and (entry / filename).is_file():
-            found[int(entry.name)] = entry / filename
+        number = version_number(entry.name)
+        if number is not None and (entry / filename).is_file():
+            found[number] = entry / filename
     return found
 
 
@@ -238,10 +250,11 @@ class ModelRepository:
             raise ProtocolError(f"unknown model {name!r}; this server serves {known}", 404)
         if version is None or version == "":
             return versions[max(versions)]
-        if not version.isdigit() or int(version) not in versions:
+        number = version_number(version)
+        if number not in versions:
             loaded = ", ".join(repr(str(v)) for v in sorted(versions))
-            raise ProtocolError(f"model {name!r} has no version {version!r}; it has version {loaded}", 404)
-        return versions[int(version)]
+            raise ProtocolError(f"model {name!r} has no version {version[:40]!r}; it has version {loaded}", 404)
+        return versions[number]
 
     def versions(self, name: str) -> list[str]:
         return [str(v) for v in sorted(self.models.get(name, {}))]

@@ -146,8 +146,10 @@ class ServerState:
         if self.repository.root is None:
             raise ProtocolError("this server serves one model file, not a model repository "
                                 "(start it with --model-repository DIR)", 409)
-        if not (self.repository.root / name).is_dir() and name not in self.repository.models:
-            raise ProtocolError(f"no model {name!r} in the repository", 404)
+        # a model is a directory of the repository, named plainly: never a path that leads out of it
+        plain = bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+        if not plain or (not (self.repository.root / name).is_dir() and name not in self.repository.models):
+            raise ProtocolError(f"no model {name[:100]!r} in the repository", 404)
 
     async def load_model(self, name: str) -> None:
         """Load (or reload) NAME as its directory now says; an error names why it did not load."""

@@ -125,8 +125,9 @@ def write_site(directory: str | os.PathLike, model: str | os.PathLike | None = N
                cache: Path | None = None) -> dict:
     """Write the static site for `model` (default: the bundled one) into `directory`; return its manifest.
 
-    The whole site is built in a scratch directory beside `directory` and swapped in with renames:
-    a reader sees the previous site or the new one. onnxruntime-web comes from the cache, fetched
+    The whole site is built in a scratch directory beside `directory` and swapped in with two
+    renames: DIR is the previous site or the new one, each whole (between the renames, for an
+    instant, it is absent; a failure there puts the previous one back). onnxruntime-web comes from the cache, fetched
     by npm the first time (serve.web_runtime).
     """
     directory, model = Path(directory), Path(model) if model is not None else BUNDLED_MODEL
@@ -152,8 +153,13 @@ def write_site(directory: str | os.PathLike, model: str | os.PathLike | None = N
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         if directory.exists():
             directory.rename(old)
-        scratch.rename(directory)
+        try:
+            scratch.rename(directory)
+        except BaseException:
+            if old.exists() and not directory.exists():
+                old.rename(directory)  # the previous site stays, whole
+            raise
+        shutil.rmtree(old, ignore_errors=True)  # only once the new site is in place
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return written

@@ -12,12 +12,14 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
+from rowrnn.extras import SERVE_EXTRA, TRAINING_EXTRA
 
 OURS = {"runtime", "serve", "export", "rowrnn_keras", "rowrnn"}
-TRAINING_STACK = {"tensorflow", "keras", "tf2onnx", "matplotlib"}
+TRAINING_STACK = set(TRAINING_EXTRA)  # what the train extra installs
+WEB_STACK = set(SERVE_EXTRA) | {"google"}  # what the serve extra installs (google: protobuf)
 # package -> (our packages it may import, third-party packages it must not import)
 RULES = {
-    "runtime": ({"runtime"}, TRAINING_STACK | {"starlette", "uvicorn", "grpc"}),  # apps embed it
+    "runtime": ({"runtime"}, TRAINING_STACK | WEB_STACK),  # apps embed it: the plain install has neither extra
     "serve": ({"serve", "runtime"}, TRAINING_STACK),  # the light install serves
     "export": ({"export", "runtime", "rowrnn_keras"}, set()),
     "rowrnn_keras": ({"rowrnn_keras", "runtime"}, set()),

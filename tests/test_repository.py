@@ -4,12 +4,12 @@ whose inputs and outputs are the ONNX file's."""
 import onnx
 import pytest
 
-from helpers import assert_one_line_error, rowrnn
-from runtime.repository import write_triton_repository
+from helpers import assert_one_line_error, require_module, rowrnn
 from runtime.errors import InputError
+from runtime.repository import write_triton_repository
 
-model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (test extra)")
-text_format = pytest.importorskip("google.protobuf.text_format")
+model_config_pb2 = require_module("tritonclient.grpc.model_config_pb2", "serve", "needs tritonclient[grpc] (the serve extra)")
+text_format = require_module("google.protobuf.text_format", "serve", "needs protobuf (the serve extra)")
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
 

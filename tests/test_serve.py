@@ -177,6 +177,9 @@ BAD_REQUESTS = [
     ("compressed body", "POST", INFER, b"\x1f\x8b", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
     ("unknown model", "POST", "/v2/models/mnist/infer", b"{}", {}, 404, "unknown model 'mnist'"),
     ("unknown version", "GET", "/v2/models/rowrnn/versions/7", None, {}, 404, "no version '7'"),
+    # a digit to str.isdigit, not to int(): once a 500
+    ("superscript-two version", "GET", "/v2/models/rowrnn/versions/%C2%B2", None, {}, 404, "no version '²'"),
+    ("5000-digit version", "POST", "/v2/models/rowrnn/versions/" + "9" * 5000 + "/infer", b"{}", {}, 404, "no version '999"),
     ("unknown endpoint", "GET", "/v1/models/rowrnn:predict", None, {}, 404, "no such endpoint"),
     ("wrong method", "GET", INFER, None, {}, 405, "GET is not allowed"),
     ("body over --max-body-mb", "POST", INFER, b"[" * (1024 * 1024 + 1), {}, 413, "over the 1 MB limit"),

@@ -162,3 +162,27 @@ def test_without_debians_python_triton_is_skipped_with_a_clear_message(monkeypat
     with pytest.raises(SystemExit, match=r"needs Debian's .*no-python3\.11.*apt-get install python3\.11"):
         serve_bench.triton_installation(tmp_path / "cache")
     assert not (tmp_path / "cache").exists()  # nothing half set up
+
+
+def test_the_batch_counters_are_read_from_a_real_rowrnn_server(start_server):
+    """The mean batch comes from `rowrnn serve`'s own /metrics: a renamed or relabelled metric must
+    fail here, not turn into a '–' in the committed table (it once did, after the metrics gained
+    model and version labels)."""
+    import numpy as np
+    import tritonclient.http as triton_http
+
+    server = start_server(None, "--log-level", "warning")
+    measured = serve_bench.Server(serve_bench.OURS, server.process, server.port, None, f"{server.url}/metrics")
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+
+    def infer(images: int) -> None:
+        rows = triton_http.InferInput("rows", [images, 28, 28], "FP32")
+        rows.set_data_from_numpy(np.zeros((images, 28, 28), np.float32))
+        client.infer(serve_bench.MODEL, [rows])
+
+    infer(1)  # the benchmark reads its counters after a warm-up too: labelled series exist from then
+    before = serve_bench.batch_counts(measured)
+    assert before is not None
+    infer(3)
+    client.close()
+    assert serve_bench.mean_batch(before, serve_bench.batch_counts(measured)) == 3.0

@@ -126,6 +126,8 @@ BAD_GRPC_REQUESTS = [
     ("output twice", "ModelInfer", request_with(lambda r: [r.outputs.add(name="logits") for _ in range(2)]), "INVALID_ARGUMENT", "asked for twice"),
     ("unknown model", "ModelInfer", infer_request(ONE, model="mnist"), "NOT_FOUND", "unknown model 'mnist'"),
     ("unknown version", "ModelInfer", infer_request(ONE, model_version="7"), "NOT_FOUND", "no version '7'"),
+    ("superscript-two version", "ModelMetadata", pb.ModelMetadataRequest(name="rowrnn", version="²"), "NOT_FOUND", "no version '²'"),
+    ("5000-digit version", "ModelInfer", infer_request(ONE, model_version="9" * 5000), "NOT_FOUND", "no version '999"),
     ("metadata of unknown model", "ModelMetadata", pb.ModelMetadataRequest(name="mnist"), "NOT_FOUND", "unknown model 'mnist'"),
     ("message over --max-body-mb", "ModelInfer", infer_request(images(400, 3)), "RESOURCE_EXHAUSTED", "larger than max"),
     ("load on a single model file", "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="rowrnn"),

@@ -337,3 +337,14 @@ def test_explicit_control_is_refused_while_polling(two_models, start_server):
         rest.unload_model("bundled")
     assert rest.is_model_ready("bundled")
     rest.close()
+
+
+@pytest.mark.parametrize("text, number", [("1", 1), ("12", 12), ("0", None), ("01", None), ("²", None), ("1.0", None),
+                                          ("-1", None), (" 1", None), ("9" * 5000, None), ("", None)])
+def test_a_version_is_a_plain_decimal_number(text, number):
+    """Directories and requests name versions alike; "²" is a digit to str.isdigit but not to int(),
+    and 5 000 digits are past int()'s limit: both once ended in a 500 (or, as a directory, a
+    traceback at start and a poll that failed forever)."""
+    from serve.repository import version_number
+
+    assert version_number(text) == number

@@ -158,8 +158,9 @@ def plain(servers):
 # --- keys ------------------------------------------------------------------------------------------
 
 def protected_rest() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
-    """Every REST endpoint behind --api-key: (method, path, body, headers). The repository
-    endpoints (issue 20) are added here when they exist."""
+    """Every REST endpoint behind --api-key that answers 200 with the key: (method, path, body,
+    headers). The repository's load and unload answer 409 on a one-model server even with the key:
+    `REFUSED_WITH_KEY`."""
     rows = images(1, 3)
     body, length = binary_request(rows)
     binary = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(length)}
@@ -173,7 +174,17 @@ def protected_rest() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
         ("POST", "/v2/models/rowrnn/versions/1/infer", body, binary),
         ("GET", "/metrics", None, {}),
         ("POST", "/v1/classify", png_digit(), {"Content-Type": "image/png"}),
+        ("POST", "/v2/repository/index", None, {}),
+        ("GET", "/page/model.onnx", None, {}),  # the browser engine's model files
+        ("GET", "/page/model.step.onnx", None, {}),
+        ("GET", "/page/model.json", None, {}),
     ]
+
+
+# The repository extension's explicit control: with the key, 409 here (one model file, no
+# repository); without it, 401 first: the key is checked before anything is done.
+REFUSED_WITH_KEY = [("POST", "/v2/repository/models/rowrnn/load", None, {}),
+                    ("POST", "/v2/repository/models/rowrnn/unload", None, {})]
 
 
 OPEN_REST = ["/v2/health/live", "/v2/health/ready", "/", "/page/page.js", "/page/page.css"]
@@ -208,7 +219,7 @@ def almost_keys() -> list[tuple[str, dict[str, str], str]]:
 @pytest.mark.parametrize("case, headers, bug", almost_keys(), ids=[k[0] for k in almost_keys()])
 def test_a_key_that_almost_matches_is_refused_on_every_protected_endpoint(keyed, case, headers, bug):
     # Catches: `bug` (each case names the wrong check it defeats).
-    for method, path, body, extra in protected_rest():
+    for method, path, body, extra in protected_rest() + REFUSED_WITH_KEY:
         response, data = call(keyed.port, method, path, body, {**extra, **headers})
         if case == "64 KB long":  # refused before the key is read: the header block is too large
             assert response.status in (401, 431), (path, response.status, data[:200])
@@ -234,11 +245,66 @@ def test_the_right_key_opens_every_protected_endpoint_and_health_and_page_need_n
         assert response.status == 200, (path, data[:200])
         response, _ = call(keyed.port, method, path, body, {**extra, "Authorization": f"bearer {KEY}"})
         assert response.status == 200, path  # the scheme is case-insensitive (RFC 7235), the key is not
+    for method, path, body, extra in REFUSED_WITH_KEY:
+        response, data = call(keyed.port, method, path, body, {**extra, "Authorization": f"Bearer {KEY}"})
+        assert response.status == 409, (path, data[:200])  # past the key check, refused for what it asks
     for path in OPEN_REST:
         assert call(keyed.port, "GET", path)[0].status == 200, path
     answers_a_good_request(keyed.port, predictor, {"Authorization": f"Bearer {KEY}"})
     _, text = call(keyed.port, "GET", "/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert b'code="500"' not in text  # no refusal above was a crash
+
+
+def grpc_calls(stub, service_pb2) -> dict[str, object]:
+    """Every gRPC method behind --api-key, as a call taking the metadata to send."""
+    rows = images(1, 3)
+    infer = service_pb2.ModelInferRequest(model_name="rowrnn", raw_input_contents=[rows.tobytes()])
+    infer.inputs.add(name="rows", datatype="FP32", shape=[1, 28, 28])
+    return {
+        "ModelInfer": lambda metadata: stub.ModelInfer(infer, metadata=metadata, timeout=30),
+        "ModelMetadata": lambda metadata: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="rowrnn"), metadata=metadata, timeout=30),
+        "ModelReady": lambda metadata: stub.ModelReady(service_pb2.ModelReadyRequest(name="rowrnn"), metadata=metadata, timeout=30),
+        "ServerMetadata": lambda metadata: stub.ServerMetadata(service_pb2.ServerMetadataRequest(), metadata=metadata, timeout=30),
+        "RepositoryIndex": lambda metadata: stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), metadata=metadata, timeout=30),
+        # with the key: FAILED_PRECONDITION on one model file (no repository); an unload without
+        # it would be a denial of service anyone could send
+        "RepositoryModelLoad": lambda metadata: stub.RepositoryModelLoad(
+            service_pb2.RepositoryModelLoadRequest(model_name="rowrnn"), metadata=metadata, timeout=30),
+        "RepositoryModelUnload": lambda metadata: stub.RepositoryModelUnload(
+            service_pb2.RepositoryModelUnloadRequest(model_name="rowrnn"), metadata=metadata, timeout=30),
+    }
+
+
+REFUSED_WITH_KEY_GRPC = {"RepositoryModelLoad", "RepositoryModelUnload"}
+
+
+def test_grpc_refuses_every_almost_key_on_every_protected_method(keyed):
+    # Catches: a gRPC check that differs from REST's (the cases and bugs of `almost_keys`), or a
+    # method that skips it. gRPC metadata is ASCII and at most 8 KB by default: the non-ASCII and
+    # 64 KB keys are refused by the client library itself and are not sent.
+    grpc = require_module("grpc", "serve", "needs the serve extra (grpcio): pip install '.[serve]'")
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
+        calls = grpc_calls(service_pb2_grpc.GRPCInferenceServiceStub(channel), service_pb2)
+        sendable = [(case, headers) for case, headers, _ in almost_keys()
+                    if all(value.isascii() for value in headers.values()) and case != "64 KB long"]
+        assert len(sendable) >= 12
+        for case, headers in sendable:
+            metadata = [(name.lower(), value) for name, value in headers.items()]
+            for method, send in calls.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    send(metadata)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (case, method, refused.value)
+        for method, send in calls.items():  # the right key opens each: the refusals above meant something
+            if method in REFUSED_WITH_KEY_GRPC:
+                with pytest.raises(grpc.RpcError) as refused:
+                    send([("authorization", f"Bearer {KEY}")])
+                assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (method, refused.value)
+            else:
+                send([("authorization", f"Bearer {KEY}")])
+        live = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=30)
+        assert live.live  # the probe needs no key
 
 
 def test_the_comparison_is_constant_time(monkeypatch):

@@ -1,5 +1,6 @@
 """runtime.stream: row-by-row prediction over the step model, state isolation, early exit, bad input."""
 
+import re
 import threading
 
 import numpy as np
@@ -306,3 +307,25 @@ def test_models_that_are_not_step_models_are_refused(exported_step, tmp_path):
         StreamingPredictor(tmp_path / "junk.onnx")
     with pytest.raises(InputError, match="intra_op_threads"):
         StreamingPredictor(exported_step.step_path, intra_op_threads=0)
+
+
+@pytest.mark.parametrize("metadata, problem", [
+    ({"format": None}, "rowrnn format '1'/None is not the supported '1'/'step'"),
+    ({"format": "full"}, "rowrnn format '1'/'full'"),
+    ({"format_version": "2"}, "rowrnn format '2'/'step'"),
+], ids=["no-format", "other-format", "other-version"])
+def test_a_step_graph_whose_metadata_names_another_kind_is_refused(exported_step, tmp_path, metadata, problem):
+    """The graph is a real step model; only its metadata says otherwise: the contract's metadata
+    check (runtime.contract.ModelIO.metadata_problem) must read the file's own `format`."""
+    import onnx
+
+    model = onnx.load(exported_step.step_path)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({k: v for k, v in metadata.items() if v is not None})
+    for key in (k for k, v in metadata.items() if v is None):
+        del props[key]
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, tmp_path / "relabelled.step.onnx")
+    with pytest.raises(InputError, match=re.escape(problem)):
+        StreamingPredictor(tmp_path / "relabelled.step.onnx")
