@@ -310,10 +310,10 @@ async def page_model(request: Request, state: ServerState) -> Response:
     if file == DESCRIPTION_FILE:
         description = model_description(name, model.predictor, model.streaming)
         return Response(orjson.dumps(description), headers=PAGE_HEADERS, media_type=JSON)
-    path = {MODEL_FILE: model.predictor.path, STEP_FILE: model.streaming and model.streaming.path}.get(file)
-    if path is None:
+    content = {MODEL_FILE: model.model_bytes, STEP_FILE: model.step_bytes}.get(file)
+    if content is None:
         raise ProtocolError(f"no such endpoint: {request.url.path}", 404)
-    return FileResponse(path, headers=PAGE_HEADERS, media_type="application/octet-stream")
+    return Response(content, headers=PAGE_HEADERS, media_type="application/octet-stream")
 
 
 @endpoint("metrics")

@@ -67,6 +67,10 @@ class ModelVersion:
     streaming: StreamingPredictor | None  # MODEL.step.onnx beside the model (`rowrnn export --step`)
     signature: tuple = ()  # the model file's, when loaded: a changed file is loaded again
     in_flight: int = 0  # requests routed here and not yet answered
+    # The model and step files' bytes as loaded: what the page's browser engine downloads is what
+    # this version runs, even after the files on disk change (a refused reload keeps the old one).
+    model_bytes: bytes = b""
+    step_bytes: bytes | None = None
 
     def close(self) -> None:
         self.predictor.close()
@@ -182,18 +186,20 @@ def open_version(name: str, version: int, model: Path | Predictor, batching: Bat
     """Load a version (the Predictor checks the ONNX contract) and warm it up: run the shapes it
     will see once, so its first client does not pay for them."""
     signature = () if isinstance(model, Predictor) else file_signature(model)
+    model_bytes = (model.path if isinstance(model, Predictor) else model).read_bytes()  # before it loads
     predictor = model if isinstance(model, Predictor) else Predictor(model)
     try:
         for size in sorted({1, batching.max_batch}):
             predictor.predict(np.zeros((size, IMAGE_ROWS, IMAGE_COLS), np.float32))
-        parameters = {**predictor.metadata, "size_bytes": str(predictor.path.stat().st_size)}
+        parameters = {**predictor.metadata, "size_bytes": str(len(model_bytes))}
         step_path = step_path_for(predictor.path)
-        streaming = StreamingPredictor(step_path) if step_path.is_file() else None
+        step_bytes = step_path.read_bytes() if step_path.is_file() else None
+        streaming = StreamingPredictor(step_path) if step_bytes is not None else None
     except BaseException:
         predictor.close()
         raise
     return ModelVersion(name, version, predictor, make_batcher(name, version, predictor, batching),
-                        parameters, streaming, signature)
+                        parameters, streaming, signature, model_bytes=model_bytes, step_bytes=step_bytes)
 
 
 class ModelRepository:

@@ -348,3 +348,16 @@ def test_a_version_is_a_plain_decimal_number(text, number):
     from serve.repository import version_number
 
     assert version_number(text) == number
+
+
+def test_a_refused_reload_leaves_the_page_the_bytes_that_still_serve(exported, start_server, tmp_path):
+    """Version 1's file is overwritten with junk: the reload is refused and the old model keeps
+    serving, and the page's browser engine still downloads the model that serves, not the junk."""
+    repo = tmp_path / "repo"
+    write_triton_repository(exported.onnx_path, repo, name="digits")
+    served = exported.onnx_path.read_bytes()
+    server = start_server(None, "--model-repository", repo, "--poll-s", "0.2", "--name", "digits")
+    (repo / "digits" / "1" / "model.onnx").write_bytes(b"junk, not a model")
+    wait_for(lambda: "model 'digits' version 1 refused" in server.log.read_text(), 30, "the junk refused")
+    page_file = urllib.request.urlopen(f"{server.url}/page/model.onnx?model=digits", timeout=30).read()
+    assert page_file == served
