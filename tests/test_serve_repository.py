@@ -361,3 +361,18 @@ def test_a_refused_reload_leaves_the_page_the_bytes_that_still_serve(exported, s
     wait_for(lambda: "model 'digits' version 1 refused" in server.log.read_text(), 30, "the junk refused")
     page_file = urllib.request.urlopen(f"{server.url}/page/model.onnx?model=digits", timeout=30).read()
     assert page_file == served
+
+
+def test_a_version_is_warmed_up_at_the_shapes_it_will_see_before_it_is_returned(exported):
+    """Rollout's promise that a new version takes traffic only once warm: the shapes a batcher
+    forms (one image, a full batch) have run before `open_version` hands the version back."""
+    from serve.repository import Batching, open_version
+
+    predictor = Predictor(exported.onnx_path)
+    seen: list[int] = []
+    real_predict = predictor.predict
+    predictor.predict = lambda images: seen.append(len(images)) or real_predict(images)
+    version = open_version("digits", 1, predictor, Batching(48, 0.002), lambda *args: object())
+    assert sorted(seen) == [1, 48]
+    assert version.model_bytes == exported.onnx_path.read_bytes()
+    version.close()
