@@ -308,7 +308,7 @@ async def page_model(request: Request, state: ServerState) -> Response:
     model = state.repository.resolve(name)
     file = request.url.path.rsplit("/", 1)[-1]
     if file == DESCRIPTION_FILE:
-        description = model_description(name, model.predictor, model.streaming)
+        description = model_description(name, model.parameters, model.streaming)  # the version as loaded
         return Response(orjson.dumps(description), headers=PAGE_HEADERS, media_type=JSON)
     content = {MODEL_FILE: model.model_bytes, STEP_FILE: model.step_bytes}.get(file)
     if content is None:

@@ -51,14 +51,14 @@ def step_model_beside(model: Path) -> Path | None:
     return step if step.is_file() else None
 
 
-def model_description(name: str, predictor: Predictor, streaming: StreamingPredictor | None) -> dict:
-    """page/model.json: what the page's footer says, and the step model's state size."""
-    metadata = predictor.metadata
+def model_description(name: str, parameters: dict[str, str], streaming: StreamingPredictor | None) -> dict:
+    """page/model.json: what the page's footer says, and the step model's state size.
+    `parameters`: the model's metadata and its `size_bytes`, as the metadata endpoints give them."""
     return {
         "name": name,
-        "architecture": metadata.get("architecture"),
-        "test_accuracy": metadata.get("test_accuracy"),
-        "size_bytes": predictor.path.stat().st_size,
+        "architecture": parameters.get("architecture"),
+        "test_accuracy": parameters.get("test_accuracy"),
+        "size_bytes": int(parameters["size_bytes"]),
         "step_hidden": None if streaming is None else streaming.hidden,
     }
 
@@ -79,7 +79,8 @@ def site_files(model: Path, runtime_dir: Path) -> dict[str, bytes | Path]:
     with Predictor(model, threads=1) as predictor:
         step = step_model_beside(model)
         streaming = StreamingPredictor(step) if step else None
-        description = model_description(predictor.path.stem, predictor, streaming)
+        parameters = {**predictor.metadata, "size_bytes": str(model.stat().st_size)}
+        description = model_description(predictor.path.stem, parameters, streaming)
     files: dict[str, bytes | Path] = {
         "index.html": page_html(description["name"], steps=step is not None, server=False, browser=True),
         f"page/{MODEL_FILE}": model,

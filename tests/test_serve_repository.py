@@ -361,6 +361,8 @@ def test_a_refused_reload_leaves_the_page_the_bytes_that_still_serve(exported, s
     wait_for(lambda: "model 'digits' version 1 refused" in server.log.read_text(), 30, "the junk refused")
     page_file = urllib.request.urlopen(f"{server.url}/page/model.onnx?model=digits", timeout=30).read()
     assert page_file == served
+    described = json.loads(urllib.request.urlopen(f"{server.url}/page/model.json?model=digits", timeout=30).read())
+    assert described["size_bytes"] == len(served)  # the footer describes the same model, not the junk
 
 
 def test_a_version_is_warmed_up_at_the_shapes_it_will_see_before_it_is_returned(exported):
