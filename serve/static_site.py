@@ -35,6 +35,7 @@ PAGE_ASSETS = {  # the page's own files, and how they are served
     "engine.mjs": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
 }
+PAGE_TEMPLATE = (PAGE_DIR / "index.html").read_text(encoding="utf-8")  # read once: the server fills it per request
 ORT_TYPES = {".mjs": "text/javascript; charset=utf-8", ".wasm": "application/wasm"}
 MODEL_FILE, STEP_FILE, DESCRIPTION_FILE, MANIFEST_FILE = "model.onnx", "model.step.onnx", "model.json", "manifest.json"
 GENERATOR = "rowrnn site"
@@ -68,7 +69,7 @@ def page_html(name: str, *, steps: bool, server: bool, browser: bool) -> bytes:
     onnxruntime-web and the model files; the server's, `rowrnn serve`), and a step model or not."""
     fields = {"MODEL_NAME": escape(name, quote=True), "STEPS": str(int(steps)), "SERVER": str(int(server)),
               "BROWSER": str(int(browser)), "POLICY": PAGE_POLICY}
-    html = (PAGE_DIR / "index.html").read_text(encoding="utf-8")
+    html = PAGE_TEMPLATE
     for field, value in fields.items():
         html = html.replace("{{" + field + "}}", value)
     return html.encode("utf-8")
