@@ -49,7 +49,11 @@ def configurations(args) -> dict[str, tuple[type, str, dict]]:
     return {
         "before: tf2onnx graph, old predictor (fp32)": (old, str(args.old_model), {}),
         "+ folded graph (fp32)": (old, str(args.new_model), {}),
-        "+ new predictor, 2 intra-op threads (fp32)": (Predictor, str(args.new_model), {"intra_op_threads": 2, "threads": 1}),
+        "+ new predictor, 2 intra-op threads (fp32)": (
+            Predictor,
+            str(args.new_model),
+            {"intra_op_threads": 2, "threads": 1},
+        ),
         "+ new predictor, defaults (fp32)": (Predictor, str(args.new_model), {}),
         "before: tf2onnx graph, old predictor (int8)": (old, int8(args.old_model), {}),
         "+ folded graph (int8)": (old, int8(args.new_model), {}),

@@ -50,8 +50,12 @@ TRANSFERRED = """() => [performance.getEntriesByType("navigation")[0], ...perfor
 
 def percentiles(values: list[float]) -> dict:
     ordered = sorted(values)
-    return {"p50": round(statistics.median(ordered), 2), "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
-            "min": round(ordered[0], 2), "n": len(ordered)}
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p90": round(ordered[int(0.9 * (len(ordered) - 1))], 2),
+        "min": round(ordered[0], 2),
+        "n": len(ordered),
+    }
 
 
 def one_load(browser, url: str) -> dict:
@@ -64,8 +68,13 @@ def one_load(browser, url: str) -> dict:
     shown = draw_and_read(page, ONE)
     first_answer_ms = page.evaluate("performance.now()")
     page.wait_for_load_state("networkidle")
-    result = {"bytes": page.evaluate(TRANSFERRED), "engine": shown["engine"], "label": shown["label"],
-              "engine_ready_ms": round(engine_ready_ms, 1), "first_answer_ms": round(first_answer_ms, 1)}
+    result = {
+        "bytes": page.evaluate(TRANSFERRED),
+        "engine": shown["engine"],
+        "label": shown["label"],
+        "engine_ready_ms": round(engine_ready_ms, 1),
+        "first_answer_ms": round(first_answer_ms, 1),
+    }
     context.close()
     return result
 
@@ -104,10 +113,13 @@ def parity(browser, url: str, images: np.ndarray) -> dict:
     with Predictor(BUNDLED_MODEL) as predictor:
         expected = predictor.predict(rows)
     step_model = BUNDLED_MODEL.with_name("mnist.step.onnx")
-    return {"images": len(rows), "max_abs_logit_diff": float(np.abs(logits - expected.logits).max()),
-            "argmax_agreement": float((logits.argmax(axis=1) == expected.labels).mean()),
-            "max_abs_heat_map_diff": float(np.abs(steps - StreamingPredictor(step_model).row_probabilities(rows)).max()),
-            "browser_ms_for_all": round(milliseconds, 1)}
+    return {
+        "images": len(rows),
+        "max_abs_logit_diff": float(np.abs(logits - expected.logits).max()),
+        "argmax_agreement": float((logits.argmax(axis=1) == expected.labels).mean()),
+        "max_abs_heat_map_diff": float(np.abs(steps - StreamingPredictor(step_model).row_probabilities(rows)).max()),
+        "browser_ms_for_all": round(milliseconds, 1),
+    }
 
 
 def main() -> None:
@@ -120,8 +132,11 @@ def main() -> None:
 
     if web_runtime.cached_files() is None:
         sys.exit("onnxruntime-web is not in the cache: run `rowrnn site DIR` once")
-    report = {"machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.python_version()}",
-              "onnxruntime_web": web_runtime.VERSION, "chromium": None}
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, {platform.python_version()}",
+        "onnxruntime_web": web_runtime.VERSION,
+        "chromium": None,
+    }
     with tempfile.TemporaryDirectory() as scratch:
         site = Path(scratch) / "site"
         manifest = write_site(site, BUNDLED_MODEL)
@@ -135,11 +150,19 @@ def main() -> None:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
                 report["chromium"] = browser.version
-                pages = {"static site, browser engine": static.url + "/", "rowrnn serve, server engine": server.url + "/?engine=server",
-                         "rowrnn serve, browser engine": server.url + "/"}
-                report["load"] = {name: [one_load(browser, url) for _ in range(args.loads)] for name, url in pages.items()}
-                report["per_drawing"] = {name: drawing_latencies(browser, url, args.drawings)
-                                         for name, url in pages.items() if "rowrnn serve, browser" not in name}
+                pages = {
+                    "static site, browser engine": static.url + "/",
+                    "rowrnn serve, server engine": server.url + "/?engine=server",
+                    "rowrnn serve, browser engine": server.url + "/",
+                }
+                report["load"] = {
+                    name: [one_load(browser, url) for _ in range(args.loads)] for name, url in pages.items()
+                }
+                report["per_drawing"] = {
+                    name: drawing_latencies(browser, url, args.drawings)
+                    for name, url in pages.items()
+                    if "rowrnn serve, browser" not in name
+                }
                 data = os.environ.get("ROWRNN_DATA")
                 if data:
                     from runtime.mnist import load_mnist_dir

@@ -22,8 +22,11 @@ import numpy as np
 from tritonclient.grpc import service_pb2
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
-             ("grpc.use_local_subchannel_pool", 1)]  # one TCP connection per client, not one shared
+UNLIMITED = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),
+]  # one TCP connection per client, not one shared
 
 
 def infer_request(model: str, images: int) -> bytes:
@@ -58,12 +61,20 @@ async def load(port: int, model: str, images: int, connections: int, seconds: fl
     failures: list[str] = []
     started = time.perf_counter()
     until = started + seconds
-    await asyncio.gather(*(client(f"127.0.0.1:{port}", payload, until, latencies, failures) for _ in range(connections)))
+    await asyncio.gather(
+        *(client(f"127.0.0.1:{port}", payload, until, latencies, failures) for _ in range(connections))
+    )
     elapsed = time.perf_counter() - started
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e6 if latencies else (0.0, 0.0)
     not_ok = [code for code in failures if code not in ("UNAVAILABLE", "DEADLINE_EXCEEDED")]
-    return {"requests": len(latencies) + len(failures), "seconds": elapsed, "non_2xx": len(not_ok),
-            "socket_errors": len(failures) - len(not_ok), "p50_us": int(p50), "p99_us": int(p99)}
+    return {
+        "requests": len(latencies) + len(failures),
+        "seconds": elapsed,
+        "non_2xx": len(not_ok),
+        "socket_errors": len(failures) - len(not_ok),
+        "p50_us": int(p50),
+        "p99_us": int(p99),
+    }
 
 
 def main() -> None:

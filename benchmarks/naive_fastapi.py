@@ -23,7 +23,11 @@ def infer(request: dict) -> dict:
         "model_name": "rowrnn",
         "outputs": [
             {"name": "logits", "datatype": "FP32", "shape": list(logits.shape), "data": logits.ravel().tolist()},
-            {"name": "probabilities", "datatype": "FP32", "shape": list(probabilities.shape),
-             "data": probabilities.ravel().tolist()},
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": list(probabilities.shape),
+                "data": probabilities.ravel().tolist(),
+            },
         ],
     }

@@ -85,7 +85,10 @@ def request_body(images: int, binary: bool, directory: Path) -> tuple[Path, str]
     if binary:
         tensor["parameters"] = {"binary_data_size": rows.nbytes}
         header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
-        body, headers = header + rows.tobytes(), f"Content-Type: application/octet-stream|Inference-Header-Content-Length: {len(header)}"
+        body, headers = (
+            header + rows.tobytes(),
+            f"Content-Type: application/octet-stream|Inference-Header-Content-Length: {len(header)}",
+        )
     else:
         tensor["data"] = rows.ravel().tolist()
         body, headers = json.dumps({"inputs": [tensor]}).encode(), "Content-Type: application/json"
@@ -95,6 +98,7 @@ def request_body(images: int, binary: bool, directory: Path) -> tuple[Path, str]
 
 
 # --- Triton ------------------------------------------------------------------------------------
+
 
 def write_triton_model_repository(directory: Path, model: Path, name: str = MODEL) -> Path:
     """DIR/NAME/config.pbtxt (Python backend, dynamic batching) and DIR/NAME/1/{model.py, model.onnx}.
@@ -117,16 +121,22 @@ def triton_installation(cache: Path = CACHE) -> tuple[Path, dict[str, str]]:
     """(tritonserver's directory, its environment), set up once in `cache`; SystemExit's message
     says what is missing when it cannot be."""
     if not DEBIAN_PYTHON.is_file():
-        raise SystemExit(f"needs Debian's {DEBIAN_PYTHON} for Triton's Python backend "
-                         "(apt-get install python3.11 python3.11-venv)")
+        raise SystemExit(
+            f"needs Debian's {DEBIAN_PYTHON} for Triton's Python backend (apt-get install python3.11 python3.11-venv)"
+        )
     venv = cache / "triton-venv"
     site = venv / "lib" / "python3.11" / "site-packages"
     if not (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").is_file():
-        print(f"serve_bench: setting up Triton's venv in {venv} (once: pip install {' '.join(TRITON_PACKAGES)})",
-              file=sys.stderr, flush=True)
+        print(
+            f"serve_bench: setting up Triton's venv in {venv} (once: pip install {' '.join(TRITON_PACKAGES)})",
+            file=sys.stderr,
+            flush=True,
+        )
         shutil.rmtree(venv, ignore_errors=True)
-        for command in ([str(DEBIAN_PYTHON), "-m", "venv", str(venv)],
-                        [str(venv / "bin" / "pip"), "install", "--quiet", *TRITON_PACKAGES]):
+        for command in (
+            [str(DEBIAN_PYTHON), "-m", "venv", str(venv)],
+            [str(venv / "bin" / "pip"), "install", "--quiet", *TRITON_PACKAGES],
+        ):
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 last = (result.stderr.strip().splitlines() or ["no output"])[-1]
@@ -138,8 +148,12 @@ def triton_installation(cache: Path = CACHE) -> tuple[Path, dict[str, str]]:
         shutil.rmtree(server, ignore_errors=True)
         shutil.copytree(dist, server, ignore=shutil.ignore_patterns("python_backend_stubs"))
         shutil.copy2(dist / "python_backend_stubs" / "3.11" / "triton_python_backend_stub", stub)
-    env = {**os.environ, "LD_LIBRARY_PATH": str(site / "nvidia_pytriton.libs"),
-           "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(site)}
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(site / "nvidia_pytriton.libs"),
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+        "PYTHONPATH": str(site),
+    }
     return server, env
 
 
@@ -149,15 +163,27 @@ def start_triton(model: Path, scratch: Path, log: Path) -> Server:
     if not repository.exists():
         write_triton_model_repository(repository, model)
     http, grpc, metrics = free_port(), free_port(), free_port()
-    command = [str(server_dir / "bin" / "tritonserver"), f"--model-repository={repository}",
-               f"--backend-directory={server_dir / 'backends'}", f"--cache-directory={server_dir / 'caches'}",
-               "--http-address=127.0.0.1", f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-               "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--log-verbose=0",
-               "--exit-on-error=true", "--exit-timeout-secs=5"]
+    command = [
+        str(server_dir / "bin" / "tritonserver"),
+        f"--model-repository={repository}",
+        f"--backend-directory={server_dir / 'backends'}",
+        f"--cache-directory={server_dir / 'caches'}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc}",
+        "--metrics-address=127.0.0.1",
+        f"--metrics-port={metrics}",
+        "--log-verbose=0",
+        "--exit-on-error=true",
+        "--exit-timeout-secs=5",
+    ]
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env, cwd=scratch)
     # /v2/health/ready answers before the model is loaded: wait for the model itself
-    wait_for(lambda: http_status(f"http://127.0.0.1:{http}/v2/models/{MODEL}/ready") == 200, process, "Triton", log, 180)
+    wait_for(
+        lambda: http_status(f"http://127.0.0.1:{http}/v2/models/{MODEL}/ready") == 200, process, "Triton", log, 180
+    )
     return Server(TRITON, process, http, grpc, f"http://127.0.0.1:{metrics}/metrics")
 
 
@@ -170,10 +196,16 @@ def server_version(port: int) -> str:
 
 # --- rowrnn and the naive baseline ---------------------------------------------------------------
 
+
 def rowrnn_grpc_missing() -> str | None:
     """None when `rowrnn serve` offers --grpc-port, else why its gRPC rows are skipped."""
-    result = subprocess.run([sys.executable, "-m", "rowrnn", "serve", "--help"], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    result = subprocess.run(
+        [sys.executable, "-m", "rowrnn", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     return None if "--grpc-port" in result.stdout else "rowrnn serve has no --grpc-port in this build"
 
 
@@ -181,22 +213,50 @@ def start_rowrnn(label: str, model: Path, log: Path, grpc_missing: str | None) -
     port = free_port()
     batching = ["--max-batch", "1", "--max-delay-ms", "0"] if label == UNBATCHED else []
     grpc_port = None if grpc_missing else free_port()
-    command = [sys.executable, "-m", "rowrnn", "serve", str(model), "--port", str(port), "--log-level", "warning",
-               *batching, *([] if grpc_port is None else ["--grpc-port", str(grpc_port)])]
+    command = [
+        sys.executable,
+        "-m",
+        "rowrnn",
+        "serve",
+        str(model),
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *batching,
+        *([] if grpc_port is None else ["--grpc-port", str(grpc_port)]),
+    ]
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO)
     wait_for(lambda: http_status(f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready") == 200, process, label, log, 60)
     if grpc_port is not None:
         wait_for(lambda: port_open(grpc_port), process, label, log, 30)
-    return Server(label, process, port, grpc_port, f"http://127.0.0.1:{port}/metrics",
-                  {"gRPC": grpc_missing} if grpc_missing else {},
-                  ((1, 64),) if label == UNBATCHED else LOADS)  # batching off: the 64-client row it is judged by
+    return Server(
+        label,
+        process,
+        port,
+        grpc_port,
+        f"http://127.0.0.1:{port}/metrics",
+        {"gRPC": grpc_missing} if grpc_missing else {},
+        ((1, 64),) if label == UNBATCHED else LOADS,
+    )  # batching off: the 64-client row it is judged by
 
 
 def start_naive(model: Path, log: Path) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "naive_fastapi:app", "--port", str(port), "--log-level", "warning",
-               "--no-access-log", "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "naive_fastapi:app",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "ROWRNN_MODEL": str(model), "PYTHONPATH": str(REPO / "benchmarks")}
     with open(log, "wb") as stream:
         process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env=env)
@@ -237,6 +297,7 @@ def wait_for(ready, process: subprocess.Popen, label: str, log: Path, seconds: f
 
 # --- measuring -----------------------------------------------------------------------------------
 
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -245,16 +306,45 @@ def children_cpu_seconds() -> float:
 def wrk(port: int, body: Path, headers: str, connections: int, seconds: float) -> dict:
     env = {**os.environ, "BODY_FILE": str(body), "HEADERS": headers}
     result = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(REPO / "benchmarks" / "wrk_post.lua"),
-         f"http://127.0.0.1:{port}{INFER}"], capture_output=True, text=True, env=env, timeout=seconds + 60,
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(REPO / "benchmarks" / "wrk_post.lua"),
+            f"http://127.0.0.1:{port}{INFER}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=seconds + 60,
     )
     return last_json_line(result, "wrk")
 
 
 def grpc_load(port: int, images: int, connections: int, seconds: float) -> dict:
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "grpc_load.py"), "--port", str(port), "--model", MODEL,
-                             "--images", str(images), "--connections", str(connections), "--seconds", str(seconds)],
-                            capture_output=True, text=True, timeout=seconds + 60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "grpc_load.py"),
+            "--port",
+            str(port),
+            "--model",
+            MODEL,
+            "--images",
+            str(images),
+            "--connections",
+            str(connections),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
     return last_json_line(result, "grpc_load.py")
 
 
@@ -316,8 +406,12 @@ def check_answers(server: Server, model: Path) -> None:
     rows = (np.random.default_rng(3).integers(0, 256, (3, 28, 28)) / 255).astype(np.float32)
     with Predictor(model) as predictor:
         expected = predictor.predict(rows).logits
-    body = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [3, 28, 28], "data": rows.ravel().tolist()}]})
-    request = urllib.request.Request(f"http://127.0.0.1:{server.rest_port}{INFER}", body.encode(), {"Content-Type": "application/json"})
+    body = json.dumps(
+        {"inputs": [{"name": "rows", "datatype": "FP32", "shape": [3, 28, 28], "data": rows.ravel().tolist()}]}
+    )
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.rest_port}{INFER}", body.encode(), {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=30) as response:
         outputs = {o["name"]: o for o in json.loads(response.read())["outputs"]}
     answers = {"REST": np.array(outputs["logits"]["data"], np.float32).reshape(3, 10)}
@@ -352,12 +446,16 @@ def measure(server: Server, protocol: str, images: int, clients: int, seconds: f
 
 def run(model: Path, seconds: float, rounds: int) -> dict:
     scratch = Path(tempfile.mkdtemp(prefix="rowrnn-bench-"))
-    bodies = {(images, binary): request_body(images, binary, scratch) for images, _ in LOADS for binary in (False, True)}
+    bodies = {
+        (images, binary): request_body(images, binary, scratch) for images, _ in LOADS for binary in (False, True)
+    }
     grpc_missing = rowrnn_grpc_missing()
-    starters = {OURS: lambda log: start_rowrnn(OURS, model, log, grpc_missing),
-                UNBATCHED: lambda log: start_rowrnn(UNBATCHED, model, log, grpc_missing),
-                TRITON: lambda log: start_triton(model, scratch, log),
-                NAIVE: lambda log: start_naive(model, log)}
+    starters = {
+        OURS: lambda log: start_rowrnn(OURS, model, log, grpc_missing),
+        UNBATCHED: lambda log: start_rowrnn(UNBATCHED, model, log, grpc_missing),
+        TRITON: lambda log: start_triton(model, scratch, log),
+        NAIVE: lambda log: start_naive(model, log),
+    }
     samples: dict[tuple[str, str, int, int], list[dict]] = {}
     skipped: dict[tuple[str, str], str] = {}
     ceiling, rss, versions = [], {}, {}
@@ -383,9 +481,12 @@ def run(model: Path, seconds: float, rounds: int) -> dict:
                         for images, clients in server.loads:
                             result = measure(server, protocol, images, clients, seconds, bodies)
                             samples.setdefault((label, protocol, images, clients), []).append(result)
-                            print(f"round {round_ + 1}/{rounds} {label:26} {protocol:11} {images:>3} img c={clients:<3} "
-                                  f"{answered_per_second(result):8.0f} req/s  p99 {result['p99_us'] / 1000:6.1f} ms",
-                                  file=sys.stderr, flush=True)
+                            print(
+                                f"round {round_ + 1}/{rounds} {label:26} {protocol:11} {images:>3} img c={clients:<3} "
+                                f"{answered_per_second(result):8.0f} req/s  p99 {result['p99_us'] / 1000:6.1f} ms",
+                                file=sys.stderr,
+                                flush=True,
+                            )
                     rss[label] = max(rss.get(label, 0.0), peak_rss_mb(server.process.pid))
                 finally:
                     server.process.terminate()
@@ -393,12 +494,21 @@ def run(model: Path, seconds: float, rounds: int) -> dict:
             ceiling.append(in_process_images_per_second(model, seconds))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"rows": summarize(samples), "skipped": [{"server": s, "protocol": p, "reason": r} for (s, p), r in skipped.items()],
-            "in_process_images_per_s": statistics.median(ceiling), "peak_rss_mb": rss, "versions": versions, "seconds": seconds,
-            "rounds": rounds, "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    return {
+        "rows": summarize(samples),
+        "skipped": [{"server": s, "protocol": p, "reason": r} for (s, p), r in skipped.items()],
+        "in_process_images_per_s": statistics.median(ceiling),
+        "peak_rss_mb": rss,
+        "versions": versions,
+        "seconds": seconds,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
 
 
 # --- the report (pure: tests/test_serve_bench.py checks these without any server) ------------------
+
 
 def answered_per_second(result: dict) -> float:
     return (result["requests"] - result["non_2xx"] - result["socket_errors"]) / result["seconds"]
@@ -412,20 +522,34 @@ def summarize(samples: dict[tuple[str, str, int, int], list[dict]]) -> list[dict
         median = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
         batches = [r["mean_batch"] for r in results if r.get("mean_batch") is not None]
         rps = statistics.median(answered_per_second(r) for r in results)
-        rows.append({
-            "server": server, "protocol": protocol, "images": images, "concurrency": clients,
-            "requests_per_s": rps, "images_per_s": rps * images, "p50_ms": median("p50_us") / 1000,
-            "p99_ms": median("p99_us") / 1000, "non_2xx": sum(r["non_2xx"] for r in results),
-            "socket_errors": sum(r["socket_errors"] for r in results),
-            "mean_batch": statistics.median(batches) if batches else None,
-            "client_cores": statistics.median(r.get("client_cores", float("nan")) for r in results),
-        })
+        rows.append(
+            {
+                "server": server,
+                "protocol": protocol,
+                "images": images,
+                "concurrency": clients,
+                "requests_per_s": rps,
+                "images_per_s": rps * images,
+                "p50_ms": median("p50_us") / 1000,
+                "p99_ms": median("p99_us") / 1000,
+                "non_2xx": sum(r["non_2xx"] for r in results),
+                "socket_errors": sum(r["socket_errors"] for r in results),
+                "mean_batch": statistics.median(batches) if batches else None,
+                "client_cores": statistics.median(r.get("client_cores", float("nan")) for r in results),
+            }
+        )
     return rows
 
 
 def find(report: dict, server: str, protocol: str, images: int, clients: int) -> dict | None:
-    return next((r for r in report["rows"] if (r["server"], r["protocol"], r["images"], r["concurrency"])
-                 == (server, protocol, images, clients)), None)
+    return next(
+        (
+            r
+            for r in report["rows"]
+            if (r["server"], r["protocol"], r["images"], r["concurrency"]) == (server, protocol, images, clients)
+        ),
+        None,
+    )
 
 
 def skip_reason(report: dict, server: str, protocol: str) -> str:
@@ -457,8 +581,14 @@ def ratio(report: dict, name: str, bound: str, numerator: tuple, denominator: tu
     missing = [row for row, found in ((numerator, top), (denominator, bottom)) if found is None]
     if missing:
         return Target(name, None, bound, "skipped: " + skip_reason(report, missing[0][0], missing[0][1]))
-    return Target(name, top[key] / bottom[key], bound, f"{top[key]:,.0f} / {bottom[key]:,.0f} {unit}".replace(",", " ")
-                  if key.endswith("_s") else f"{top[key]:.1f} / {bottom[key]:.1f} {unit}")
+    return Target(
+        name,
+        top[key] / bottom[key],
+        bound,
+        f"{top[key]:,.0f} / {bottom[key]:,.0f} {unit}".replace(",", " ")
+        if key.endswith("_s")
+        else f"{top[key]:.1f} / {bottom[key]:.1f} {unit}",
+    )
 
 
 def targets(report: dict) -> list[Target]:
@@ -466,25 +596,116 @@ def targets(report: dict) -> list[Target]:
     one, many, big = (1, 1), (1, 64), (256, 4)
     rps, ips, p99 = "requests_per_s", "images_per_s", "p99_ms"
     found = [
-        ratio(report, "REST JSON, 1 image, 64 clients: req/s vs Triton", ">= 1.7", (OURS, "REST JSON", *many), (TRITON, "REST JSON", *many), rps, "req/s"),
-        ratio(report, "REST binary, 1 image, 64 clients: req/s vs Triton", ">= 1.7", (OURS, "REST binary", *many), (TRITON, "REST binary", *many), rps, "req/s"),
-        ratio(report, "REST binary, 256 images: images/s vs Triton", ">= 1.7", (OURS, "REST binary", *big), (TRITON, "REST binary", *big), ips, "images/s"),
-        ratio(report, "gRPC, 1 image, 64 clients: req/s vs Triton", ">= 1.5", (OURS, "gRPC", *many), (TRITON, "gRPC", *many), rps, "req/s"),
-        ratio(report, "gRPC, 1 image, 64 clients: p99 vs Triton's", "<= 1", (OURS, "gRPC", *many), (TRITON, "gRPC", *many), p99, "ms"),
-        ratio(report, "REST JSON, 1 image, 64 clients: req/s vs naive", ">= 3", (OURS, "REST JSON", *many), (NAIVE, "REST JSON", *many), rps, "req/s"),
-        ratio(report, "REST JSON, 1 image, 64 clients: p99 vs naive's", "<= 0.34", (OURS, "REST JSON", *many), (NAIVE, "REST JSON", *many), p99, "ms"),
-        ratio(report, "REST binary, 1 image, 64 clients: req/s vs naive JSON", ">= 4", (OURS, "REST binary", *many), (NAIVE, "REST JSON", *many), rps, "req/s"),
-        ratio(report, "REST binary, 1 image, 64 clients: batching on vs off", "> 1", (OURS, "REST binary", *many), (UNBATCHED, "REST binary", *many), rps, "req/s"),
-        ratio(report, "REST JSON, 1 image, 1 client: req/s vs Triton", ">= 1", (OURS, "REST JSON", *one), (TRITON, "REST JSON", *one), rps, "req/s"),
+        ratio(
+            report,
+            "REST JSON, 1 image, 64 clients: req/s vs Triton",
+            ">= 1.7",
+            (OURS, "REST JSON", *many),
+            (TRITON, "REST JSON", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "REST binary, 1 image, 64 clients: req/s vs Triton",
+            ">= 1.7",
+            (OURS, "REST binary", *many),
+            (TRITON, "REST binary", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "REST binary, 256 images: images/s vs Triton",
+            ">= 1.7",
+            (OURS, "REST binary", *big),
+            (TRITON, "REST binary", *big),
+            ips,
+            "images/s",
+        ),
+        ratio(
+            report,
+            "gRPC, 1 image, 64 clients: req/s vs Triton",
+            ">= 1.5",
+            (OURS, "gRPC", *many),
+            (TRITON, "gRPC", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "gRPC, 1 image, 64 clients: p99 vs Triton's",
+            "<= 1",
+            (OURS, "gRPC", *many),
+            (TRITON, "gRPC", *many),
+            p99,
+            "ms",
+        ),
+        ratio(
+            report,
+            "REST JSON, 1 image, 64 clients: req/s vs naive",
+            ">= 3",
+            (OURS, "REST JSON", *many),
+            (NAIVE, "REST JSON", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "REST JSON, 1 image, 64 clients: p99 vs naive's",
+            "<= 0.34",
+            (OURS, "REST JSON", *many),
+            (NAIVE, "REST JSON", *many),
+            p99,
+            "ms",
+        ),
+        ratio(
+            report,
+            "REST binary, 1 image, 64 clients: req/s vs naive JSON",
+            ">= 4",
+            (OURS, "REST binary", *many),
+            (NAIVE, "REST JSON", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "REST binary, 1 image, 64 clients: batching on vs off",
+            "> 1",
+            (OURS, "REST binary", *many),
+            (UNBATCHED, "REST binary", *many),
+            rps,
+            "req/s",
+        ),
+        ratio(
+            report,
+            "REST JSON, 1 image, 1 client: req/s vs Triton",
+            ">= 1",
+            (OURS, "REST JSON", *one),
+            (TRITON, "REST JSON", *one),
+            rps,
+            "req/s",
+        ),
     ]
     ours_binary = find(report, OURS, "REST binary", *many)
     if ours_binary is not None and ours_binary["mean_batch"] is not None:
-        found.append(Target("REST binary, 1 image, 64 clients: rowrnn's mean batch (images)", ours_binary["mean_batch"], ">= 8", ""))
+        found.append(
+            Target(
+                "REST binary, 1 image, 64 clients: rowrnn's mean batch (images)", ours_binary["mean_batch"], ">= 8", ""
+            )
+        )
     big_binary = find(report, OURS, "REST binary", *big)
     if big_binary is not None:
-        found.append(Target("REST binary, 256 images: images/s vs the in-process Predictor",
-                            big_binary["images_per_s"] / report["in_process_images_per_s"], ">= 0.5",
-                            f"{big_binary['images_per_s']:,.0f} / {report['in_process_images_per_s']:,.0f} images/s".replace(",", " ")))
+        found.append(
+            Target(
+                "REST binary, 256 images: images/s vs the in-process Predictor",
+                big_binary["images_per_s"] / report["in_process_images_per_s"],
+                ">= 0.5",
+                f"{big_binary['images_per_s']:,.0f} / {report['in_process_images_per_s']:,.0f} images/s".replace(
+                    ",", " "
+                ),
+            )
+        )
     if OURS in report["peak_rss_mb"]:
         found.append(Target("peak RSS of rowrnn serve, MB", report["peak_rss_mb"][OURS], "< 200", ""))
     return found
@@ -503,14 +724,21 @@ def number(value: float | None, digits: int | None = None) -> str:
 
 def markdown(report: dict) -> list[str]:
     """The serving section's figures for BENCHMARKS.md, every one taken from the report."""
-    lines = ["| server | protocol | images | clients | req/s | images/s | p50 ms | p99 ms | mean batch | failed | client cores |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | protocol | images | clients | req/s | images/s | p50 ms | p99 ms | mean batch | failed | client cores |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     order = {name: i for i, name in enumerate((OURS, TRITON, NAIVE, UNBATCHED))}
-    rows = sorted(report["rows"], key=lambda r: (PROTOCOLS.index(r["protocol"]), r["images"], r["concurrency"], order[r["server"]]))
+    rows = sorted(
+        report["rows"],
+        key=lambda r: (PROTOCOLS.index(r["protocol"]), r["images"], r["concurrency"], order[r["server"]]),
+    )
     for r in rows:
-        lines.append(f"| {r['server']} | {r['protocol']} | {r['images']} | {r['concurrency']} | {number(r['requests_per_s'])} | "
-                     f"{number(r['images_per_s'])} | {number(r['p50_ms'])} | {number(r['p99_ms'])} | "
-                     f"{number(r['mean_batch'], 1)} | {r['non_2xx'] + r['socket_errors']} | {number(r.get('client_cores'), 2)} |")
+        lines.append(
+            f"| {r['server']} | {r['protocol']} | {r['images']} | {r['concurrency']} | {number(r['requests_per_s'])} | "
+            f"{number(r['images_per_s'])} | {number(r['p50_ms'])} | {number(r['p99_ms'])} | "
+            f"{number(r['mean_batch'], 1)} | {r['non_2xx'] + r['socket_errors']} | {number(r.get('client_cores'), 2)} |"
+        )
     lines += ["", "| target | measured | |", "|---|---|---|"]
     for t in targets(report):
         if t.value is None:
@@ -518,39 +746,55 @@ def markdown(report: dict) -> list[str]:
         else:
             detail = f" ({t.detail})" if t.detail else ""
             lines.append(f"| {t.name} {t.bound} | **{number(t.value, 2)}**{detail} | {'met' if t.met else 'MISSED'} |")
-    lines += ["", f"In-process `Predictor` on 256-image batches in the same run: {number(report['in_process_images_per_s'])} images/s. "
-              "Peak RSS: " + ", ".join(f"{name} {number(mb)} MB" for name, mb in report["peak_rss_mb"].items()) + "."]
+    lines += [
+        "",
+        f"In-process `Predictor` on 256-image batches in the same run: {number(report['in_process_images_per_s'])} images/s. "
+        "Peak RSS: " + ", ".join(f"{name} {number(mb)} MB" for name, mb in report["peak_rss_mb"].items()) + ".",
+    ]
     if report.get("versions"):
-        lines.append("Versions (server metadata, GET /v2): " + ", ".join(f"{k}: {v}" for k, v in report["versions"].items()) + ".")
+        lines.append(
+            "Versions (server metadata, GET /v2): "
+            + ", ".join(f"{k}: {v}" for k, v in report["versions"].items())
+            + "."
+        )
     lines += [f"Skipped: {s['server']}, {s['protocol']}: {s['reason']}." for s in report["skipped"]]
     return lines
 
 
 def readme_summary(report: dict) -> str:
     """The README's one paragraph on serving speed (its figures, like BENCHMARKS.md's, from the report)."""
+
     def figure(server: str, protocol: str, images: int, clients: int, key: str = "requests_per_s") -> str:
         row = find(report, server, protocol, images, clients)
         return number(row[key]) if row else "–"
 
     met = {t.name: t for t in targets(report)}
-    parts = [f"single-image requests from 64 clients, REST JSON {figure(OURS, 'REST JSON', 1, 64)} req/s against "
-             f"{figure(TRITON, 'REST JSON', 1, 64)} for Triton and {figure(NAIVE, 'REST JSON', 1, 64)} for a naive "
-             f"FastAPI handler; REST binary {figure(OURS, 'REST binary', 1, 64)} against Triton's "
-             f"{figure(TRITON, 'REST binary', 1, 64)}; 256-image binary requests "
-             f"{figure(OURS, 'REST binary', 256, 4, 'images_per_s')} images/s against Triton's "
-             f"{figure(TRITON, 'REST binary', 256, 4, 'images_per_s')}"]
+    parts = [
+        f"single-image requests from 64 clients, REST JSON {figure(OURS, 'REST JSON', 1, 64)} req/s against "
+        f"{figure(TRITON, 'REST JSON', 1, 64)} for Triton and {figure(NAIVE, 'REST JSON', 1, 64)} for a naive "
+        f"FastAPI handler; REST binary {figure(OURS, 'REST binary', 1, 64)} against Triton's "
+        f"{figure(TRITON, 'REST binary', 1, 64)}; 256-image binary requests "
+        f"{figure(OURS, 'REST binary', 256, 4, 'images_per_s')} images/s against Triton's "
+        f"{figure(TRITON, 'REST binary', 256, 4, 'images_per_s')}"
+    ]
     grpc = met["gRPC, 1 image, 64 clients: req/s vs Triton"]
-    parts.append(f"gRPC: Triton {figure(TRITON, 'gRPC', 1, 64)} req/s at 64 clients, rowrnn "
-                 + (f"{figure(OURS, 'gRPC', 1, 64)}" if grpc.value is not None else f"not measured ({grpc.detail})"))
+    parts.append(
+        f"gRPC: Triton {figure(TRITON, 'gRPC', 1, 64)} req/s at 64 clients, rowrnn "
+        + (f"{figure(OURS, 'gRPC', 1, 64)}" if grpc.value is not None else f"not measured ({grpc.detail})")
+    )
     return "; ".join(parts) + "."
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'server':26} {'protocol':11} {'img':>3} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} {'non-2xx':>7} {'socket errors':>13}"]
+    lines = [
+        f"{'server':26} {'protocol':11} {'img':>3} {'conc':>4} {'req/s':>8} {'images/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'batch':>6} {'non-2xx':>7} {'socket errors':>13}"
+    ]
     for r in report["rows"]:
         batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] is not None else "-"
-        lines.append(f"{r['server']:26} {r['protocol']:11} {r['images']:>3} {r['concurrency']:>4} {r['requests_per_s']:>8.0f} "
-                     f"{r['images_per_s']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {batch:>6} {r['non_2xx']:>7} {r['socket_errors']:>13}")
+        lines.append(
+            f"{r['server']:26} {r['protocol']:11} {r['images']:>3} {r['concurrency']:>4} {r['requests_per_s']:>8.0f} "
+            f"{r['images_per_s']:>9.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} {batch:>6} {r['non_2xx']:>7} {r['socket_errors']:>13}"
+        )
     lines += [f"skipped: {s['server']}, {s['protocol']}: {s['reason']}" for s in report["skipped"]]
     lines.append(f"in-process Predictor, 256-image batches: {report['in_process_images_per_s']:.0f} images/s")
     lines.append("peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in report["peak_rss_mb"].items()))
@@ -569,8 +813,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the report as JSON")
     parser.add_argument("--report", type=Path, help="measure nothing: show this earlier --json report")
-    parser.add_argument("--markdown", action="store_true", help="also print BENCHMARKS.md's serving figures "
-                        "and the README's summary, made from the report")
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="also print BENCHMARKS.md's serving figures and the README's summary, made from the report",
+    )
     args = parser.parse_args()
     if args.report:
         report = json.loads(args.report.read_text())

@@ -89,11 +89,17 @@ def validation_set(data_dir: str | os.PathLike | None) -> ValidationSet:
     """
     if resolve_data_dir(data_dir) is None:
         rows = synthetic_rows()
-        return ValidationSet(rows, None, "synthetic (no MNIST directory given)", {"synthetic_rows_float32": sha256_hex(rows.tobytes())})
+        return ValidationSet(
+            rows, None, "synthetic (no MNIST directory given)", {"synthetic_rows_float32": sha256_hex(rows.tobytes())}
+        )
     mnist = load_mnist(data_dir)
-    checksums = {FILES["test_images"]: sha256_hex(encode_idx(mnist.test_images)),
-                 FILES["test_labels"]: sha256_hex(encode_idx(mnist.test_labels))}
-    return ValidationSet(scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), "MNIST test set", checksums)
+    checksums = {
+        FILES["test_images"]: sha256_hex(encode_idx(mnist.test_images)),
+        FILES["test_labels"]: sha256_hex(encode_idx(mnist.test_labels)),
+    }
+    return ValidationSet(
+        scale_pixels(mnist.test_images), mnist.test_labels.astype(np.int64), "MNIST test set", checksums
+    )
 
 
 def sha256_hex(data: bytes) -> str:
@@ -164,8 +170,14 @@ def export_model(
     check_contract(proto)
     keras_logits = model.predict(inputs.rows, batch_size=1024, verbose=0)  # the original model, unfolded
     report = parity_report(keras_logits, proto, inputs.rows, atol, inputs.labels)
-    report.update(inputs=inputs.source, inputs_sha256=inputs.checksums, opset=opset, ops=op_counts(proto),
-                  rewrites={r.name: r.to_dict() for r in rewrites}, source_model=str(keras_path))
+    report.update(
+        inputs=inputs.source,
+        inputs_sha256=inputs.checksums,
+        opset=opset,
+        ops=op_counts(proto),
+        rewrites={r.name: r.to_dict() for r in rewrites},
+        source_model=str(keras_path),
+    )
     test_accuracy = report["onnx_test_accuracy"]
     report_path = write_json_atomic(report_path_for(output), report)
     if not report["passed"]:
@@ -220,7 +232,9 @@ def quantize_checked(
     if fp32_accuracy is not None:
         int8_accuracy = accuracy(int8, inputs.rows, inputs.labels)
         drop = fp32_accuracy - int8_accuracy
-        report.update(test_accuracy=int8_accuracy, fp32_test_accuracy=fp32_accuracy, accuracy_drop=drop, max_drop=max_drop)
+        report.update(
+            test_accuracy=int8_accuracy, fp32_test_accuracy=fp32_accuracy, accuracy_drop=drop, max_drop=max_drop
+        )
         if drop > max_drop:
             raise CheckFailed(
                 f"int8 model loses {drop:.2%} test accuracy ({int8_accuracy:.4f} vs {fp32_accuracy:.4f}), "
@@ -230,7 +244,9 @@ def quantize_checked(
         report["test_accuracy"] = None
         report["note"] = "no MNIST directory: int8 accuracy not measured"
     metadata = {prop.key: prop.value for prop in proto.metadata_props}
-    metadata.update(quantization="dynamic int8 (onnxruntime.quantization.quantize_dynamic)",
-                    test_accuracy="" if report["test_accuracy"] is None else f"{report['test_accuracy']:.6f}")
+    metadata.update(
+        quantization="dynamic int8 (onnxruntime.quantization.quantize_dynamic)",
+        test_accuracy="" if report["test_accuracy"] is None else f"{report['test_accuracy']:.6f}",
+    )
     set_metadata(int8, metadata)
     return int8, report

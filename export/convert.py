@@ -185,7 +185,9 @@ def fold_input_layer(model: keras.Model) -> tuple[keras.Model, Rewrite]:
     difference = float(np.abs(np.asarray(folded(rows, training=False)) - expected).max())
     if difference > FOLD_RTOL * max(1.0, float(np.abs(expected).max())):
         raise CheckFailed(f"folding Dense({units}) into the LSTM changed the Keras model's logits by {difference:.3g}")
-    return folded, Rewrite(name, True, f"Dense({units}) folded into the LSTM's input weights: it reads {width} pixels a row")
+    return folded, Rewrite(
+        name, True, f"Dense({units}) folded into the LSTM's input weights: it reads {width} pixels a row"
+    )
 
 
 def dense_weights(dense: keras.layers.Dense) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +221,9 @@ def simplify(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Rewrite]]:
     return model, rewrites
 
 
-def probe_values(model: onnx.ModelProto, batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES) -> dict[str, tuple[np.ndarray, ...]]:
+def probe_values(
+    model: onnx.ModelProto, batch_sizes: tuple[int, ...] = PROBE_BATCH_SIZES
+) -> dict[str, tuple[np.ndarray, ...]]:
     """Every tensor's value (graph input, initializers and node outputs) at each batch size, on
     random rows: what the rewrites decide from.
 
@@ -278,7 +282,9 @@ def fold_reshape_shapes(model: onnx.ModelProto, probes: dict) -> Rewrite:
     left = f"{kept} left computed: more than one dimension changes with the batch" if kept else ""
     if not folded:
         return Rewrite("constant_reshape_shapes", False, left or "no Reshape has a computed shape")
-    return Rewrite("constant_reshape_shapes", True, f"{folded} Reshape shape(s) made constant" + (f"; {left}" if left else ""))
+    return Rewrite(
+        "constant_reshape_shapes", True, f"{folded} Reshape shape(s) made constant" + (f"; {left}" if left else "")
+    )
 
 
 def drop_zero_initial_states(model: onnx.ModelProto, probes: dict) -> Rewrite:

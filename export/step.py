@@ -52,7 +52,9 @@ def step_layers(model: keras.Model) -> tuple[keras.layers.Dense, keras.layers.LS
         raise InputError(f"step export needs a foldable model: {problem}")
     embedding, lstm, logits = model.layers
     if getattr(logits.activation, "__name__", None) != "linear":
-        raise InputError(f"step export needs a linear output layer (logits); {logits.name} has {logits.activation.__name__}")
+        raise InputError(
+            f"step export needs a linear output layer (logits); {logits.name} has {logits.activation.__name__}"
+        )
     return embedding, lstm, logits
 
 
@@ -118,7 +120,9 @@ def run_steps(session: ort.InferenceSession, rows: np.ndarray, batch_size: int) 
         images = rows[start : start + batch_size]
         h = c = np.zeros((len(images), hidden), np.float32)
         for r in range(IMAGE_ROWS):
-            h, c, logits = session.run([*STATE_OUT_NAMES, LOGITS_NAME], {ROW_NAME: images[:, r], STATE_NAMES[0]: h, STATE_NAMES[1]: c})
+            h, c, logits = session.run(
+                [*STATE_OUT_NAMES, LOGITS_NAME], {ROW_NAME: images[:, r], STATE_NAMES[0]: h, STATE_NAMES[1]: c}
+            )
         chunks.append(logits)
     return np.concatenate(chunks)
 
@@ -132,8 +136,13 @@ def step_parity_report(
     by_batch = []
     for b in STEP_PARITY_BATCH_SIZES:
         logits = run_steps(session, rows, len(rows) if b == "full" else b)
-        by_batch.append({"batch_size": b, "vs_full_onnx": compare(full_logits, logits, b).to_dict(),
-                         "vs_keras": compare(keras_logits, logits, b).to_dict()})
+        by_batch.append(
+            {
+                "batch_size": b,
+                "vs_full_onnx": compare(full_logits, logits, b).to_dict(),
+                "vs_keras": compare(keras_logits, logits, b).to_dict(),
+            }
+        )
     worst = {ref: max(r[ref]["max_abs_logit_diff"] for r in by_batch) for ref in ("vs_full_onnx", "vs_keras")}
     agreement = {ref: min(r[ref]["argmax_agreement"] for r in by_batch) for ref in ("vs_full_onnx", "vs_keras")}
     passed = worst["vs_full_onnx"] <= FULL_MODEL_ATOL and worst["vs_keras"] <= atol and min(agreement.values()) == 1.0
@@ -165,7 +174,9 @@ def export_step(
     proto = convert_step(model, opset)
     check_step_contract(proto, model.layers[1].units)
     report = step_parity_report(proto, full_model, keras_logits, rows, atol)
-    summary = {k: report[k] for k in ("passed", "max_abs_logit_diff_vs_full_onnx", "max_abs_logit_diff_vs_keras", "images")}
+    summary = {
+        k: report[k] for k in ("passed", "max_abs_logit_diff_vs_full_onnx", "max_abs_logit_diff_vs_keras", "images")
+    }
     del proto.metadata_props[:]
     contract = step_model_io(model.layers[1].units).metadata()  # format: step
     onnx.helper.set_model_props(proto, {**metadata, **contract, "step_parity": json.dumps(summary)})

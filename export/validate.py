@@ -47,7 +47,9 @@ def check_no_control_flow(model: onnx.ModelProto) -> dict[str, int]:
     """Refuse a graph that runs the recurrence step by step in control flow; returns its op counts."""
     counts = op_counts(model)
     if CONTROL_FLOW_OPS & counts.keys():
-        raise CheckFailed(f"graph runs the recurrence in control flow ({sorted(CONTROL_FLOW_OPS & counts.keys())}), not in one fused op or step")
+        raise CheckFailed(
+            f"graph runs the recurrence in control flow ({sorted(CONTROL_FLOW_OPS & counts.keys())}), not in one fused op or step"
+        )
     return counts
 
 

@@ -70,25 +70,32 @@ def run_anytime(
         if name == "never":
             continue
         rows = results[name].rows
-        table.append({
-            "threshold": threshold,
-            "accuracy": float(np.mean(results[name].labels == labels)),
-            "mean_rows": float(rows.mean()),
-            "median_rows": float(np.median(rows)),
-            "stopped_early": float(np.mean(rows < IMAGE_ROWS)),
-            "rows_histogram": np.bincount(rows, minlength=IMAGE_ROWS + 1)[1:].tolist(),  # images answered at row 1..28
-            "batch_seconds": batch_seconds[name],
-            "batch_time_saved": 1.0 - batch_seconds[name] / batch_seconds["never"],
-            "one_at_a_time_us_per_image": single_seconds[name] * 1e6,
-            "one_at_a_time_time_saved": 1.0 - single_seconds[name] / single_seconds["never"],
-        })
+        table.append(
+            {
+                "threshold": threshold,
+                "accuracy": float(np.mean(results[name].labels == labels)),
+                "mean_rows": float(rows.mean()),
+                "median_rows": float(np.median(rows)),
+                "stopped_early": float(np.mean(rows < IMAGE_ROWS)),
+                "rows_histogram": np.bincount(rows, minlength=IMAGE_ROWS + 1)[
+                    1:
+                ].tolist(),  # images answered at row 1..28
+                "batch_seconds": batch_seconds[name],
+                "batch_time_saved": 1.0 - batch_seconds[name] / batch_seconds["never"],
+                "one_at_a_time_us_per_image": single_seconds[name] * 1e6,
+                "one_at_a_time_time_saved": 1.0 - single_seconds[name] / single_seconds["never"],
+            }
+        )
     return {
         "model": str(predictor.path),
         "inputs": source,
         "images": len(images),
         "accuracy_after_rows": [float(a) for a in after_rows],
         "full_accuracy": float(np.mean(results["never"].labels == labels)),
-        "all_rows": {"batch_seconds": batch_seconds["never"], "one_at_a_time_us_per_image": single_seconds["never"] * 1e6},
+        "all_rows": {
+            "batch_seconds": batch_seconds["never"],
+            "one_at_a_time_us_per_image": single_seconds["never"] * 1e6,
+        },
         "one_at_a_time_images": min(len(images), ONE_AT_A_TIME),
         "rounds": ROUNDS,
         "early_exit": table,
@@ -120,13 +127,23 @@ def time_early_exit(
         progress(f"early exit, timing round {round_index + 1}/{ROUNDS}")
         for block, start in enumerate(range(0, len(images), BATCH_BLOCK)):
             for name in names[block % len(names) :] + names[: block % len(names)]:
-                timed_into(batch[name], lambda: predictor.predict_early(images[start : start + BATCH_BLOCK], configurations[name]))
+                timed_into(
+                    batch[name],
+                    lambda: predictor.predict_early(images[start : start + BATCH_BLOCK], configurations[name]),
+                )
         for block, start in enumerate(range(0, len(one_at_a_time), SINGLE_BLOCK)):
             for name in names[block % len(names) :] + names[: block % len(names)]:
-                timed_into(single[name], lambda: [stream_until(image, configurations[name])
-                                                   for image in one_at_a_time[start : start + SINGLE_BLOCK]])
-    return ({name: sum(batch[name]) / ROUNDS for name in names},
-            {name: sum(single[name]) / ROUNDS / len(one_at_a_time) for name in names})
+                timed_into(
+                    single[name],
+                    lambda: [
+                        stream_until(image, configurations[name])
+                        for image in one_at_a_time[start : start + SINGLE_BLOCK]
+                    ],
+                )
+    return (
+        {name: sum(batch[name]) / ROUNDS for name in names},
+        {name: sum(single[name]) / ROUNDS / len(one_at_a_time) for name in names},
+    )
 
 
 def format_anytime(report: dict) -> str:
@@ -135,8 +152,10 @@ def format_anytime(report: dict) -> str:
         f"rowrnn anytime: {report['model']} on {report['images']} images ({report['inputs']})",
         "",
         "accuracy after k rows:",
-        *("  " + "  ".join(f"{k:>2} {curve[k - 1]:7.2%}" for k in range(start, min(start + 7, 29)))
-          for start in range(1, 29, 7)),
+        *(
+            "  " + "  ".join(f"{k:>2} {curve[k - 1]:7.2%}" for k in range(start, min(start + 7, 29)))
+            for start in range(1, 29, 7)
+        ),
         "",
         f"early exit (stop once the top probability reaches the threshold; all 28 rows: accuracy {report['full_accuracy']:.2%}):",
         f"{'threshold':>10}{'accuracy':>10}{'mean rows':>11}{'stopped early':>15}{'time saved':>12}{'one at a time':>15}",
@@ -189,8 +208,14 @@ def measure_streaming(step_path: Path, onnx_path: Path, rows: np.ndarray, calls:
             if full is not None:
                 timed_into(whole, lambda: full.predict(pixels[np.newaxis]))
     p50 = lambda samples: statistics.median(samples) * 1e6 if samples else None  # noqa: E731
-    report = {"step_model": str(step_path), "step_p50_us": p50(step), "step_calls": len(step),
-              "streamed_image_p50_us": p50(image), "streamed_images": len(image), "full_call_p50_us": p50(whole)}
+    report = {
+        "step_model": str(step_path),
+        "step_p50_us": p50(step),
+        "step_calls": len(step),
+        "streamed_image_p50_us": p50(image),
+        "streamed_images": len(image),
+        "full_call_p50_us": p50(whole),
+    }
     if full is None:
         report["full_call_skipped"] = f"{onnx_path}: not found"
     return report
@@ -199,8 +224,10 @@ def measure_streaming(step_path: Path, onnx_path: Path, rows: np.ndarray, calls:
 def format_streaming(streaming: dict) -> list[str]:
     if "skipped" in streaming:
         return [f"streaming: skipped: {streaming['skipped']}"]
-    line = (f"streaming ({Path(streaming['step_model']).name}): one-row step p50 {streaming['step_p50_us']:.1f} µs; "
-            f"a streamed image (28 one-row pushes) p50 {streaming['streamed_image_p50_us']:.0f} µs")
+    line = (
+        f"streaming ({Path(streaming['step_model']).name}): one-row step p50 {streaming['step_p50_us']:.1f} µs; "
+        f"a streamed image (28 one-row pushes) p50 {streaming['streamed_image_p50_us']:.0f} µs"
+    )
     if streaming["full_call_p50_us"] is not None:
         ratio = streaming["streamed_image_p50_us"] / streaming["full_call_p50_us"]
         line += f" vs one full-model call {streaming['full_call_p50_us']:.0f} µs ({ratio:.1f}×)"

@@ -150,16 +150,30 @@ def keras_engines(path: Path) -> list[Engine]:
     model = keras_side.load_trained_model(path)
 
     def call_many(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([model(rows[i : i + KERAS_BATCH], training=False).numpy().argmax(1)
-                               for i in range(0, len(rows), KERAS_BATCH)])
+        return np.concatenate(
+            [
+                model(rows[i : i + KERAS_BATCH], training=False).numpy().argmax(1)
+                for i in range(0, len(rows), KERAS_BATCH)
+            ]
+        )
 
     flops = model_flops(keras_side.architecture_layers(model))
     keras = dict(model=str(path), model_flops=flops, executed_flops=flops, call_share=KERAS_CALL_SHARE)
     return [
-        Engine("keras_predict", names["keras_predict"], predict_one=lambda x: model.predict(x, verbose=0),
-               predict_many=lambda rows: model.predict(rows, batch_size=KERAS_BATCH, verbose=0).argmax(1), **keras),
-        Engine("keras_call", names["keras_call"], predict_one=lambda x: model(x, training=False),
-               predict_many=call_many, **keras),
+        Engine(
+            "keras_predict",
+            names["keras_predict"],
+            predict_one=lambda x: model.predict(x, verbose=0),
+            predict_many=lambda rows: model.predict(rows, batch_size=KERAS_BATCH, verbose=0).argmax(1),
+            **keras,
+        ),
+        Engine(
+            "keras_call",
+            names["keras_call"],
+            predict_one=lambda x: model(x, training=False),
+            predict_many=call_many,
+            **keras,
+        ),
     ]
 
 
@@ -171,8 +185,15 @@ def onnx_engine(key: str, name: str, path: Path) -> Engine:
     if not path.is_file():
         return Engine(key, name, str(path), skipped=f"{path}: not found (run `rowrnn export`)")
     predictor = Predictor(path)
-    return Engine(key, name, str(path), predictor.predict, lambda rows: predictor.predict(rows).labels,
-                  model_flops=model_flops(metadata_architecture(predictor.metadata)), executed_flops=onnx_flops(path))
+    return Engine(
+        key,
+        name,
+        str(path),
+        predictor.predict,
+        lambda rows: predictor.predict(rows).labels,
+        model_flops=model_flops(metadata_architecture(predictor.metadata)),
+        executed_flops=onnx_flops(path),
+    )
 
 
 def metadata_architecture(metadata: dict[str, str]) -> list[dict] | None:
@@ -278,8 +299,12 @@ def measure_cold_start(onnx_path: Path, image: np.ndarray, runs: int, workdir: P
             return {"failed": str(exc)}
         seconds.append(time.perf_counter() - start)
     seconds = seconds[1:]
-    return {"command": f"rowrnn predict {onnx_path.name} one.png", "runs": runs,
-            "p50_s": statistics.median(seconds), "min_s": min(seconds)}
+    return {
+        "command": f"rowrnn predict {onnx_path.name} one.png",
+        "runs": runs,
+        "p50_s": statistics.median(seconds),
+        "min_s": min(seconds),
+    }
 
 
 def own_peak_rss_mb() -> float:
@@ -292,22 +317,32 @@ def own_peak_rss_mb() -> float:
 # The children carry the function's source, not an import of this module: its imports would
 # count against the predictor's memory.
 REPORT_PEAK_RSS = inspect.getsource(own_peak_rss_mb) + "print(own_peak_rss_mb())\n"
-PREDICTOR_CHILD = """
+PREDICTOR_CHILD = (
+    """
 import sys, numpy as np
 from runtime.predictor import Predictor
 Predictor(sys.argv[1]).predict(np.load(sys.argv[2]))
-""" + REPORT_PEAK_RSS
-KERAS_CHILD = """
+"""
+    + REPORT_PEAK_RSS
+)
+KERAS_CHILD = (
+    """
 import os, sys, numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from rowrnn_keras.model import load_trained_model
 load_trained_model(sys.argv[1]).predict(np.load(sys.argv[2]), batch_size=1024, verbose=0)
-""" + REPORT_PEAK_RSS
+"""
+    + REPORT_PEAK_RSS
+)
 
 
 def peak_rss_mb(code: str, model: Path, rows_file: Path, who: str) -> float:
     """Peak RSS (MB) of a fresh process that loads `model` and classifies the saved rows; ChildFailed if it fails."""
-    return float(run_child([sys.executable, "-c", code, str(model), str(rows_file)], f"peak RSS of the {who} process").split()[-1])
+    return float(
+        run_child([sys.executable, "-c", code, str(model), str(rows_file)], f"peak RSS of the {who} process").split()[
+            -1
+        ]
+    )
 
 
 def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir: Path, keras_ok: bool) -> dict:
@@ -315,10 +350,16 @@ def measure_memory(onnx_path: Path, keras_path: Path, rows: np.ndarray, workdir:
     is named in "failed" (and its entry says "failed")."""
     rows_file = workdir / "rows.npy"
     np.save(rows_file, rows)
-    result: dict = {"images": len(rows), "predictor_mb": f"{onnx_path}: not found", "keras_mb": "no Keras model measured"}
+    result: dict = {
+        "images": len(rows),
+        "predictor_mb": f"{onnx_path}: not found",
+        "keras_mb": "no Keras model measured",
+    }
     failed = []
-    for key, code, model, measured, who in (("predictor_mb", PREDICTOR_CHILD, onnx_path, onnx_path.is_file(), "predictor"),
-                                            ("keras_mb", KERAS_CHILD, keras_path, keras_ok, "Keras")):
+    for key, code, model, measured, who in (
+        ("predictor_mb", PREDICTOR_CHILD, onnx_path, onnx_path.is_file(), "predictor"),
+        ("keras_mb", KERAS_CHILD, keras_path, keras_ok, "Keras"),
+    ):
         if measured:
             try:
                 result[key] = peak_rss_mb(code, model, rows_file, who)
@@ -344,17 +385,29 @@ def machine() -> dict:
             return None
 
     cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": version("onnxruntime"), "tensorflow": version("tensorflow"),
-            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    names = (
+        [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        if cpuinfo.exists()
+        else []
+    )
+    return {
+        "cpu": names[0] if names else platform.processor(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": version("onnxruntime"),
+        "tensorflow": version("tensorflow"),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
 
 
 def run_bench(
-    keras_path: Path, onnx_path: Path, int8_path: Path, data: Path | None,
-    settings: BenchSettings = BenchSettings(), progress: Callable[[str], None] = lambda message: None,
+    keras_path: Path,
+    onnx_path: Path,
+    int8_path: Path,
+    data: Path | None,
+    settings: BenchSettings = BenchSettings(),
+    progress: Callable[[str], None] = lambda message: None,
     step_path: Path | None = None,
 ) -> dict:
     """Measure every engine; return the report `format_report` prints and `--json` writes."""
@@ -362,7 +415,11 @@ def run_bench(
     images, labels, source = bench_images(data, settings.images)
     rows = scale_pixels(images)
     keras = keras_engines(keras_path)
-    engines = [*keras, onnx_engine("onnx_fp32", "ONNX fp32", onnx_path), onnx_engine("onnx_int8", "ONNX int8", int8_path)]
+    engines = [
+        *keras,
+        onnx_engine("onnx_fp32", "ONNX fp32", onnx_path),
+        onnx_engine("onnx_int8", "ONNX int8", int8_path),
+    ]
     if step_path is not None and step_path.is_file():
         from runtime.stream import StreamingPredictor
 
@@ -377,8 +434,11 @@ def run_bench(
         streaming = measure_streaming(step_path, onnx_path, rows, settings.calls, settings.rounds)
     with tempfile.TemporaryDirectory(prefix="rowrnn-bench-") as workdir:
         progress("cold start of `rowrnn predict` (subprocesses)")
-        cold = (measure_cold_start(onnx_path, images[0], settings.cold_starts, Path(workdir))
-                if onnx_path.is_file() else {"skipped": f"{onnx_path}: not found"})
+        cold = (
+            measure_cold_start(onnx_path, images[0], settings.cold_starts, Path(workdir))
+            if onnx_path.is_file()
+            else {"skipped": f"{onnx_path}: not found"}
+        )
         memory = {"skipped": "not requested"}
         if settings.measure_memory:
             progress("peak memory of a predictor process and a Keras process (subprocesses)")
@@ -391,12 +451,16 @@ def run_bench(
 
 def failures(report: dict) -> list[str]:
     """The measurements of `report` that failed (a child process crashed or hung), one line each."""
-    return [f"{what}: {report[key]['failed']}" for key, what in (("cold_start", "cold start"), ("peak_rss", "peak RSS"))
-            if "failed" in report[key]]
+    return [
+        f"{what}: {report[key]['failed']}"
+        for key, what in (("cold_start", "cold start"), ("peak_rss", "peak RSS"))
+        if "failed" in report[key]
+    ]
 
 
-def build_report(engines: list[Engine], ceiling_gflops: float, cold: dict, memory: dict,
-                 source: str, images: int) -> dict:
+def build_report(
+    engines: list[Engine], ceiling_gflops: float, cold: dict, memory: dict, source: str, images: int
+) -> dict:
     keras = next((e for e in engines if e.key == "keras_predict" and not e.skipped), None)
     keras_p50 = percentiles(keras.latencies)["p50_us"] if keras else None
     keras_rate = images_per_second(keras, images) if keras else None
@@ -406,19 +470,33 @@ def build_report(engines: list[Engine], ceiling_gflops: float, cold: dict, memor
         if not engine.skipped:
             latency = percentiles(engine.latencies)
             rate = images_per_second(engine, images)
-            row.update(latency_us=latency, images_per_s=rate, accuracy=engine.accuracy,
-                       model_flops_per_image=engine.model_flops, executed_flops_per_image=engine.executed_flops,
-                       latency_speedup_vs_keras=keras_p50 / latency["p50_us"] if keras_p50 else None,
-                       throughput_vs_keras=rate / keras_rate if keras_rate else None,
-                       ceiling_images_per_s=ceiling_gflops * 1e9 / engine.model_flops if engine.model_flops else None,
-                       flop_use=rate * engine.executed_flops / (ceiling_gflops * 1e9) if engine.executed_flops else None)
+            row.update(
+                latency_us=latency,
+                images_per_s=rate,
+                accuracy=engine.accuracy,
+                model_flops_per_image=engine.model_flops,
+                executed_flops_per_image=engine.executed_flops,
+                latency_speedup_vs_keras=keras_p50 / latency["p50_us"] if keras_p50 else None,
+                throughput_vs_keras=rate / keras_rate if keras_rate else None,
+                ceiling_images_per_s=ceiling_gflops * 1e9 / engine.model_flops if engine.model_flops else None,
+                flop_use=rate * engine.executed_flops / (ceiling_gflops * 1e9) if engine.executed_flops else None,
+            )
             row["fraction_of_ceiling"] = rate / row["ceiling_images_per_s"] if row["ceiling_images_per_s"] else None
         rows.append(row)
     if isinstance(memory.get("predictor_mb"), float) and isinstance(memory.get("keras_mb"), float):
         memory["predictor_vs_keras"] = memory["predictor_mb"] / memory["keras_mb"]
-    return {"machine": machine(), "inputs": source, "images": images, "engines": rows,
-            "ceiling": {"gflops": ceiling_gflops, "what": f"numpy float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul, median of 3 rounds"},
-            "cold_start": cold, "peak_rss": memory}
+    return {
+        "machine": machine(),
+        "inputs": source,
+        "images": images,
+        "engines": rows,
+        "ceiling": {
+            "gflops": ceiling_gflops,
+            "what": f"numpy float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul, median of 3 rounds",
+        },
+        "cold_start": cold,
+        "peak_rss": memory,
+    }
 
 
 def images_per_second(engine: Engine, images: int) -> float:
@@ -455,24 +533,40 @@ def format_report(report: dict) -> str:
     measured = [row for row in report["engines"] if not row["skipped"]]
     model = next((row for row in measured if row.get("model_flops_per_image")), None)
     if model:
-        lines.append(f"  % ceiling: images/s against {model['ceiling_images_per_s']:,.0f} images/s, the ceiling for the "
-                     f"model's {model['model_flops_per_image'] / 1e6:.2f} MFLOP/image")
+        lines.append(
+            f"  % ceiling: images/s against {model['ceiling_images_per_s']:,.0f} images/s, the ceiling for the "
+            f"model's {model['model_flops_per_image'] / 1e6:.2f} MFLOP/image"
+        )
     for row in measured:
         if row.get("executed_flops_per_image") and row["executed_flops_per_image"] != row.get("model_flops_per_image"):
-            lines.append(f"  FLOP use: {row['engine']} executes {row['executed_flops_per_image'] / 1e6:.2f} MFLOP/image "
-                         "(input layer folded into the LSTM); FLOP use = executed GFLOP/s / ceiling")
+            lines.append(
+                f"  FLOP use: {row['engine']} executes {row['executed_flops_per_image'] / 1e6:.2f} MFLOP/image "
+                "(input layer folded into the LSTM); FLOP use = executed GFLOP/s / ceiling"
+            )
     cold = report["cold_start"]
-    lines.append("cold start: " + (f"skipped: {cold['skipped']}" if "skipped" in cold else
-                                   f"FAILED: {cold['failed']}" if "failed" in cold else
-                                   f"`{cold['command']}` p50 {cold['p50_s']:.3f} s, min {cold['min_s']:.3f} s ({cold['runs']} runs)"))
+    lines.append(
+        "cold start: "
+        + (
+            f"skipped: {cold['skipped']}"
+            if "skipped" in cold
+            else f"FAILED: {cold['failed']}"
+            if "failed" in cold
+            else f"`{cold['command']}` p50 {cold['p50_s']:.3f} s, min {cold['min_s']:.3f} s ({cold['runs']} runs)"
+        )
+    )
     memory = report["peak_rss"]
     if "skipped" in memory:
         lines.append(f"peak RSS: skipped: {memory['skipped']}")
     else:
-        parts = [f"{who} process {mb:.0f} MB" if isinstance(mb, float) else f"{who}: {mb}"
-                 for who, mb in (("predictor", memory["predictor_mb"]), ("Keras", memory["keras_mb"]))]
-        lines.append(f"peak RSS classifying {memory['images']} images: " + ", ".join(parts)
-                     + (f" ({memory['predictor_vs_keras']:.2f}× Keras)" if "predictor_vs_keras" in memory else ""))
+        parts = [
+            f"{who} process {mb:.0f} MB" if isinstance(mb, float) else f"{who}: {mb}"
+            for who, mb in (("predictor", memory["predictor_mb"]), ("Keras", memory["keras_mb"]))
+        ]
+        lines.append(
+            f"peak RSS classifying {memory['images']} images: "
+            + ", ".join(parts)
+            + (f" ({memory['predictor_vs_keras']:.2f}× Keras)" if "predictor_vs_keras" in memory else "")
+        )
         if "failed" in memory:
             lines.append(f"peak RSS: FAILED: {memory['failed']}")
     if "streaming" in report:
@@ -518,4 +612,3 @@ def save_plot(report: dict, path: Path) -> Path:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
     return path
-

@@ -56,16 +56,34 @@ DISTRIBUTE_HELP = (
 @app.command()
 def train(
     data: DataOption = None,
-    out: Annotated[Path, typer.Option(help="Directory for model.keras, metrics.json, history.csv, curves.png (and the backup of a run in progress).")] = Path("artifacts"),
-    epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")] = DEFAULTS.epochs,
-    batch_size: Annotated[int, typer.Option(min=1, help="Global batch size (split across devices with --distribute).")] = DEFAULTS.batch_size,
-    lr: Annotated[float, typer.Option(min=0.0, max=1.0, help="Peak learning rate of the warm-up + cosine schedule.")] = DEFAULTS.learning_rate,
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Directory for model.keras, metrics.json, history.csv, curves.png (and the backup of a run in progress)."
+        ),
+    ] = Path("artifacts"),
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Maximum epochs (early stopping may end sooner).")
+    ] = DEFAULTS.epochs,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Global batch size (split across devices with --distribute).")
+    ] = DEFAULTS.batch_size,
+    lr: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Peak learning rate of the warm-up + cosine schedule.")
+    ] = DEFAULTS.learning_rate,
     seed: Annotated[int, typer.Option(min=0)] = DEFAULTS.seed,
-    limit: Annotated[Optional[int], typer.Option(min=2, help="Train on the first N training images only.")] = DEFAULTS.limit,
+    limit: Annotated[
+        Optional[int], typer.Option(min=2, help="Train on the first N training images only.")
+    ] = DEFAULTS.limit,
     hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
     distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
-    tensorboard: Annotated[Optional[Path], typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run.")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard the backup of an interrupted run instead of resuming it.")] = False,
+    tensorboard: Annotated[
+        Optional[Path],
+        typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard the backup of an interrupted run instead of resuming it.")
+    ] = False,
 ) -> None:
     """Train on MNIST; keep the best epoch by validation accuracy; report test accuracy.
 
@@ -81,8 +99,13 @@ def train(
     check_directory_writable(out)  # before minutes of work, not after
     check_directory_writable(tensorboard)
     config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, learning_rate=lr, seed=seed, limit=limit,
-        hidden_units=hidden_units, distribute=distribute,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=lr,
+        seed=seed,
+        limit=limit,
+        hidden_units=hidden_units,
+        distribute=distribute,
     )
     # a multi-worker run's backup is its chief's to check
     is_chief = config.distribute != "multi-worker" or multi_worker_task().is_chief
@@ -102,7 +125,9 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Option(help="Keras model to evaluate.")] = DEFAULT_MODEL,
     data: DataOption = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Confusion-matrix PNG (default: confusion.png beside the model).")] = None,
+    plot: Annotated[
+        Optional[Path], typer.Option(help="Confusion-matrix PNG (default: confusion.png beside the model).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a trained model."""
@@ -123,7 +148,16 @@ def evaluate(
     with atomic_path(plot) as tmp:
         save_confusion(result.confusion, tmp, f"{model.name}: test accuracy {result.accuracy:.4f}")
     if as_json:
-        typer.echo(json.dumps({"model": str(model), "test_images": len(mnist.test_labels), **result.to_dict(), "confusion_png": str(plot)}))
+        typer.echo(
+            json.dumps(
+                {
+                    "model": str(model),
+                    "test_images": len(mnist.test_labels),
+                    **result.to_dict(),
+                    "confusion_png": str(plot),
+                }
+            )
+        )
         return
     typer.echo(f"test accuracy {result.accuracy:.4f} on {len(mnist.test_labels)} images ({model})")
     typer.echo(evaluation.format_evaluation(result))
@@ -137,17 +171,30 @@ def export(
     data: DataOption = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset to target ({MIN_OPSET}-{MAX_OPSET}).")] = DEFAULT_OPSET,
     atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = DEFAULT_ATOL,
-    quantize: Annotated[Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")] = None,
-    max_int8_drop: Annotated[float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
-    triton_repo: Annotated[Optional[Path], typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")] = None,
-    step: Annotated[bool, typer.Option("--step", help="Also write OUT.step.onnx: one row per call, the LSTM state in and out.")] = False,
+    quantize: Annotated[
+        Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")
+    ] = None,
+    max_int8_drop: Annotated[
+        float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")
+    ] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
+    triton_repo: Annotated[
+        Optional[Path], typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")
+    ] = None,
+    step: Annotated[
+        bool, typer.Option("--step", help="Also write OUT.step.onnx: one row per call, the LSTM state in and out.")
+    ] = False,
 ) -> None:
     """Convert to ONNX with tf2onnx and refuse to write it unless it matches Keras."""
     if triton_repo is not None and triton_repo.exists() and not triton_repo.is_dir():
         raise InputError(f"{triton_repo}: exists and is not a directory")  # before minutes of work
     api = needs_training_extra("export.api")
     result = api.export_model(
-        model, output, data_dir=data, opset=opset, atol=atol, quantize=quantize,
+        model,
+        output,
+        data_dir=data,
+        opset=opset,
+        atol=atol,
+        quantize=quantize,
         max_int8_drop=max_int8_drop / 100.0,
         step=step,
     )
@@ -161,12 +208,18 @@ def export(
         typer.echo(f"ONNX test accuracy {report['onnx_test_accuracy']:.4f}")
     if result.int8_path is not None:
         int8 = report["int8"]
-        accuracy = "" if int8.get("test_accuracy") is None else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
+        accuracy = (
+            ""
+            if int8.get("test_accuracy") is None
+            else f", test accuracy {int8['test_accuracy']:.4f} ({-int8['accuracy_drop'] * 100:+.2f} points)"
+        )
         typer.echo(f"wrote {result.int8_path}: {int8['size_bytes']:,} bytes{accuracy}")
     if result.step_path is not None:
         stepped = report["step"]
-        typer.echo(f"wrote {result.step_path}: 28 steps reproduce the full model (max-abs logit diff "
-                   f"{stepped['max_abs_logit_diff_vs_full_onnx']:.2g}) and Keras ({stepped['max_abs_logit_diff_vs_keras']:.2g})")
+        typer.echo(
+            f"wrote {result.step_path}: 28 steps reproduce the full model (max-abs logit diff "
+            f"{stepped['max_abs_logit_diff_vs_full_onnx']:.2g}) and Keras ({stepped['max_abs_logit_diff_vs_keras']:.2g})"
+        )
     typer.echo(f"parity report: {result.report_path}")
     if triton_repo is not None:
         from runtime.repository import write_triton_repository
@@ -177,7 +230,9 @@ def export(
 
 @app.command()
 def info(
-    model: Annotated[Optional[Path], typer.Argument(help="ONNX model file (default: the bundled one).", show_default=False)] = None,
+    model: Annotated[
+        Optional[Path], typer.Argument(help="ONNX model file (default: the bundled one).", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Inputs, outputs, opset, op counts, size and metadata of an ONNX model."""
@@ -204,8 +259,12 @@ def reader_may_stop() -> Iterator[None]:
 @app.command()
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, .npy arrays or IDX files (.gz or raw), any mix.")],
-    model: Annotated[Optional[Path], typer.Option(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines with input, index, label, confidence, probabilities.")] = False,
+    model: Annotated[
+        Optional[Path], typer.Option(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines with input, index, label, confidence, probabilities.")
+    ] = False,
 ) -> None:
     """Classify digits: one line per image. Bad files are reported; good ones still predicted."""
     from runtime.inputs import load_input
@@ -223,11 +282,17 @@ def predict(
                 continue
             for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
                 if as_json:
-                    typer.echo(json.dumps({
-                        "input": str(path), "index": index, "label": int(label),
-                        "confidence": round(float(confidence), 6),
-                        "probabilities": [round(float(p), 6) for p in result.probabilities[index]],
-                    }))
+                    typer.echo(
+                        json.dumps(
+                            {
+                                "input": str(path),
+                                "index": index,
+                                "label": int(label),
+                                "confidence": round(float(confidence), 6),
+                                "probabilities": [round(float(p), 6) for p in result.probabilities[index]],
+                            }
+                        )
+                    )
                 else:
                     typer.echo(f"{path}\t{index}\t{label}\t{confidence:.4f}")
     if any_failed:
@@ -243,9 +308,15 @@ def bench(
     data: DataOption = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG bar chart.")] = None,
-    calls: Annotated[int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")] = BenchSettings.calls,
-    images: Annotated[Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")] = BenchSettings.images,
-    cold_starts: Annotated[int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")] = BenchSettings.cold_starts,
+    calls: Annotated[
+        int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")
+    ] = BenchSettings.calls,
+    images: Annotated[
+        Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")
+    ] = BenchSettings.images,
+    cold_starts: Annotated[
+        int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")
+    ] = BenchSettings.cold_starts,
 ) -> None:
     """Keras vs the ONNX predictor side by side: latency, throughput, ceiling, cold start, memory.
 
@@ -279,25 +350,68 @@ def bench(
 
 @app.command()
 def serve(
-    model: Annotated[Optional[Path], typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False),
+    ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
     port: Annotated[int, typer.Option(help="TCP port (0: any free port, printed at start).")] = ServeSettings.port,
-    grpc_port: Annotated[int, typer.Option(help="TCP port of the gRPC service (0: any free port, printed at start).")] = ServeSettings.grpc_port,
+    grpc_port: Annotated[
+        int, typer.Option(help="TCP port of the gRPC service (0: any free port, printed at start).")
+    ] = ServeSettings.grpc_port,
     no_grpc: Annotated[bool, typer.Option("--no-grpc", help="Serve REST only.")] = False,
-    name: Annotated[str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")] = ServeSettings.name,
-    model_repository: Annotated[Optional[Path], typer.Option(help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file.")] = None,
-    poll_s: Annotated[float, typer.Option(help="With --model-repository: look for new and removed versions every S seconds and roll them out (0: never).")] = ServeSettings.poll_s,
-    max_batch: Annotated[int, typer.Option(help="Largest batch the dynamic batcher forms, in images (a repository's models: their config's max_batch_size).")] = ServeSettings.max_batch,
-    max_delay_ms: Annotated[float, typer.Option(help="How long a request waits for company (0: never).")] = ServeSettings.max_delay_ms,
-    max_queue: Annotated[int, typer.Option(help="Images that may wait; beyond it: 503 + Retry-After.")] = ServeSettings.max_queue,
-    max_body_mb: Annotated[float, typer.Option(help="Largest request body; beyond it: 413.")] = ServeSettings.max_body_mb,
-    body_timeout_s: Annotated[float, typer.Option(help="A body not received within this: 408.")] = ServeSettings.body_timeout_s,
-    drain_timeout_s: Annotated[float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")] = ServeSettings.drain_timeout_s,
-    header_timeout_s: Annotated[float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")] = ServeSettings.header_timeout_s,
-    max_connections: Annotated[int, typer.Option(help="HTTP connections open at once; a connection beyond it gets 503 at once.")] = ServeSettings.max_connections,
-    api_key: Annotated[Optional[str], typer.Option(envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health).")] = None,
+    name: Annotated[
+        str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")
+    ] = ServeSettings.name,
+    model_repository: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file."
+        ),
+    ] = None,
+    poll_s: Annotated[
+        float,
+        typer.Option(
+            help="With --model-repository: look for new and removed versions every S seconds and roll them out (0: never)."
+        ),
+    ] = ServeSettings.poll_s,
+    max_batch: Annotated[
+        int,
+        typer.Option(
+            help="Largest batch the dynamic batcher forms, in images (a repository's models: their config's max_batch_size)."
+        ),
+    ] = ServeSettings.max_batch,
+    max_delay_ms: Annotated[
+        float, typer.Option(help="How long a request waits for company (0: never).")
+    ] = ServeSettings.max_delay_ms,
+    max_queue: Annotated[
+        int, typer.Option(help="Images that may wait; beyond it: 503 + Retry-After.")
+    ] = ServeSettings.max_queue,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body; beyond it: 413.")
+    ] = ServeSettings.max_body_mb,
+    body_timeout_s: Annotated[
+        float, typer.Option(help="A body not received within this: 408.")
+    ] = ServeSettings.body_timeout_s,
+    drain_timeout_s: Annotated[
+        float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")
+    ] = ServeSettings.drain_timeout_s,
+    header_timeout_s: Annotated[
+        float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")
+    ] = ServeSettings.header_timeout_s,
+    max_connections: Annotated[
+        int, typer.Option(help="HTTP connections open at once; a connection beyond it gets 503 at once.")
+    ] = ServeSettings.max_connections,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health)."
+        ),
+    ] = None,
     cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
-    log_level: Annotated[str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")] = ServeSettings.log_level,
+    log_level: Annotated[
+        str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")
+    ] = ServeSettings.log_level,
 ) -> None:
     """Serve the model: a page to draw digits on (/), the Open Inference Protocol (KServe v2)
     over REST and gRPC with dynamic batching, and /metrics.
@@ -312,19 +426,39 @@ def serve(
     if model is not None and model_repository is not None:
         raise InputError(f"{model}: give a model file or --model-repository, not both")
     settings = ServeSettings(
-        host=host, port=port, grpc_port=None if no_grpc else grpc_port, name=name, model_repository=None if model_repository is None else str(model_repository),
-        poll_s=poll_s, max_batch=max_batch, max_delay_ms=max_delay_ms, max_queue=max_queue,
-        max_body_mb=max_body_mb, body_timeout_s=body_timeout_s, drain_timeout_s=drain_timeout_s,
-        header_timeout_s=header_timeout_s, max_connections=max_connections,
-        api_key=api_key, cors_origin=cors_origin, log_level=log_level,
+        host=host,
+        port=port,
+        grpc_port=None if no_grpc else grpc_port,
+        name=name,
+        model_repository=None if model_repository is None else str(model_repository),
+        poll_s=poll_s,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        max_queue=max_queue,
+        max_body_mb=max_body_mb,
+        body_timeout_s=body_timeout_s,
+        drain_timeout_s=drain_timeout_s,
+        header_timeout_s=header_timeout_s,
+        max_connections=max_connections,
+        api_key=api_key,
+        cors_origin=cors_origin,
+        log_level=log_level,
     )
     run(create_app(model, settings), settings)
 
 
 @app.command()
 def site(
-    directory: Annotated[Path, typer.Argument(help="Directory to write the site into (new, empty, or an earlier site).")],
-    model: Annotated[Optional[Path], typer.Option(help="Exported rowrnn ONNX model; its MODEL.step.onnx is included when beside it (default: the bundled one).", show_default=False)] = None,
+    directory: Annotated[
+        Path, typer.Argument(help="Directory to write the site into (new, empty, or an earlier site).")
+    ],
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Exported rowrnn ONNX model; its MODEL.step.onnx is included when beside it (default: the bundled one).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Write a static site that runs the model in the browser (onnxruntime-web): no server needed.
 
@@ -335,8 +469,10 @@ def site(
 
     written = write_site(directory, model)
     total = sum(entry["bytes"] for entry in written["files"].values())
-    typer.echo(f"wrote {directory}/: {len(written['files'])} files, {total / 1e6:.1f} MB "
-               f"(onnxruntime-web {written['onnxruntime_web']['version']}); sha256 of each in {directory}/manifest.json")
+    typer.echo(
+        f"wrote {directory}/: {len(written['files'])} files, {total / 1e6:.1f} MB "
+        f"(onnxruntime-web {written['onnxruntime_web']['version']}); sha256 of each in {directory}/manifest.json"
+    )
 
 
 @app.command("triton-repo")
@@ -344,21 +480,33 @@ def triton_repo(
     model: Annotated[Path, typer.Argument(help="Exported rowrnn ONNX model.")],
     directory: Annotated[Path, typer.Argument(help="Model repository directory to write into.")],
     name: Annotated[str, typer.Option(help="Model name (its directory in the repository).")] = ServeSettings.name,
-    max_batch: Annotated[int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")] = ServeSettings.max_batch,
-    max_delay_ms: Annotated[float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")] = ServeSettings.max_delay_ms,
-    version: Annotated[int, typer.Option(help="The version directory to write (another version of a model already there: a server polling the repository rolls it out).")] = int(MODEL_VERSION),
+    max_batch: Annotated[
+        int, typer.Option(help="Triton's max_batch_size (default: as rowrnn serve).")
+    ] = ServeSettings.max_batch,
+    max_delay_ms: Annotated[
+        float, typer.Option(help="Triton's dynamic-batching max queue delay (default: as rowrnn serve).")
+    ] = ServeSettings.max_delay_ms,
+    version: Annotated[
+        int,
+        typer.Option(
+            help="The version directory to write (another version of a model already there: a server polling the repository rolls it out)."
+        ),
+    ] = int(MODEL_VERSION),
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + VERSION/model.onnx) for a model."""
     from runtime.repository import write_triton_repository
 
-    written = write_triton_repository(model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms,
-                                      version=version)
+    written = write_triton_repository(
+        model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms, version=version
+    )
     typer.echo(f"wrote {written}/config.pbtxt and {written}/{version}/model.onnx")
 
 
 @app.command()
 def anytime(
-    model: Annotated[Path, typer.Option(help="Step model from `rowrnn export OUT.onnx --step`.")] = Path("model.step.onnx"),
+    model: Annotated[Path, typer.Option(help="Step model from `rowrnn export OUT.onnx --step`.")] = Path(
+        "model.step.onnx"
+    ),
     data: DataOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the curve and the early exits.")] = None,

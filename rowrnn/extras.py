@@ -39,8 +39,9 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def check_training_extra(packages: tuple[str, ...] = TRAINING_EXTRA, needed_by: str = "this command",
-                         hint: str = INSTALL_HINT) -> None:
+def check_training_extra(
+    packages: tuple[str, ...] = TRAINING_EXTRA, needed_by: str = "this command", hint: str = INSTALL_HINT
+) -> None:
     """Fail fast, in one line, when the light install runs something that needs an extra."""
     missing = [name for name in packages if importlib.util.find_spec(name) is None]
     if missing:

@@ -169,8 +169,11 @@ def write_backup(out_dir: str | os.PathLike, fill: Callable[[Path], None], state
     try:
         fill(scratch)
         files = sorted(p.name for p in scratch.iterdir())
-        state = {**state, "format_version": FORMAT_VERSION,
-                 "files": {name: sha256_file(scratch / name) for name in files}}
+        state = {
+            **state,
+            "format_version": FORMAT_VERSION,
+            "files": {name: sha256_file(scratch / name) for name in files},
+        }
         (scratch / STATE_FILE).write_text(json.dumps(state, indent=1, sort_keys=True) + "\n")
         for name in (*files, STATE_FILE):
             fsync_path(scratch / name)

@@ -35,8 +35,15 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     they did at the end of each epoch, and restores their state after they reset it.
     """
 
-    def __init__(self, resume: Backup | None, write_to: Path, state: dict, best_model: Path,
-                 checkpoint: keras.callbacks.ModelCheckpoint, early_stopping: keras.callbacks.EarlyStopping) -> None:
+    def __init__(
+        self,
+        resume: Backup | None,
+        write_to: Path,
+        state: dict,
+        best_model: Path,
+        checkpoint: keras.callbacks.ModelCheckpoint,
+        early_stopping: keras.callbacks.EarlyStopping,
+    ) -> None:
         # Keras loads from backup_dir; a fresh run points it at a directory that does not exist.
         super().__init__(str(resume.path if resume else write_to / BACKUP_DIR), delete_checkpoint=False)
         self.resume, self.write_to, self.state = resume, write_to, state
@@ -67,8 +74,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             epoch=epoch + 1,
             finished=bool(self.model.stop_training) or epoch + 1 >= self.params["epochs"],
             checkpoint_best=None if self.checkpoint.best is None else float(self.checkpoint.best),
-            early_stopping={"wait": stopping.wait, "best": None if stopping.best is None else float(stopping.best),
-                            "best_epoch": stopping.best_epoch, "stopped_epoch": stopping.stopped_epoch},
+            early_stopping={
+                "wait": stopping.wait,
+                "best": None if stopping.best is None else float(stopping.best),
+                "best_epoch": stopping.best_epoch,
+                "stopped_epoch": stopping.stopped_epoch,
+            },
             train_seconds=self.state["train_seconds"] + time.perf_counter() - self.epoch_started,
             weights_sha256=weights_digest(self.model),
         )

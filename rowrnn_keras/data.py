@@ -25,8 +25,10 @@ def load_mnist_keras() -> Mnist:
             f"no MNIST directory given (--data or ${DATA_ENV}) and Keras's download failed: {exc}"
         ) from None
     return Mnist(
-        check_images(train_x, "keras mnist"), check_labels(train_y, "keras mnist"),
-        check_images(test_x, "keras mnist"), check_labels(test_y, "keras mnist"),
+        check_images(train_x, "keras mnist"),
+        check_labels(train_y, "keras mnist"),
+        check_images(test_x, "keras mnist"),
+        check_labels(test_y, "keras mnist"),
         source="keras.datasets.mnist",
     )
 
@@ -42,9 +44,7 @@ def split_validation(
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A seeded random hold-out of `validation_size` images; the rest is for training."""
     if validation_size >= len(images):
-        raise InputError(
-            f"validation size {validation_size} leaves no training images out of {len(images)}"
-        )
+        raise InputError(f"validation size {validation_size} leaves no training images out of {len(images)}")
     order = np.random.default_rng(seed).permutation(len(images))
     val, train = order[:validation_size], order[validation_size:]
     return (images[train], labels[train]), (images[val], labels[val])

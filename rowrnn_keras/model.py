@@ -26,7 +26,9 @@ def create_model(config: TrainConfig = TrainConfig()) -> keras.Sequential:
     )
 
 
-def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate_schedule(
+    config: TrainConfig, steps_per_epoch: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
     """Linear warm-up to `learning_rate`, then cosine decay to zero by the last step."""
     total = steps_per_epoch * config.epochs
     warmup = steps_per_epoch * min(config.warmup_epochs, config.epochs - 1)
@@ -39,9 +41,7 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> keras.o
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> keras.Model:
     """Adam on softmax cross-entropy from logits, reporting accuracy."""
-    optimizer = keras.optimizers.Adam(
-        learning_rate_schedule(config, steps_per_epoch), clipnorm=config.clipnorm
-    )
+    optimizer = keras.optimizers.Adam(learning_rate_schedule(config, steps_per_epoch), clipnorm=config.clipnorm)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -76,7 +76,7 @@ def architecture_layers(model: keras.Model) -> list[dict[str, object]]:
 
 
 def format_architecture(layers: list[dict[str, object]]) -> str:
-    """"Dense(128) -> LSTM(128) -> Dense(10)": the display form of `architecture_layers`, for people."""
+    """ "Dense(128) -> LSTM(128) -> Dense(10)": the display form of `architecture_layers`, for people."""
     return " -> ".join(f"{layer['layer']}({'' if layer['units'] is None else layer['units']})" for layer in layers)
 
 

@@ -53,14 +53,26 @@ def transform_batch(images: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor, a
     # ImageProjectiveTransformV3 maps each output pixel (x, y) to the input point it reads:
     # the inverse of "rotate about the centre, then shift", i.e. R(-angle)(p - c - shift) + c.
     zeros = tf.zeros_like(angle)
-    transforms = tf.stack([
-        cos, sin, c - cos * (c + shift_x) - sin * (c + shift_y),
-        -sin, cos, c + sin * (c + shift_x) - cos * (c + shift_y),
-        zeros, zeros,
-    ], axis=1)
+    transforms = tf.stack(
+        [
+            cos,
+            sin,
+            c - cos * (c + shift_x) - sin * (c + shift_y),
+            -sin,
+            cos,
+            c + sin * (c + shift_x) - cos * (c + shift_y),
+            zeros,
+            zeros,
+        ],
+        axis=1,
+    )
     moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images[..., None], transforms=transforms, output_shape=IMAGE_SHAPE,
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT",
+        images=images[..., None],
+        transforms=transforms,
+        output_shape=IMAGE_SHAPE,
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
     )
     return moved[..., 0]
 

@@ -46,4 +46,9 @@ def place(kind: str) -> Placement:
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         return Placement(strategy, kind, [short_device(d) for d in strategy.extended.worker_devices], is_chief)
     gpus = tf.config.list_logical_devices("GPU")
-    return Placement(tf.distribute.get_strategy(), kind, [short_device((gpus or tf.config.list_logical_devices("CPU"))[0].name)], True)
+    return Placement(
+        tf.distribute.get_strategy(),
+        kind,
+        [short_device((gpus or tf.config.list_logical_devices("CPU"))[0].name)],
+        True,
+    )

@@ -51,14 +51,31 @@ def save_anytime(report: dict, path: Path) -> Path:
     threshold placed at its mean rows read. Right: the share of images answered by each row."""
     rows = np.arange(1, len(report["accuracy_after_rows"]) + 1)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    left.plot(rows, np.asarray(report["accuracy_after_rows"]) * 100, marker="o", markersize=3, color="tab:blue",
-              label="after k rows")
+    left.plot(
+        rows,
+        np.asarray(report["accuracy_after_rows"]) * 100,
+        marker="o",
+        markersize=3,
+        color="tab:blue",
+        label="after k rows",
+    )
     for row, color in zip(report["early_exit"], ("tab:orange", "tab:green", "tab:red", "tab:purple")):
-        left.scatter(row["mean_rows"], row["accuracy"] * 100, color=color, zorder=3, s=40,
-                     label=f"exit at {row['threshold']:g}: {row['accuracy']:.2%}, {row['mean_rows']:.1f} rows")
+        left.scatter(
+            row["mean_rows"],
+            row["accuracy"] * 100,
+            color=color,
+            zorder=3,
+            s=40,
+            label=f"exit at {row['threshold']:g}: {row['accuracy']:.2%}, {row['mean_rows']:.1f} rows",
+        )
         histogram = np.asarray(row["rows_histogram"])
-        right.step(rows, np.cumsum(histogram) / histogram.sum() * 100, where="post", color=color,
-                   label=f"threshold {row['threshold']:g}")
+        right.step(
+            rows,
+            np.cumsum(histogram) / histogram.sum() * 100,
+            where="post",
+            color=color,
+            label=f"threshold {row['threshold']:g}",
+        )
     for ax, ylabel, title, corner in (
         (left, "test accuracy (%)", "accuracy after reading the top k rows", "center left"),
         (right, "images answered by this row (%)", "early exit: when each image was answered", "upper left"),

@@ -48,9 +48,18 @@ class FitResult:
 
 def new_state(data_and_config: dict) -> dict:
     """A fresh run's backup state (rowrnn_keras.backup); `data_and_config`: `fingerprint(...)`."""
-    return {"fingerprint": data_and_config, "epoch": 0, "finished": False, "history": {},
-            "checkpoint_best": None, "early_stopping": {}, "train_seconds": 0.0, "resumed_at": [],
-            "weights_sha256": None, "run_name": time.strftime("run-%Y%m%d-%H%M%S")}
+    return {
+        "fingerprint": data_and_config,
+        "epoch": 0,
+        "finished": False,
+        "history": {},
+        "checkpoint_best": None,
+        "early_stopping": {},
+        "train_seconds": 0.0,
+        "resumed_at": [],
+        "weights_sha256": None,
+        "run_name": time.strftime("run-%Y%m%d-%H%M%S"),
+    }
 
 
 def fit_model(
@@ -162,14 +171,28 @@ def run_training(
         state = resume.state if resume else new_state(fingerprint(config, mnist))
         if resume is not None:
             state["resumed_at"].append(resume.epoch + 1)
-            log(f"resuming at epoch {resume.epoch + 1}/{config.epochs}" if not resume.finished else
-                f"resuming after epoch {resume.epoch}/{config.epochs}: training had finished; evaluating")
+            log(
+                f"resuming at epoch {resume.epoch + 1}/{config.epochs}"
+                if not resume.finished
+                else f"resuming after epoch {resume.epoch}/{config.epochs}: training had finished; evaluating"
+            )
         splits = make_splits(mnist, config)
         session_started = time.perf_counter()
         try:
             fit = fit_model(
-                config, splits, scratch / MODEL_FILE, work_dir, state, verbose, placement=placement, resume=resume,
-                tensorboard=None if tensorboard is None else Path(tensorboard) if placement.is_chief else work_dir / "logs",
+                config,
+                splits,
+                scratch / MODEL_FILE,
+                work_dir,
+                state,
+                verbose,
+                placement=placement,
+                resume=resume,
+                tensorboard=None
+                if tensorboard is None
+                else Path(tensorboard)
+                if placement.is_chief
+                else work_dir / "logs",
             )
         except ValueError as exc:
             if placement.kind == "multi-worker" and "PerReplica" in str(exc):

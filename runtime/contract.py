@@ -34,6 +34,7 @@ def scale_pixels(images: np.ndarray) -> np.ndarray:
         raise InputError(f"expected uint8 pixels, got dtype {images.dtype}")
     return np.divide(images, np.float32(255.0), dtype=np.float32)  # exact: uint8 -> float32, then /255
 
+
 # The step model (`rowrnn export --step` -> OUT.step.onnx): one image row per call, the LSTM state
 # passed in and out explicitly, so a caller can classify while rows arrive. A zero state is the
 # start of an image.
@@ -84,8 +85,12 @@ class ModelIO:
     def metadata(self) -> dict[str, str]:
         """The contract's part of a model's metadata_props (export adds provenance and parity)."""
         kind = {} if self.format is None else {"format": self.format}
-        return {"format_version": FORMAT_VERSION, **kind, "class_labels": json.dumps(list(CLASS_LABELS)),
-                "input_scaling": INPUT_SCALING}
+        return {
+            "format_version": FORMAT_VERSION,
+            **kind,
+            "class_labels": json.dumps(list(CLASS_LABELS)),
+            "input_scaling": INPUT_SCALING,
+        }
 
     def metadata_problem(self, metadata: dict[str, str]) -> str | None:
         """Why `metadata` does not name this kind of model at the supported format version, or None."""
@@ -109,5 +114,6 @@ FULL_MODEL = ModelIO("rowrnn model", (TensorSpec(INPUT_NAME, IMAGE_SHAPE),), out
 def step_model_io(hidden: int | str) -> ModelIO:
     """The step model of an LSTM with `hidden` units: one row and the state in, the state and the answer out."""
     state = tuple(TensorSpec(name, (hidden,)) for name in STATE_NAMES)
-    return ModelIO("rowrnn step model", (TensorSpec(ROW_NAME, (IMAGE_COLS,)), *state), output_specs(hidden), STEP_FORMAT)
-
+    return ModelIO(
+        "rowrnn step model", (TensorSpec(ROW_NAME, (IMAGE_COLS,)), *state), output_specs(hidden), STEP_FORMAT
+    )

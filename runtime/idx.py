@@ -68,8 +68,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     if actual != expected:
         problem = "truncated" if actual < expected else "has trailing bytes"
         raise InputError(
-            f"{name}: {problem}: header says shape {shape} ({expected} payload bytes), "
-            f"file holds {actual}"
+            f"{name}: {problem}: header says shape {shape} ({expected} payload bytes), file holds {actual}"
         )
     array = np.frombuffer(data, dtype, offset=header).reshape(shape)
     return array.astype(dtype.newbyteorder("="), copy=False)
@@ -89,4 +88,3 @@ def encode_idx(array: np.ndarray) -> bytes:
         raise InputError(f"cannot write {array.dtype} array of shape {array.shape} as IDX")
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
     return header + array.astype(_DTYPES[code], copy=False).tobytes()
-

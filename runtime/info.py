@@ -41,7 +41,7 @@ def describe_model(path: str | os.PathLike) -> dict:
 
 
 def producer(model) -> str:
-    """"tf2onnx 1.17.0". tf2onnx writes its version as "<version> <git hash>", and a wheel has no
+    """ "tf2onnx 1.17.0". tf2onnx writes its version as "<version> <git hash>", and a wheel has no
     hash: files exported before rowrnn cleaned that up say "1.17.0 None", and the "None" is dropped."""
     words = f"{model.producer_name} {model.producer_version}".split()
     return " ".join(word for word in words if word != "None")

@@ -22,7 +22,12 @@ def looks_like_idx(path: Path) -> bool:
         return True
     with open(path, "rb") as stream:
         head = stream.read(4)
-    return len(head) == 4 and head[:2] == b"\x00\x00" and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E) and 1 <= head[3] <= 3
+    return (
+        len(head) == 4
+        and head[:2] == b"\x00\x00"
+        and head[2] in (0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E)
+        and 1 <= head[3] <= 3
+    )
 
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -61,6 +66,4 @@ def load_input(path: str | os.PathLike) -> np.ndarray:
     try:  # an image under an unusual name still opens
         return preprocess_image(path)[np.newaxis]
     except InputError:
-        raise InputError(
-            f"{path}: unknown file type (expected an image, a .npy array or an IDX file)"
-        ) from None
+        raise InputError(f"{path}: unknown file type (expected an image, a .npy array or an IDX file)") from None

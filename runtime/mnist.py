@@ -55,10 +55,7 @@ def find_idx_file(data_dir: Path, stem: str) -> Path | None:
 
 def check_images(images: np.ndarray, name: str) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        raise InputError(
-            f"{name}: expected uint8 images of shape [N, 28, 28], "
-            f"got {images.dtype} {list(images.shape)}"
-        )
+        raise InputError(f"{name}: expected uint8 images of shape [N, 28, 28], got {images.dtype} {list(images.shape)}")
     return images
 
 
@@ -77,17 +74,13 @@ def read_split(data_dir: Path, split: str, expected: int) -> tuple[np.ndarray, n
     images = check_images(read_idx(image_path), str(image_path))
     labels = check_labels(read_idx(label_path), str(label_path))
     if len(images) != len(labels):
-        raise InputError(
-            f"{data_dir}: {split} split has {len(images)} images but {len(labels)} labels"
-        )
+        raise InputError(f"{data_dir}: {split} split has {len(images)} images but {len(labels)} labels")
     if len(images) != expected:
         raise InputError(f"{image_path}: expected {expected} MNIST {split} images, found {len(images)}")
     return images, labels
 
 
-def load_mnist_dir(
-    data_dir: str | os.PathLike, sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)
-) -> Mnist:
+def load_mnist_dir(data_dir: str | os.PathLike, sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> Mnist:
     """Read and validate the four MNIST IDX files in `data_dir` (`sizes`: train and test counts)."""
     data_dir = Path(data_dir)
     if not data_dir.exists():
@@ -107,4 +100,3 @@ def load_mnist_dir(
 def describe_test_set(images: np.ndarray) -> str:
     """The test images named for a report by their checksum, never by a local path (reports get committed)."""
     return f"MNIST test set (t10k-images sha256 {hashlib.sha256(encode_idx(images)).hexdigest()[:12]}…)"
-

@@ -80,7 +80,9 @@ def fit_box(ink: np.ndarray, box: int = DIGIT_BOX) -> np.ndarray:
     height, width = ink.shape
     scale = box / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    resized = Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS, reducing_gap=None)
+    resized = Image.fromarray(ink.astype(np.float32), mode="F").resize(
+        size, Image.Resampling.LANCZOS, reducing_gap=None
+    )
     out = np.clip(np.asarray(resized, np.float32), 0.0, 1.0)
     peak = out.max()
     return out / peak if peak > 0 else out  # thin strokes fade when shrunk; restore full ink

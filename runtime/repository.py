@@ -32,24 +32,27 @@ DEFAULT_MAX_DELAY_MS = 2.0  # how long the first request of a batch waits for co
 
 def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
     """Triton's model configuration (protobuf text format) for the rowrnn contract."""
+
     def tensors(specs: tuple[TensorSpec, ...]) -> str:  # Triton's dims leave out the batch dimension
         return ",\n".join(f'  {{ name: "{spec.name}" data_type: TYPE_FP32 dims: {list(spec.dims)} }}' for spec in specs)
 
-    return "\n".join([
-        f'name: "{name}"',
-        f'platform: "{PLATFORM}"',
-        f"max_batch_size: {max_batch}",
-        f"version_policy: {{ {VERSION_POLICY} }}",
-        "input [",
-        tensors(FULL_MODEL.inputs),
-        "]",
-        "output [",
-        tensors(FULL_MODEL.outputs),
-        "]",
-        f"dynamic_batching {{ max_queue_delay_microseconds: {round(max_delay_ms * 1000)} }}",
-        "instance_group [ { count: 1 kind: KIND_CPU } ]",
-        "",
-    ])
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            f'platform: "{PLATFORM}"',
+            f"max_batch_size: {max_batch}",
+            f"version_policy: {{ {VERSION_POLICY} }}",
+            "input [",
+            tensors(FULL_MODEL.inputs),
+            "]",
+            "output [",
+            tensors(FULL_MODEL.outputs),
+            "]",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {round(max_delay_ms * 1000)} }}",
+            "instance_group [ { count: 1 kind: KIND_CPU } ]",
+            "",
+        ]
+    )
 
 
 def write_triton_repository(

@@ -38,8 +38,9 @@ def open_session(
         raise InputError(f"intra_op_threads must be a whole number >= 1, got {intra_op_threads!r}")
     if session_options is not None and intra_op_threads is not None:
         # We would have to change the caller's object; say so instead.
-        raise InputError("give intra_op_threads or session_options, not both "
-                         "(set intra_op_num_threads on your SessionOptions)")
+        raise InputError(
+            "give intra_op_threads or session_options, not both (set intra_op_num_threads on your SessionOptions)"
+        )
     if session_options is None:
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = intra_op_threads or 1
@@ -74,4 +75,3 @@ def check_session(session: ort.InferenceSession, io: ModelIO, path: Path) -> Non
     problem = io.metadata_problem(session.get_modelmeta().custom_metadata_map)
     if problem:
         raise InputError(f"{path}: {problem}")
-

@@ -55,8 +55,12 @@ class EarlyPrediction(Prediction):
 def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
     """Refuse a model that is not a rowrnn step model; return its hidden size."""
     inputs = session_inputs(session)
-    if session.get_modelmeta().custom_metadata_map.get("format") != STEP_FORMAT and inputs[:1] == expected_inputs(FULL_MODEL):
-        raise InputError(f"{path}: a full rowrnn model, not a step model (export one with `rowrnn export OUT.onnx --step`)")
+    if session.get_modelmeta().custom_metadata_map.get("format") != STEP_FORMAT and inputs[:1] == expected_inputs(
+        FULL_MODEL
+    ):
+        raise InputError(
+            f"{path}: a full rowrnn model, not a step model (export one with `rowrnn export OUT.onnx --step`)"
+        )
     dims = inputs[1][2] if len(inputs) > 1 else []
     hidden = dims[0] if len(dims) == 1 and isinstance(dims[0], int) else "H"  # "H": refused below, named so
     check_session(session, step_model_io(hidden), path)
@@ -65,7 +69,12 @@ def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
 
 def checked_confidence(confidence: float) -> float:
     """A threshold in [0, inf]; above 1 it is never reached, so every image is read to its end."""
-    if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or math.isnan(confidence) or confidence < 0:
+    if (
+        isinstance(confidence, bool)
+        or not isinstance(confidence, numbers.Real)
+        or math.isnan(confidence)
+        or confidence < 0
+    ):
         raise InputError(f"confidence must be a number >= 0 (above 1: never stop early), got {confidence!r}")
     return float(confidence)
 

@@ -97,15 +97,23 @@ def check_tensor_media_type(content_type: str, header_length: str | None) -> Non
     """The Content-Type must not contradict the body's layout (JSON alone, or JSON then binary
     tensor data, which Inference-Header-Content-Length announces). No Content-Type: either."""
     if content_type == "application/json" and header_length is not None:
-        raise ProtocolError("Content-Type application/json, but Inference-Header-Content-Length announces "
-                            "binary tensor data: send it as application/octet-stream")
+        raise ProtocolError(
+            "Content-Type application/json, but Inference-Header-Content-Length announces "
+            "binary tensor data: send it as application/octet-stream"
+        )
     if content_type == "application/octet-stream" and header_length is None:
-        raise ProtocolError("Content-Type application/octet-stream needs Inference-Header-Content-Length "
-                            "(the binary tensor data extension); send a JSON request as application/json")
+        raise ProtocolError(
+            "Content-Type application/octet-stream needs Inference-Header-Content-Length "
+            "(the binary tensor data extension); send a JSON request as application/json"
+        )
 
 
-async def read_body(request: Request, settings: ServeSettings, accepts=accepts_tensors, expected: str = (
-        "application/json (or application/octet-stream with binary tensor data)")) -> bytes:
+async def read_body(
+    request: Request,
+    settings: ServeSettings,
+    accepts=accepts_tensors,
+    expected: str = ("application/json (or application/octet-stream with binary tensor data)"),
+) -> bytes:
     """The whole body, within --max-body-mb (413) and --body-timeout-s (408)."""
     content_type = media_type(request)
     if not accepts(content_type):
@@ -223,22 +231,29 @@ async def classify(request: Request, state: ServerState) -> Response:
     steps = None
     if request.query_params.get("steps") == "1":
         if streaming is None:
-            raise ProtocolError("this server has no step model (MODEL.step.onnx beside the model, from "
-                                "rowrnn export --step): ask without ?steps=1")
+            raise ProtocolError(
+                "this server has no step model (MODEL.step.onnx beside the model, from "
+                "rowrnn export --step): ask without ?steps=1"
+            )
         steps = await asyncio.get_running_loop().run_in_executor(None, streaming.row_probabilities, rows)
     request.scope["rowrnn.images"] = 1
     model, prediction = await state.infer(name, None, rows[np.newaxis])
     label = int(prediction.labels[0])
     extra = {} if steps is None else {"steps": steps[0].tolist()}  # [28][10]: after each row
-    return json_response({
-        **extra,
-        "label": label,
-        "confidence": float(prediction.probabilities[0, label]),
-        "probabilities": prediction.probabilities[0].tolist(),
-        "input": np.rint(rows * 255).astype(np.uint8).tolist(),  # the 28x28 image the model saw
-        "model": {"name": model.name, "version": str(model.version),
-                  **{key: model.parameters.get(key) for key in ("architecture", "test_accuracy", "size_bytes")}},
-    })
+    return json_response(
+        {
+            **extra,
+            "label": label,
+            "confidence": float(prediction.probabilities[0, label]),
+            "probabilities": prediction.probabilities[0].tolist(),
+            "input": np.rint(rows * 255).astype(np.uint8).tolist(),  # the 28x28 image the model saw
+            "model": {
+                "name": model.name,
+                "version": str(model.version),
+                **{key: model.parameters.get(key) for key in ("architecture", "test_accuracy", "size_bytes")},
+            },
+        }
+    )
 
 
 @endpoint("page", public=True)
@@ -269,8 +284,11 @@ async def optional_json(request: Request, state: ServerState) -> dict:
 async def repository_index(request: Request, state: ServerState) -> Response:
     """The repository extension's index; `{"ready": true}` lists only the versions taking traffic."""
     ready_only = as_bool((await optional_json(request, state)).get("ready", False), "'ready'")
-    entries = [{key: value for key, value in entry.items() if value or key != "reason"}
-               for entry in state.repository.index() if entry["state"] == "READY" or not ready_only]
+    entries = [
+        {key: value for key, value in entry.items() if value or key != "reason"}
+        for entry in state.repository.index()
+        if entry["state"] == "READY" or not ready_only
+    ]
     return json_response(entries)
 
 
@@ -278,8 +296,10 @@ async def repository_index(request: Request, state: ServerState) -> Response:
 async def repository_load(request: Request, state: ServerState) -> Response:
     parameters = as_object((await optional_json(request, state)).get("parameters", {}), "'parameters'")
     if parameters:
-        raise ProtocolError(f"load parameters {sorted(parameters)} are not supported: the model loads from "
-                            "its directory in the repository")
+        raise ProtocolError(
+            f"load parameters {sorted(parameters)} are not supported: the model loads from "
+            "its directory in the repository"
+        )
     await state.load_model(request.path_params["model"])
     return json_response({})
 
@@ -363,13 +383,24 @@ class Observe:
             self.state.metrics.observe_request(scope.get("rowrnn.endpoint", "other"), status, seconds)
             if access_log.isEnabledFor(logging.INFO):
                 client = scope.get("client") or ("-", 0)
-                access_log.info('%s:%s "%s %s" %d %.2f ms %d images', client[0], client[1], scope["method"],
-                                scope["path"], status, seconds * 1000, scope.get("rowrnn.images", 0))
+                access_log.info(
+                    '%s:%s "%s %s" %d %.2f ms %d images',
+                    client[0],
+                    client[1],
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    seconds * 1000,
+                    scope.get("rowrnn.images", 0),
+                )
 
 
 async def http_error(request: Request, exc: HTTPException) -> Response:
     """Starlette's own 404/405 (no such route, wrong method) as protocol errors."""
-    message = {404: f"no such endpoint: {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    message = {
+        404: f"no such endpoint: {request.url.path}",
+        405: f"{request.method} is not allowed on {request.url.path}",
+    }
     return error(message.get(exc.status_code, str(exc.detail)), exc.status_code)
 
 
@@ -398,8 +429,11 @@ def create_app(model: str | os.PathLike | Predictor | None = None, settings: Ser
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        poller = (asyncio.create_task(state.repository.follow(settings.poll_s), name="rowrnn-poll")
-                  if settings.poll_s else None)
+        poller = (
+            asyncio.create_task(state.repository.follow(settings.poll_s), name="rowrnn-poll")
+            if settings.poll_s
+            else None
+        )
         yield
         state.ready = False
         if poller is not None:
@@ -430,10 +464,20 @@ def create_app(model: str | os.PathLike | Predictor | None = None, settings: Ser
     ]
     middleware = [Middleware(Observe, state=state)]
     if settings.cors_origin:
-        middleware.append(Middleware(CORSMiddleware, allow_origins=[settings.cors_origin],
-                                     allow_methods=["GET", "POST"], allow_headers=["*"],
-                                     expose_headers=["Inference-Header-Content-Length"]))
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: server_error})
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=[settings.cors_origin],
+                allow_methods=["GET", "POST"],
+                allow_headers=["*"],
+                expose_headers=["Inference-Header-Content-Length"],
+            )
+        )
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
     app.state.rowrnn = state
     return app

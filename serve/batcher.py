@@ -104,9 +104,13 @@ class DynamicBatcher:
             for job in jobs:
                 end = start + len(job.images)
                 if not job.future.done():  # its client may have gone away
-                    job.future.set_result(Prediction(prediction.labels[start:end],
-                                                     prediction.probabilities[start:end],
-                                                     prediction.logits[start:end]))
+                    job.future.set_result(
+                        Prediction(
+                            prediction.labels[start:end],
+                            prediction.probabilities[start:end],
+                            prediction.logits[start:end],
+                        )
+                    )
                 start = end
 
     async def _gather(self) -> None:

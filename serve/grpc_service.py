@@ -50,6 +50,7 @@ SERVICE = "inference.GRPCInferenceService"
 
 # --- messages in and out (pure functions) ------------------------------------------------------------
 
+
 def parse_grpc_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     """Check a ModelInferRequest: the tensor in `raw_input_contents` (what Triton's clients send)
     or in typed `contents.fp32_contents`."""
@@ -76,8 +77,9 @@ def parse_grpc_infer_request(request: pb.ModelInferRequest) -> InferRequest:
     return InferRequest(request.id or None, images, tuple((name, True) for name in names))
 
 
-def encode_grpc_infer_response(request: InferRequest, prediction: Prediction, model_name: str,
-                               model_version: str) -> pb.ModelInferResponse:
+def encode_grpc_infer_response(
+    request: InferRequest, prediction: Prediction, model_name: str, model_version: str
+) -> pb.ModelInferResponse:
     """The answer, its tensors in `raw_output_contents` (the only place Triton's client reads)."""
     response = pb.ModelInferResponse(model_name=model_name, model_version=model_version, id=request.id or "")
     for name, _ in request.outputs:
@@ -92,13 +94,16 @@ def model_metadata_response(name: str, versions: list[str]) -> pb.ModelMetadataR
     described = model_metadata(name, versions, {})
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
-        name=name, versions=versions, platform=described["platform"],
+        name=name,
+        versions=versions,
+        platform=described["platform"],
         inputs=[tensor(**spec) for spec in described["inputs"]],
         outputs=[tensor(**spec) for spec in described["outputs"]],
     )
 
 
 # --- the service ---------------------------------------------------------------------------------------
+
 
 def rpc(public: bool = False, inference: bool = False):
     """Wrap a method: check the key, turn refusals into status codes, count it in /metrics by
@@ -179,14 +184,19 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
     @rpc()
     async def RepositoryIndex(self, request, context):  # noqa: N802
         entry = pb.RepositoryIndexResponse.ModelIndex
-        return pb.RepositoryIndexResponse(models=[
-            entry(**item) for item in self.state.repository.index() if item["state"] == "READY" or not request.ready])
+        return pb.RepositoryIndexResponse(
+            models=[
+                entry(**item) for item in self.state.repository.index() if item["state"] == "READY" or not request.ready
+            ]
+        )
 
     @rpc()
     async def RepositoryModelLoad(self, request, context):  # noqa: N802
         if request.parameters:
-            raise ProtocolError(f"load parameters {sorted(request.parameters)} are not supported: the model loads "
-                                "from its directory in the repository")
+            raise ProtocolError(
+                f"load parameters {sorted(request.parameters)} are not supported: the model loads "
+                "from its directory in the repository"
+            )
         await self.state.load_model(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
@@ -203,11 +213,13 @@ async def start_grpc(state: ServerState, settings: ServeSettings) -> tuple[grpc.
     itself with RESOURCE_EXHAUSTED before it is read whole.
     """
     limit = settings.max_body_bytes
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-        ("grpc.so_reuseport", 0),  # a busy port is an error, not a second listener beside another server
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),  # a busy port is an error, not a second listener beside another server
+        ]
+    )
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(state), server)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     try:

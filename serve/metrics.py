@@ -15,21 +15,47 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("rowrnn_requests", "HTTP requests by endpoint and status code.",
-                                ["endpoint", "code"], registry=self.registry)
-        self.latency = Histogram("rowrnn_request_duration_seconds", "Time from request to response.",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.grpc_requests = Counter("rowrnn_grpc_requests", "gRPC calls by method and status code.",
-                                     ["method", "code"], registry=self.registry)
-        self.grpc_latency = Histogram("rowrnn_grpc_request_duration_seconds", "Time from gRPC call to response.",
-                                      ["method"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.batch_size = Histogram("rowrnn_inference_batch_size", "Images per session call, by model and version.",
-                                    MODEL_LABELS, buckets=BATCH_BUCKETS, registry=self.registry)
-        self.inference_seconds = Histogram("rowrnn_inference_seconds", "Time of one session call.",
-                                           MODEL_LABELS, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "rowrnn_requests",
+            "HTTP requests by endpoint and status code.",
+            ["endpoint", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "rowrnn_request_duration_seconds",
+            "Time from request to response.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "rowrnn_grpc_requests", "gRPC calls by method and status code.", ["method", "code"], registry=self.registry
+        )
+        self.grpc_latency = Histogram(
+            "rowrnn_grpc_request_duration_seconds",
+            "Time from gRPC call to response.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "rowrnn_inference_batch_size",
+            "Images per session call, by model and version.",
+            MODEL_LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "rowrnn_inference_seconds",
+            "Time of one session call.",
+            MODEL_LABELS,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.images = Counter("rowrnn_inference_images", "Images classified.", MODEL_LABELS, registry=self.registry)
-        self.queue_images = Gauge("rowrnn_queue_images", "Images waiting for the batcher.", MODEL_LABELS,
-                                  registry=self.registry)
+        self.queue_images = Gauge(
+            "rowrnn_queue_images", "Images waiting for the batcher.", MODEL_LABELS, registry=self.registry
+        )
 
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(code)).inc()

@@ -28,8 +28,16 @@ FLOAT32_LE = np.dtype("<f4")
 
 
 # The gRPC status of each HTTP status we answer with (KServe v2's gRPC service, as Triton maps them).
-GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED",
-              409: "FAILED_PRECONDITION", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    409: "FAILED_PRECONDITION",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    503: "UNAVAILABLE",
+}
 
 
 class ProtocolError(Exception):
@@ -77,7 +85,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     if not 0 < length <= len(body):
         raise ProtocolError(
             f"Inference-Header-Content-Length {length} is past the end of the body ({len(body)} bytes)"
-            if length > 0 else f"Inference-Header-Content-Length {length} must be positive"
+            if length > 0
+            else f"Inference-Header-Content-Length {length} must be positive"
         )
     return body[:length], memoryview(body)[length:]
 
@@ -119,12 +128,14 @@ def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
         if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
             raise ProtocolError(f"binary_data_size {binary_size!r} must be a whole number of bytes")
         if binary_size > len(binary):
-            raise ProtocolError(f"binary_data_size {binary_size} runs past the end of the body "
-                                f"({len(binary)} bytes of binary data)")
+            raise ProtocolError(
+                f"binary_data_size {binary_size} runs past the end of the body ({len(binary)} bytes of binary data)"
+            )
         check_binary_size(binary_size, count)
         if len(binary) != binary_size:
-            raise ProtocolError(f"{len(binary) - binary_size} bytes of binary data follow the tensors, "
-                                "claimed by no input")
+            raise ProtocolError(
+                f"{len(binary) - binary_size} bytes of binary data follow the tensors, claimed by no input"
+            )
         return binary_images(binary, count)
     if len(binary):
         raise ProtocolError(f"{len(binary)} bytes of binary data, but no input has binary_data_size")
@@ -135,6 +146,7 @@ def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
 
 # The checks below are shared by both protocols (REST here, gRPC in serve.grpc_service): a client
 # gets the same message for the same mistake whichever way it speaks.
+
 
 def check_input_names(names: list) -> None:
     unknown = [name for name in names if name != INPUT_NAME]
@@ -151,8 +163,10 @@ def check_datatype(datatype: object) -> None:
 
 def check_binary_size(size: int, count: int) -> None:
     if size != PIXELS * count * FLOAT32_LE.itemsize:
-        raise ProtocolError(f"binary data of {size} bytes does not match shape "
-                            f"[{count}, 28, 28] ({PIXELS * count * FLOAT32_LE.itemsize} bytes of FP32)")
+        raise ProtocolError(
+            f"binary data of {size} bytes does not match shape "
+            f"[{count}, 28, 28] ({PIXELS * count * FLOAT32_LE.itemsize} bytes of FP32)"
+        )
 
 
 def binary_images(blob: bytes | memoryview, count: int) -> np.ndarray:
@@ -170,8 +184,13 @@ def checked_images(values: np.ndarray, count: int) -> np.ndarray:
 
 def image_count(shape: object) -> int:
     """N of a shape [N, 28, 28] (N >= 1), or a ProtocolError."""
-    if (not isinstance(shape, list) or len(shape) != 3 or shape[1:] != [IMAGE_ROWS, IMAGE_COLS]
-            or not all(type(d) is int for d in shape) or shape[0] < 1):
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 3
+        or shape[1:] != [IMAGE_ROWS, IMAGE_COLS]
+        or not all(type(d) is int for d in shape)
+        or shape[0] < 1
+    ):
         raise ProtocolError(f"input '{INPUT_NAME}' has shape {shape!r}; expected [N, 28, 28] with N >= 1")
     return shape[0]
 
@@ -191,7 +210,9 @@ def json_values(data: object, values: int, count: int) -> np.ndarray:
 
 def check_value_count(size: int, count: int) -> None:
     if size != PIXELS * count:
-        raise ProtocolError(f"input '{INPUT_NAME}' data holds {size} values; shape [{count}, 28, 28] needs {PIXELS * count}")
+        raise ProtocolError(
+            f"input '{INPUT_NAME}' data holds {size} values; shape [{count}, 28, 28] needs {PIXELS * count}"
+        )
 
 
 def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, bool], ...]:
@@ -201,8 +222,18 @@ def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, boo
         raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...} objects")
     names = [item.get("name") if isinstance(item, dict) else None for item in outputs]
     check_output_names(names)
-    return tuple((name, as_bool(as_object(item.get("parameters", {}), f"parameters of output '{name}'").get(
-        "binary_data", binary_default), "'binary_data'")) for name, item in zip(names, outputs))
+    return tuple(
+        (
+            name,
+            as_bool(
+                as_object(item.get("parameters", {}), f"parameters of output '{name}'").get(
+                    "binary_data", binary_default
+                ),
+                "'binary_data'",
+            ),
+        )
+        for name, item in zip(names, outputs)
+    )
 
 
 def check_output_names(names: list) -> None:

@@ -50,6 +50,7 @@ class Batching:
 @dataclass(frozen=True)
 class ModelSource:
     """What the repository directory says one model should serve."""
+
     name: str
     batching: Batching | None = None
     versions: dict[int, Path] = field(default_factory=dict)  # chosen by the version policy -> model file
@@ -59,6 +60,7 @@ class ModelSource:
 @dataclass(eq=False)
 class ModelVersion:
     """One loaded version: its predictor, its batcher, and the requests it holds."""
+
     name: str
     version: int
     predictor: Predictor
@@ -77,6 +79,7 @@ class ModelVersion:
 
 
 # --- reading the directory (pure functions of what is on disk) ------------------------------------
+
 
 def read_config(model_dir: Path):
     """DIR/NAME/config.pbtxt with Triton's schema; an InputError names what is wrong."""
@@ -101,8 +104,9 @@ def check_config(config, name: str, path: Path) -> None:
     if config.name and config.name != name:
         raise InputError(f"{path}: name {config.name!r} is not its directory's name {name!r}")
     if config.platform not in ("", PLATFORM) or config.backend not in ("", BACKEND):
-        raise InputError(f"{path}: platform {config.platform!r} backend {config.backend!r}; "
-                         f"rowrnn serves {PLATFORM!r} models")
+        raise InputError(
+            f"{path}: platform {config.platform!r} backend {config.backend!r}; rowrnn serves {PLATFORM!r} models"
+        )
     if config.max_batch_size < 1:
         raise InputError(f"{path}: max_batch_size {config.max_batch_size}; rowrnn models batch (max_batch_size >= 1)")
     expected_inputs = [(spec.name, pb.TYPE_FP32, list(spec.dims)) for spec in FULL_MODEL.inputs]
@@ -112,8 +116,10 @@ def check_config(config, name: str, path: Path) -> None:
         raise InputError(f"{path}: inputs {inputs} are not the rowrnn contract's ('rows' TYPE_FP32 [28, 28])")
     for tensor in config.output:
         if expected_outputs.get(tensor.name) != (tensor.data_type, list(tensor.dims)):
-            raise InputError(f"{path}: output {tensor.name!r} is not one of the rowrnn contract's "
-                             "('logits', 'probabilities' TYPE_FP32 [10])")
+            raise InputError(
+                f"{path}: output {tensor.name!r} is not one of the rowrnn contract's "
+                "('logits', 'probabilities' TYPE_FP32 [10])"
+            )
 
 
 def select_versions(policy, available: list[int]) -> list[int]:
@@ -125,7 +131,7 @@ def select_versions(policy, available: list[int]) -> list[int]:
         wanted = set(policy.specific.versions)
         return sorted(v for v in available if v in wanted)
     count = policy.latest.num_versions if kind == "latest" else 1
-    return sorted(available)[-max(count, 1):] if available else []
+    return sorted(available)[-max(count, 1) :] if available else []
 
 
 # A version is a plain decimal number, as Triton names version directories: not "²" (a digit to
@@ -162,8 +168,11 @@ def scan(root: Path, max_delay_s: float) -> dict[str, ModelSource]:
         except (InputError, OSError) as exc:
             sources[name] = ModelSource(name, error=one_line(exc))
             continue
-        delay_s = (config.dynamic_batching.max_queue_delay_microseconds / 1e6
-                   if config.HasField("dynamic_batching") else max_delay_s)
+        delay_s = (
+            config.dynamic_batching.max_queue_delay_microseconds / 1e6
+            if config.HasField("dynamic_batching")
+            else max_delay_s
+        )
         chosen = select_versions(config.version_policy, list(versions))
         sources[name] = ModelSource(name, Batching(config.max_batch_size, delay_s), {v: versions[v] for v in chosen})
     return sources
@@ -181,8 +190,9 @@ def file_signature(path: Path) -> tuple[int, int, int]:
 BatcherFactory = Callable[[str, int, Predictor, Batching], DynamicBatcher]
 
 
-def open_version(name: str, version: int, model: Path | Predictor, batching: Batching,
-                 make_batcher: BatcherFactory) -> ModelVersion:
+def open_version(
+    name: str, version: int, model: Path | Predictor, batching: Batching, make_batcher: BatcherFactory
+) -> ModelVersion:
     """Load a version (the Predictor checks the ONNX contract) and warm it up: run the shapes it
     will see once, so its first client does not pay for them."""
     signature = () if isinstance(model, Predictor) else file_signature(model)
@@ -198,15 +208,25 @@ def open_version(name: str, version: int, model: Path | Predictor, batching: Bat
     except BaseException:
         predictor.close()
         raise
-    return ModelVersion(name, version, predictor, make_batcher(name, version, predictor, batching),
-                        parameters, streaming, signature, model_bytes=model_bytes, step_bytes=step_bytes)
+    return ModelVersion(
+        name,
+        version,
+        predictor,
+        make_batcher(name, version, predictor, batching),
+        parameters,
+        streaming,
+        signature,
+        model_bytes=model_bytes,
+        step_bytes=step_bytes,
+    )
 
 
 class ModelRepository:
     """The loaded models, by name and version, and their life cycle."""
 
-    def __init__(self, root: Path | None, make_batcher: BatcherFactory, default_batching: Batching,
-                 drain_timeout_s: float) -> None:
+    def __init__(
+        self, root: Path | None, make_batcher: BatcherFactory, default_batching: Batching, drain_timeout_s: float
+    ) -> None:
         self.root = root  # None: a single model file, fixed for the server's life
         self.make_batcher, self.default_batching = make_batcher, default_batching
         self.drain_timeout_s = drain_timeout_s
@@ -217,15 +237,22 @@ class ModelRepository:
 
     # -- start-up: strict, a model that does not load is an error ------------------------------
     @classmethod
-    def of_one(cls, name: str, model: Path | Predictor, batching: Batching, make_batcher: BatcherFactory,
-               drain_timeout_s: float) -> "ModelRepository":
+    def of_one(
+        cls,
+        name: str,
+        model: Path | Predictor,
+        batching: Batching,
+        make_batcher: BatcherFactory,
+        drain_timeout_s: float,
+    ) -> "ModelRepository":
         repository = cls(None, make_batcher, batching, drain_timeout_s)
         repository.models[name] = {1: open_version(name, 1, model, batching, make_batcher)}
         return repository
 
     @classmethod
-    def of_directory(cls, root: Path, make_batcher: BatcherFactory, default_batching: Batching,
-                     drain_timeout_s: float) -> "ModelRepository":
+    def of_directory(
+        cls, root: Path, make_batcher: BatcherFactory, default_batching: Batching, drain_timeout_s: float
+    ) -> "ModelRepository":
         if not root.is_dir():
             raise InputError(f"{root}: no such directory (--model-repository)")
         repository = cls(root, make_batcher, default_batching, drain_timeout_s)
@@ -237,11 +264,14 @@ class ModelRepository:
                 if source.error:
                     raise InputError(source.error)
                 if not source.versions:
-                    raise InputError(f"{root / source.name}: no version to serve (NAME/VERSION/model.onnx, "
-                                     "selected by the config's version_policy)")
+                    raise InputError(
+                        f"{root / source.name}: no version to serve (NAME/VERSION/model.onnx, "
+                        "selected by the config's version_policy)"
+                    )
                 for version, path in source.versions.items():
                     repository.models.setdefault(source.name, {})[version] = open_version(
-                        source.name, version, path, source.batching, make_batcher)
+                        source.name, version, path, source.batching, make_batcher
+                    )
         except BaseException:
             repository.close_all()
             raise
@@ -268,18 +298,28 @@ class ModelRepository:
     def index(self) -> list[dict]:
         """The repository extension's index: every model and version known, with its state (a
         version whose changed file was refused is READY: its previous file keeps serving)."""
-        entries = [{"name": name, "version": str(version), "state": "READY", "reason": ""}
-                   for name, versions in self.models.items() for version in versions]
-        entries += [entry for entry in self.problems() if (entry["name"], entry["version"]) not in
-                    {(e["name"], e["version"]) for e in entries}]
+        entries = [
+            {"name": name, "version": str(version), "state": "READY", "reason": ""}
+            for name, versions in self.models.items()
+            for version in versions
+        ]
+        entries += [
+            entry
+            for entry in self.problems()
+            if (entry["name"], entry["version"]) not in {(e["name"], e["version"]) for e in entries}
+        ]
         return sorted(entries, key=lambda entry: (entry["name"], entry["version"]))
 
     def problems(self, name: str | None = None) -> list[dict]:
         """Refused versions and unusable model directories (of one model, or all)."""
-        entries = [{"name": model, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
-                   for (model, version), (_, reason) in self.refused.items()]
-        entries += [{"name": model, "version": "", "state": "UNAVAILABLE", "reason": reason}
-                    for model, reason in self.unusable.items()]
+        entries = [
+            {"name": model, "version": str(version), "state": "UNAVAILABLE", "reason": reason}
+            for (model, version), (_, reason) in self.refused.items()
+        ]
+        entries += [
+            {"name": model, "version": "", "state": "UNAVAILABLE", "reason": reason}
+            for model, reason in self.unusable.items()
+        ]
         return [entry for entry in entries if name is None or entry["name"] == name]
 
     # -- keeping in step with the directory --------------------------------------------------------
@@ -287,8 +327,9 @@ class ModelRepository:
         """Load what the directory now says to serve, and retire what it no longer does (`names`:
         only these models; `unload`: retire these models whatever the directory says)."""
         if self.root is None:
-            raise ProtocolError("this server serves one model file, not a model repository "
-                                "(start it with --model-repository DIR)", 409)
+            raise ProtocolError(
+                "this server serves one model file, not a model repository (start it with --model-repository DIR)", 409
+            )
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
@@ -315,8 +356,12 @@ class ModelRepository:
     async def _follow(self, source: ModelSource) -> None:
         if source.error:
             if self.unusable.get(source.name) != source.error:
-                log.warning("model %r: %s; %s", source.name, source.error,
-                            "the versions loaded keep serving" if source.name in self.models else "not loaded")
+                log.warning(
+                    "model %r: %s; %s",
+                    source.name,
+                    source.error,
+                    "the versions loaded keep serving" if source.name in self.models else "not loaded",
+                )
             self.unusable[source.name] = source.error
             return
         self.unusable.pop(source.name, None)
@@ -348,18 +393,28 @@ class ModelRepository:
         started = time.perf_counter()
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(
-                None, open_version, source.name, version, path, source.batching, self.make_batcher)
+                None, open_version, source.name, version, path, source.batching, self.make_batcher
+            )
         except Exception as exc:  # noqa: BLE001  (any failure refuses the version; the server goes on)
             reason = one_line(exc, limit=300)
             self.refused[key] = (signature, reason)
             keeping = self.versions(source.name)
-            log.warning("model %r version %d refused: %s; %s", source.name, version, reason,
-                        f"version {', '.join(keeping)} keeps serving" if keeping else "the model is not served")
+            log.warning(
+                "model %r version %d refused: %s; %s",
+                source.name,
+                version,
+                reason,
+                f"version {', '.join(keeping)} keeps serving" if keeping else "the model is not served",
+            )
             return
         self.refused.pop(key, None)
         self.models.setdefault(source.name, {})[version] = loaded
-        log.info("model %r version %d loaded and warmed up in %.2f s: taking traffic", source.name, version,
-                 time.perf_counter() - started)
+        log.info(
+            "model %r version %d loaded and warmed up in %.2f s: taking traffic",
+            source.name,
+            version,
+            time.perf_counter() - started,
+        )
         if serving is not None:
             await self._drain_and_close(serving, "replaced by its changed file")
 
@@ -382,8 +437,13 @@ class ModelRepository:
         while (leaving.in_flight or leaving.batcher.queued_images) and time.monotonic() < deadline:
             await asyncio.sleep(DRAIN_CHECK_S)
         if leaving.in_flight:
-            log.warning("model %r version %d: %d requests still in flight after %g s", name, version,
-                        leaving.in_flight, self.drain_timeout_s)
+            log.warning(
+                "model %r version %d: %d requests still in flight after %g s",
+                name,
+                version,
+                leaving.in_flight,
+                self.drain_timeout_s,
+            )
         await leaving.batcher.close()
         await asyncio.get_running_loop().run_in_executor(None, leaving.close)
         log.info("model %r version %d unloaded", name, version)

@@ -83,15 +83,18 @@ class DrainingServer(uvicorn.Server):
                 # printed, not logged: the one line a user needs, at every --log-level
                 names = sorted(self.state.repository.models)
                 what = f"model {names[0]!r}" if len(names) == 1 else "models " + ", ".join(map(repr, names))
-                print(f"rowrnn serve: {what} ready at http://{host}:{port}/ (Ctrl-C to stop)",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"rowrnn serve: {what} ready at http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True
+                )
 
 
 def plain_response(status: str, message: str, headers: str = "") -> bytes:
     """A whole HTTP/1.1 response with a JSON error, written straight to a socket that is then closed."""
     body = error_body(message)
-    return (f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n{headers}\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\n{headers}\r\n"
+    ).encode() + body
 
 
 def guarded_protocol(settings: ServeSettings) -> type[HttpToolsProtocol]:
@@ -106,9 +109,11 @@ def guarded_protocol(settings: ServeSettings) -> type[HttpToolsProtocol]:
     """
     timeout_s, ceiling = settings.header_timeout_s, settings.max_connections
     too_slow = plain_response("408 Request Timeout", f"the request headers did not arrive within {timeout_s:g} s")
-    too_many = plain_response("503 Service Unavailable",
-                              f"the server has {ceiling} connections open (--max-connections); retry later",
-                              "retry-after: 1\r\n")
+    too_many = plain_response(
+        "503 Service Unavailable",
+        f"the server has {ceiling} connections open (--max-connections); retry later",
+        "retry-after: 1\r\n",
+    )
 
     class GuardedProtocol(HttpToolsProtocol):
         header_deadline = None
@@ -133,8 +138,11 @@ def guarded_protocol(settings: ServeSettings) -> type[HttpToolsProtocol]:
         def headers_too_slow(self) -> None:
             self.header_deadline = None
             if not self.transport.is_closing():
-                log.info("%s: request headers not received within %g s: 408, closed",
-                         "%s:%d" % self.client if self.client else "-", timeout_s)
+                log.info(
+                    "%s: request headers not received within %g s: 408, closed",
+                    "%s:%d" % self.client if self.client else "-",
+                    timeout_s,
+                )
                 self.transport.write(too_slow)
                 self.transport.close()
 
@@ -162,23 +170,37 @@ def run(app, settings: ServeSettings) -> None:
     """Serve `app` (from `create_app`) until SIGTERM or Ctrl-C, then drain and return."""
     configure_logging(settings.log_level)
     if settings.exposed and settings.api_key is None:
-        log.warning("listening on %s without --api-key: anyone who can reach this address can use the model",
-                    settings.host)
+        log.warning(
+            "listening on %s without --api-key: anyone who can reach this address can use the model", settings.host
+        )
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-        http=guarded_protocol(settings), loop="uvloop", lifespan="on", server_header=False,
-        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)), log_config=None,
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        http=guarded_protocol(settings),
+        loop="uvloop",
+        lifespan="on",
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        log_config=None,
     )
     server = DrainingServer(config, app.state.rowrnn)
     http_socket = listen(settings.host, settings.port)  # a busy port is one line, before anything else is said
     if settings.grpc_port:  # a busy gRPC port: one line now, not after uvicorn has started
         listen(settings.host, settings.grpc_port).close()
     if app.state.rowrnn.ort_dir is None:
-        log.info("the page answers from the server: onnxruntime-web is not in the cache (%s); `rowrnn site DIR` "
-                 "fetches it once", web_runtime.cache_dir())
+        log.info(
+            "the page answers from the server: onnxruntime-web is not in the cache (%s); `rowrnn site DIR` "
+            "fetches it once",
+            web_runtime.cache_dir(),
+        )
     else:
-        log.info("the page runs the model in the browser (onnxruntime-web %s; ?engine=server for the server)",
-                 web_runtime.VERSION)
+        log.info(
+            "the page runs the model in the browser (onnxruntime-web %s; ?engine=server for the server)",
+            web_runtime.VERSION,
+        )
     server.run(sockets=[http_socket])
     if server.startup_error is not None:
         raise server.startup_error

@@ -43,12 +43,19 @@ class ServeSettings:
             raise InputError(f"--grpc-port {self.grpc_port} is --port too: give them different ports")
         if not self.name or "/" in self.name or not self.name.isprintable():
             raise InputError(f"--name {self.name!r} must be a non-empty name without '/'")
-        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),
-                              ("--max-connections", self.max_connections)):
+        for option, value in (
+            ("--max-batch", self.max_batch),
+            ("--max-queue", self.max_queue),
+            ("--max-connections", self.max_connections),
+        ):
             if value < 1:
                 raise InputError(f"{option} must be at least 1, got {value}")
-        for option, value in (("--max-delay-ms", self.max_delay_ms), ("--max-body-mb", self.max_body_mb),
-                              ("--body-timeout-s", self.body_timeout_s), ("--drain-timeout-s", self.drain_timeout_s)):
+        for option, value in (
+            ("--max-delay-ms", self.max_delay_ms),
+            ("--max-body-mb", self.max_body_mb),
+            ("--body-timeout-s", self.body_timeout_s),
+            ("--drain-timeout-s", self.drain_timeout_s),
+        ):
             if not value >= 0:  # also refuses NaN
                 raise InputError(f"{option} must be a non-negative number, got {value}")
         if not self.header_timeout_s > 0:

@@ -69,20 +69,28 @@ class ServerState:
         settings = self.settings
         batching = Batching(settings.max_batch, settings.max_delay_ms / 1000)
         if settings.model_repository is not None:
-            self.repository = ModelRepository.of_directory(Path(settings.model_repository), self.make_batcher,
-                                                           batching, settings.drain_timeout_s)
+            self.repository = ModelRepository.of_directory(
+                Path(settings.model_repository), self.make_batcher, batching, settings.drain_timeout_s
+            )
         else:
             model = model if isinstance(model, Predictor) else Predictor(model)
-            self.repository = ModelRepository.of_one(settings.name, model, batching, self.make_batcher,
-                                                     settings.drain_timeout_s)
+            self.repository = ModelRepository.of_one(
+                settings.name, model, batching, self.make_batcher, settings.drain_timeout_s
+            )
         self.ready = True
 
     def make_batcher(self, name: str, version: int, predictor: Predictor, batching: Batching) -> DynamicBatcher:
         def observe(images: int, seconds: float) -> None:
             self.metrics.observe_batch(name, str(version), images, seconds)
 
-        return DynamicBatcher(predictor, batching.max_batch, batching.max_delay_s, self.settings.max_queue,
-                              observe, lambda: self.receiving)
+        return DynamicBatcher(
+            predictor,
+            batching.max_batch,
+            batching.max_delay_s,
+            self.settings.max_queue,
+            observe,
+            lambda: self.receiving,
+        )
 
     @property
     def default_model(self) -> str:
@@ -141,11 +149,15 @@ class ServerState:
     # -- the repository extension (both protocols) ------------------------------------------------
     def check_explicit_control(self, name: str) -> None:
         if self.settings.poll_s:  # Triton's rule too: the directory is in charge
-            raise ProtocolError("explicit model load and unload are not allowed while --poll-s polls the "
-                                "repository: change the directory instead", 409)
+            raise ProtocolError(
+                "explicit model load and unload are not allowed while --poll-s polls the "
+                "repository: change the directory instead",
+                409,
+            )
         if self.repository.root is None:
-            raise ProtocolError("this server serves one model file, not a model repository "
-                                "(start it with --model-repository DIR)", 409)
+            raise ProtocolError(
+                "this server serves one model file, not a model repository (start it with --model-repository DIR)", 409
+            )
         # a model is a directory of the repository, named plainly: never a path that leads out of it
         plain = bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
         if not plain or (not (self.repository.root / name).is_dir() and name not in self.repository.models):
@@ -155,8 +167,10 @@ class ServerState:
         """Load (or reload) NAME as its directory now says; an error names why it did not load."""
         self.check_explicit_control(name)
         await self.repository.sync({name})
-        reasons = [f"version {entry['version']}: {entry['reason']}" if entry["version"] else entry["reason"]
-                   for entry in self.repository.problems(name)]
+        reasons = [
+            f"version {entry['version']}: {entry['reason']}" if entry["version"] else entry["reason"]
+            for entry in self.repository.problems(name)
+        ]
         serving = self.repository.versions(name)
         if reasons or not serving:
             kept = f"; version {', '.join(serving)} keeps serving" if serving else ""

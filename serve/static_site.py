@@ -42,8 +42,10 @@ GENERATOR = "rowrnn site"
 # The page loads nothing from anywhere else and runs no inline code; WebAssembly may be compiled
 # ('wasm-unsafe-eval'), JavaScript may not be evaluated from strings. In a <meta> tag too, so the
 # static site keeps it on any host; the server adds what a <meta> policy cannot say (frame-ancestors).
-PAGE_POLICY = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; "
-               "connect-src 'self'; form-action 'none'; base-uri 'none'")
+PAGE_POLICY = (
+    "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; base-uri 'none'"
+)
 
 
 def step_model_beside(model: Path) -> Path | None:
@@ -67,8 +69,13 @@ def model_description(name: str, parameters: dict[str, str], streaming: Streamin
 def page_html(name: str, *, steps: bool, server: bool, browser: bool) -> bytes:
     """index.html for a model called `name`: which engines the page has (the browser's needs
     onnxruntime-web and the model files; the server's, `rowrnn serve`), and a step model or not."""
-    fields = {"MODEL_NAME": escape(name, quote=True), "STEPS": str(int(steps)), "SERVER": str(int(server)),
-              "BROWSER": str(int(browser)), "POLICY": PAGE_POLICY}
+    fields = {
+        "MODEL_NAME": escape(name, quote=True),
+        "STEPS": str(int(steps)),
+        "SERVER": str(int(server)),
+        "BROWSER": str(int(browser)),
+        "POLICY": PAGE_POLICY,
+    }
     html = PAGE_TEMPLATE
     for field, value in fields.items():
         html = html.replace("{{" + field + "}}", value)
@@ -100,10 +107,14 @@ def manifest(directory: Path, model: Path) -> dict:
     return {
         "generator": GENERATOR,
         "model": {"file": model.name, "sha256": sha256_file(model)},
-        "onnxruntime_web": {"version": web_runtime.VERSION, "npm_integrity": web_runtime.TARBALL_INTEGRITY,
-                            "license": web_runtime.LICENSE},
-        "files": {p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                  for p in listed},
+        "onnxruntime_web": {
+            "version": web_runtime.VERSION,
+            "npm_integrity": web_runtime.TARBALL_INTEGRITY,
+            "license": web_runtime.LICENSE,
+        },
+        "files": {
+            p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in listed
+        },
     }
 
 
@@ -119,12 +130,13 @@ def check_site_target(directory: Path) -> None:
     except (OSError, ValueError, AttributeError):
         generator = None
     if generator != GENERATOR:
-        raise InputError(f"{directory}: exists and is not a site `rowrnn site` wrote (no {MANIFEST_FILE} of ours); "
-                         f"give a new or empty directory")
+        raise InputError(
+            f"{directory}: exists and is not a site `rowrnn site` wrote (no {MANIFEST_FILE} of ours); "
+            f"give a new or empty directory"
+        )
 
 
-def write_site(directory: str | os.PathLike, model: str | os.PathLike | None = None,
-               cache: Path | None = None) -> dict:
+def write_site(directory: str | os.PathLike, model: str | os.PathLike | None = None, cache: Path | None = None) -> dict:
     """Write the static site for `model` (default: the bundled one) into `directory`; return its manifest.
 
     The whole site is built in a scratch directory beside `directory` and swapped in with two

@@ -76,21 +76,29 @@ def npm_pack(destination: Path) -> Path:
     npm = shutil.which("npm")
     where = cache_dir()
     if npm is None:
-        raise InputError(f"{PACKAGE} {VERSION} is not in the cache ({where}) and npm is not installed: install "
-                         f"Node.js's npm once so rowrnn can fetch it, or set ${CACHE_ENV} to a cache that has it")
+        raise InputError(
+            f"{PACKAGE} {VERSION} is not in the cache ({where}) and npm is not installed: install "
+            f"Node.js's npm once so rowrnn can fetch it, or set ${CACHE_ENV} to a cache that has it"
+        )
     try:
-        result = subprocess.run([npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(destination),
-                                 "--silent"], capture_output=True, text=True, timeout=NPM_TIMEOUT_S,
-                                cwd=destination)
+        result = subprocess.run(
+            [npm, "pack", f"{PACKAGE}@{VERSION}", "--pack-destination", str(destination), "--silent"],
+            capture_output=True,
+            text=True,
+            timeout=NPM_TIMEOUT_S,
+            cwd=destination,
+        )
     except subprocess.TimeoutExpired:
-        raise InputError(f"npm could not fetch {PACKAGE}@{VERSION} within {NPM_TIMEOUT_S} s "
-                         f"(is the npm registry reachable?)") from None
+        raise InputError(
+            f"npm could not fetch {PACKAGE}@{VERSION} within {NPM_TIMEOUT_S} s (is the npm registry reachable?)"
+        ) from None
     tarball = destination / f"{PACKAGE}-{VERSION}.tgz"
     if result.returncode != 0 or not tarball.is_file():
         errors = [line for line in result.stderr.splitlines() if line.strip()]
         reason = one_line(errors[0] if errors else f"exit {result.returncode}", 200)
-        raise InputError(f"npm could not fetch {PACKAGE}@{VERSION} from the npm registry into the cache "
-                         f"({where}): {reason}")
+        raise InputError(
+            f"npm could not fetch {PACKAGE}@{VERSION} from the npm registry into the cache ({where}): {reason}"
+        )
     return tarball
 
 

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (FIXTURE_SEED, QUICK_REAL, RunningServer, real_mnist_dir, require_module, start_server_process,
-                     synthetic_digits)
+from helpers import (
+    FIXTURE_SEED,
+    QUICK_REAL,
+    RunningServer,
+    real_mnist_dir,
+    require_module,
+    start_server_process,
+    synthetic_digits,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,7 +30,9 @@ def no_downloads(monkeypatch):
     import rowrnn_keras.data
 
     def refuse() -> None:
-        raise rowrnn_keras.data.InputError("no MNIST directory given (--data or $ROWRNN_DATA); downloads are off in tests")
+        raise rowrnn_keras.data.InputError(
+            "no MNIST directory given (--data or $ROWRNN_DATA); downloads are off in tests"
+        )
 
     monkeypatch.setattr(rowrnn_keras.data, "load_mnist_keras", refuse)
 
@@ -77,11 +86,22 @@ def tiny_keras_model(tmp_path_factory) -> Path:
     from runtime.mnist import Mnist
     from rowrnn_keras.train import run_training
 
-    config = TrainConfig(hidden_units=32, dense_units=32, epochs=6, warmup_epochs=0, batch_size=32,
-                         learning_rate=1e-2, validation_size=50, augment_shift=0.0,
-                         augment_rotation_degrees=0.0, seed=FIXTURE_SEED)
+    config = TrainConfig(
+        hidden_units=32,
+        dense_units=32,
+        epochs=6,
+        warmup_epochs=0,
+        batch_size=32,
+        learning_rate=1e-2,
+        validation_size=50,
+        augment_shift=0.0,
+        augment_rotation_degrees=0.0,
+        seed=FIXTURE_SEED,
+    )
     mnist = Mnist(*synthetic_digits(2000, 1), *synthetic_digits(100, 2), source="synthetic")
-    out = built_once(tmp_path_factory, "tiny-model", lambda directory: run_training(config, mnist, directory, verbose=0))
+    out = built_once(
+        tmp_path_factory, "tiny-model", lambda directory: run_training(config, mnist, directory, verbose=0)
+    )
     return out / "model.keras"
 
 
@@ -109,8 +129,11 @@ def real_model(mnist, tmp_path_factory) -> Path:
     from rowrnn_keras.config import TrainConfig
     from rowrnn_keras.train import run_training
 
-    out = built_once(tmp_path_factory, "real-model",
-                     lambda directory: run_training(TrainConfig(**QUICK_REAL), mnist, directory, verbose=0))
+    out = built_once(
+        tmp_path_factory,
+        "real-model",
+        lambda directory: run_training(TrainConfig(**QUICK_REAL), mnist, directory, verbose=0),
+    )
     return out / "model.keras"
 
 

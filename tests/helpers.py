@@ -31,14 +31,31 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURE_SEED = int(os.environ.get("ROWRNN_FIXTURE_SEED", "0"))
 # A short real-MNIST run (~20 s): 4 epochs on 10 000 images. Augmentation slows early epochs, so
 # it is off here; the default 20-epoch run uses it (README: measured results).
-QUICK_REAL = dict(limit=10_000, epochs=4, learning_rate=3e-3, warmup_epochs=0, augment_shift=0.0,
-                  augment_rotation_degrees=0.0, seed=FIXTURE_SEED)
+QUICK_REAL = dict(
+    limit=10_000,
+    epochs=4,
+    learning_rate=3e-3,
+    warmup_epochs=0,
+    augment_shift=0.0,
+    augment_rotation_degrees=0.0,
+    seed=FIXTURE_SEED,
+)
 # A tiny run on `synthetic_digits(TINY_TRAIN_IMAGES, 1)` that learns its task completely: measured
 # 100 % test accuracy on `synthetic_digits(200, 2)` for seeds 0-7 pinned to one core, ~7 s. (With
 # 600 images it stopped anywhere between 37 % and 69 % depending on the seed: too few steps.)
 # The synthetic classes are bar positions, which shifting would blur: no augmentation.
-TINY_TRAIN = dict(hidden_units=16, dense_units=16, epochs=3, warmup_epochs=0, batch_size=32, learning_rate=1e-2,
-                  validation_size=60, augment_shift=0.0, augment_rotation_degrees=0.0, seed=FIXTURE_SEED)
+TINY_TRAIN = dict(
+    hidden_units=16,
+    dense_units=16,
+    epochs=3,
+    warmup_epochs=0,
+    batch_size=32,
+    learning_rate=1e-2,
+    validation_size=60,
+    augment_shift=0.0,
+    augment_rotation_degrees=0.0,
+    seed=FIXTURE_SEED,
+)
 TINY_TRAIN_IMAGES = 1500
 
 
@@ -47,7 +64,11 @@ def rowrnn(*args, env: dict[str, str] | None = None, cwd: Path | None = None) ->
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "rowrnn", *map(str, args)],
-        capture_output=True, text=True, env=full_env, cwd=cwd or REPO, timeout=600,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or REPO,
+        timeout=600,
     )
 
 
@@ -107,8 +128,11 @@ def real_mnist_dir() -> Path:
     missing = [stem for stem in FILES.values() if find_idx_file(directory, stem) is None]
     if missing:
         where = f"${DATA_ENV}={chosen}" if chosen else f"${DATA_ENV} is not set and {directory}"
-        unavailable("data", f"real MNIST not available: {where} lacks {', '.join(missing)} (.gz or raw); "
-                            f"set ${DATA_ENV} to the directory with the four IDX files")
+        unavailable(
+            "data",
+            f"real MNIST not available: {where} lacks {', '.join(missing)} (.gz or raw); "
+            f"set ${DATA_ENV} to the directory with the four IDX files",
+        )
     return directory
 
 
@@ -158,7 +182,9 @@ def foreign_model(path, input_name="rows", shape=(None, 28, 28), classes=10, met
     from onnx import TensorProto, helper
 
     inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))
-    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, classes]) for n in ("logits", "probabilities")]
+    outputs = [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, classes]) for n in ("logits", "probabilities")
+    ]
     consts = [helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", classes), ("a", 1))]
     nodes = [
         helper.make_node("ReduceMean", [input_name], ["m"], axes=[2], keepdims=0),
@@ -245,9 +271,24 @@ def start_server_process(model, *options, log: Path, env: dict[str, str] | None 
     --model-repository), its output in `log`; ready when returned."""
     with open(log, "wb") as stream:
         process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_BOOT, "serve", *([] if model is None else [str(model)]),
-             "--host", "127.0.0.1", "--port", "0", "--grpc-port", "0", *map(str, options)],
-            stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})},
+            [
+                sys.executable,
+                "-c",
+                SERVER_BOOT,
+                "serve",
+                *([] if model is None else [str(model)]),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--grpc-port",
+                "0",
+                *map(str, options),
+            ],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
         )
     return RunningServer(process, log).wait_ready()
 
@@ -269,8 +310,10 @@ def infer_body(rows: np.ndarray, binary: bool, **extra) -> tuple[bytes, dict[str
         return json.dumps({"inputs": [tensor], **extra}).encode(), {"Content-Type": "application/json"}
     tensor["parameters"] = {"binary_data_size": rows.nbytes}
     header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}, **extra}).encode()
-    return header + rows.tobytes(), {"Content-Type": "application/octet-stream",
-                                     "Inference-Header-Content-Length": str(len(header))}
+    return header + rows.tobytes(), {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
 
 
 def decode(response: http.client.HTTPResponse, body: bytes) -> dict[str, np.ndarray]:

@@ -37,8 +37,9 @@ def keras_beliefs(tiny_keras_model, digits) -> np.ndarray:
     model = keras.models.load_model(tiny_keras_model)
     rows = scale_pixels(digits[0])
     dense, lstm, head = model.layers
-    return np.stack([keras.ops.convert_to_numpy(keras.ops.softmax(head(lstm(dense(rows[:, :k])))))
-                     for k in range(1, 29)], axis=1)
+    return np.stack(
+        [keras.ops.convert_to_numpy(keras.ops.softmax(head(lstm(dense(rows[:, :k]))))) for k in range(1, 29)], axis=1
+    )
 
 
 def first_confident_row(beliefs: np.ndarray, threshold: float) -> np.ndarray:
@@ -94,7 +95,9 @@ def test_the_text_and_the_plot(report, tmp_path):
 
 @pytest.mark.slow
 def test_cli_anytime_prints_json_and_writes_the_plot(exported_step, mnist_dir, tmp_path):
-    result = rowrnn("anytime", "--model", exported_step.step_path, "--data", mnist_dir, "--json", "--plot", tmp_path / "a.png")
+    result = rowrnn(
+        "anytime", "--model", exported_step.step_path, "--data", mnist_dir, "--json", "--plot", tmp_path / "a.png"
+    )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["images"] == 10_000 and len(printed["accuracy_after_rows"]) == 28
@@ -103,13 +106,17 @@ def test_cli_anytime_prints_json_and_writes_the_plot(exported_step, mnist_dir, t
     assert "anytime: early exit, timing round 1/3" in result.stderr
 
 
-@pytest.mark.parametrize("args, needles", [
-    (["--model", "missing.step.onnx"], ["missing.step.onnx", "no such file"]),
-    (["--plot", "chart.txt"], ["chart.txt", "must end in .png"]),
-    (["--plot", "."], ["is a directory"]),
-    (["--data", "no-such-dir"], ["no-such-dir", "does not exist"]),
-    (["--data", "mnist"], ["expected 60000 MNIST train images, found 120"]),
-], ids=["missing-model", "plot-suffix", "plot-directory", "missing-data", "not-mnist"])
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["--model", "missing.step.onnx"], ["missing.step.onnx", "no such file"]),
+        (["--plot", "chart.txt"], ["chart.txt", "must end in .png"]),
+        (["--plot", "."], ["is a directory"]),
+        (["--data", "no-such-dir"], ["no-such-dir", "does not exist"]),
+        (["--data", "mnist"], ["expected 60000 MNIST train images, found 120"]),
+    ],
+    ids=["missing-model", "plot-suffix", "plot-directory", "missing-data", "not-mnist"],
+)
 def test_cli_anytime_bad_input_is_one_line(exported_step, tmp_path, args, needles):
     write_mnist_dir(tmp_path / "mnist")  # a directory of the right files, too few images
     defaults = {"--model": str(exported_step.step_path), "--data": "mnist"}
@@ -142,16 +149,47 @@ def test_bench_streaming_section(exported_step):
 
 
 def test_cli_bench_refuses_a_step_model_that_is_not_one_before_measuring(exported_step, tmp_path):
-    result = rowrnn("bench", "--keras", tmp_path / "none.keras", "--onnx", exported_step.onnx_path, "--int8", tmp_path / "none.onnx",
-                    "--step", exported_step.onnx_path, "--calls", 10, "--images", 10, env={"ROWRNN_DATA": ""})
+    result = rowrnn(
+        "bench",
+        "--keras",
+        tmp_path / "none.keras",
+        "--onnx",
+        exported_step.onnx_path,
+        "--int8",
+        tmp_path / "none.onnx",
+        "--step",
+        exported_step.onnx_path,
+        "--calls",
+        10,
+        "--images",
+        10,
+        env={"ROWRNN_DATA": ""},
+    )
     assert_one_line_error(result, "model.onnx", "not a step model")
     assert result.stdout == ""
 
 
 def test_cli_bench_reports_streaming(exported_step, tmp_path):
-    result = rowrnn("bench", "--keras", tmp_path / "none.keras", "--onnx", exported_step.onnx_path, "--int8", tmp_path / "none.onnx",
-                    "--step", exported_step.step_path, "--calls", 56, "--images", 20, "--cold-starts", 1,
-                    "--json", tmp_path / "b.json", env={"ROWRNN_DATA": ""})
+    result = rowrnn(
+        "bench",
+        "--keras",
+        tmp_path / "none.keras",
+        "--onnx",
+        exported_step.onnx_path,
+        "--int8",
+        tmp_path / "none.onnx",
+        "--step",
+        exported_step.step_path,
+        "--calls",
+        56,
+        "--images",
+        20,
+        "--cold-starts",
+        1,
+        "--json",
+        tmp_path / "b.json",
+        env={"ROWRNN_DATA": ""},
+    )
     assert result.returncode == 0, result.stderr
     assert "streaming (model.step.onnx): one-row step p50" in result.stdout
     streaming = json.loads((tmp_path / "b.json").read_text())["streaming"]

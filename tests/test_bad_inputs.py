@@ -94,8 +94,14 @@ class Workspace:
 def ws(tmp_path_factory, tiny_keras_model, exported) -> Workspace:
     root = tmp_path_factory.mktemp("battery")
     images, _ = synthetic_digits(3)
-    good = {"keras": root / "model.keras", "onnx": root / "model.onnx", "png": root / "digit.png",
-            "jpeg": root / "digit.jpg", "npy": root / "digits.npy", "idx": root / "digits-idx3-ubyte.gz"}
+    good = {
+        "keras": root / "model.keras",
+        "onnx": root / "model.onnx",
+        "png": root / "digit.png",
+        "jpeg": root / "digit.jpg",
+        "npy": root / "digits.npy",
+        "idx": root / "digits-idx3-ubyte.gz",
+    }
     shutil.copy(tiny_keras_model, good["keras"])
     shutil.copy(exported.onnx_path, good["onnx"])
     Image.fromarray(images[0]).save(good["png"])
@@ -164,8 +170,11 @@ DATA_CASES = [(command, f) for command in ("train", "evaluate") for f in FLAVOUR
 @pytest.mark.parametrize("command, flavour", DATA_CASES, ids=[f"{c}-data-file-{f}" for c, f in DATA_CASES])
 def test_command_refuses_a_bad_mnist_file(ws, capsys, command, flavour):
     directory = ws.bad_mnist(flavour, tag=command)
-    argv = (["train", "--data", directory, "--out", ws.root / "artifacts"] if command == "train"
-            else ["evaluate", "--model", ws.good["keras"], "--data", directory])
+    argv = (
+        ["train", "--data", directory, "--out", ws.root / "artifacts"]
+        if command == "train"
+        else ["evaluate", "--model", ws.good["keras"], "--data", directory]
+    )
     needles = ["train-images-idx3-ubyte", "missing MNIST file" if flavour == "missing" else problem("idx", flavour)]
     assert_refused(ws, argv, needles, capsys)
 
@@ -185,8 +194,11 @@ def test_command_refuses_a_bad_data_directory(ws, capsys, command, case):
     directory = make(ws)
     if case == "empty-directory":
         directory.mkdir(parents=True, exist_ok=True)
-    argv = (["train", "--data", directory, "--out", ws.root / "artifacts"] if command == "train"
-            else ["evaluate", "--model", ws.good["keras"], "--data", directory])
+    argv = (
+        ["train", "--data", directory, "--out", ws.root / "artifacts"]
+        if command == "train"
+        else ["evaluate", "--model", ws.good["keras"], "--data", directory]
+    )
     assert_refused(ws, argv, [re.escape(directory.name), needle], capsys)
 
 
@@ -226,14 +238,46 @@ def test_predictor_refuses_a_bad_array(ws, case):
 # ---------------------------------------------------------------- outputs that cannot be written
 
 OUTPUT_CASES = {
-    "export-out-is-a-directory": (lambda ws: ["export", ws.root / "artifacts", "--model", ws.good["keras"]], ["artifacts", "is a directory"]),
-    "export-out-under-a-file": (lambda ws: ["export", ws.root / "a-file" / "m.onnx", "--model", ws.good["keras"]], ["a-file", "not a directory"]),
-    "export-out-not-onnx": (lambda ws: ["export", ws.root / "m.txt", "--model", ws.good["keras"]], ["m.txt", r"must end in \.onnx"]),
-    "train-out-is-a-file": (lambda ws: ["train", "--data", ws.mnist, "--out", ws.root / "a-file"], ["a-file", "not a directory"]),
-    "train-out-under-a-file": (lambda ws: ["train", "--data", ws.mnist, "--out", ws.root / "a-file" / "out"], ["a-file", "not a directory"]),
-    "evaluate-plot-is-a-directory": (lambda ws: ["evaluate", "--model", ws.good["keras"], "--data", ws.mnist, "--plot", ws.root / "artifacts"], ["artifacts", "is a directory"]),
-    "evaluate-plot-under-a-file": (lambda ws: ["evaluate", "--model", ws.good["keras"], "--data", ws.mnist, "--plot", ws.root / "a-file" / "c.png"], ["a-file", "not a directory"]),
-    "bench-json-is-a-directory": (lambda ws: ["bench", "--json", ws.root / "artifacts"], ["artifacts", "is a directory"]),
+    "export-out-is-a-directory": (
+        lambda ws: ["export", ws.root / "artifacts", "--model", ws.good["keras"]],
+        ["artifacts", "is a directory"],
+    ),
+    "export-out-under-a-file": (
+        lambda ws: ["export", ws.root / "a-file" / "m.onnx", "--model", ws.good["keras"]],
+        ["a-file", "not a directory"],
+    ),
+    "export-out-not-onnx": (
+        lambda ws: ["export", ws.root / "m.txt", "--model", ws.good["keras"]],
+        ["m.txt", r"must end in \.onnx"],
+    ),
+    "train-out-is-a-file": (
+        lambda ws: ["train", "--data", ws.mnist, "--out", ws.root / "a-file"],
+        ["a-file", "not a directory"],
+    ),
+    "train-out-under-a-file": (
+        lambda ws: ["train", "--data", ws.mnist, "--out", ws.root / "a-file" / "out"],
+        ["a-file", "not a directory"],
+    ),
+    "evaluate-plot-is-a-directory": (
+        lambda ws: ["evaluate", "--model", ws.good["keras"], "--data", ws.mnist, "--plot", ws.root / "artifacts"],
+        ["artifacts", "is a directory"],
+    ),
+    "evaluate-plot-under-a-file": (
+        lambda ws: [
+            "evaluate",
+            "--model",
+            ws.good["keras"],
+            "--data",
+            ws.mnist,
+            "--plot",
+            ws.root / "a-file" / "c.png",
+        ],
+        ["a-file", "not a directory"],
+    ),
+    "bench-json-is-a-directory": (
+        lambda ws: ["bench", "--json", ws.root / "artifacts"],
+        ["artifacts", "is a directory"],
+    ),
     "bench-plot-not-png": (lambda ws: ["bench", "--plot", ws.root / "chart.txt"], ["chart.txt", r"must end in \.png"]),
 }
 
@@ -284,7 +328,9 @@ def api_reader(kind: str):
         from rowrnn_keras.model import load_trained_model
 
         return load_trained_model
-    return {"onnx": Predictor, "png": preprocess_image, "jpeg": preprocess_image, "idx": read_idx, "npy": load_input}[kind]
+    return {"onnx": Predictor, "png": preprocess_image, "jpeg": preprocess_image, "idx": read_idx, "npy": load_input}[
+        kind
+    ]
 
 
 API_CASES = [(kind, flavour) for kind in SUFFIX for flavour in FLAVOURS]

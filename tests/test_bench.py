@@ -28,7 +28,11 @@ def test_flops_of_the_model_and_of_the_folded_graph(exported):
     # the tiny export (32 units) records its layers as data; the graph folds Dense(32) into the
     # LSTM, which then reads 28 pixels per row
     recorded = metadata_architecture(exported.metadata)
-    assert recorded == [{"layer": "Dense", "units": 32}, {"layer": "LSTM", "units": 32}, {"layer": "Dense", "units": 10}]
+    assert recorded == [
+        {"layer": "Dense", "units": 32},
+        {"layer": "LSTM", "units": 32},
+        {"layer": "Dense", "units": 10},
+    ]
     assert model_flops(recorded) == 2 * (28 * 28 * 32 + 28 * 128 * (32 + 32) + 32 * 10)
     assert onnx_flops(exported.onnx_path) == 2 * (28 * 128 * (28 + 32) + 32 * 10)
     assert metadata_architecture({"architecture_json": "not json"}) is None
@@ -62,9 +66,25 @@ def labelled_data(tmp_path_factory) -> Path:
 def bench_run(tiny_keras_model, exported, labelled_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     result = rowrnn(
-        "bench", "--keras", tiny_keras_model, "--onnx", exported.onnx_path, "--int8", out / "missing.int8.onnx",
-        "--data", labelled_data, "--calls", 40, "--images", 300, "--cold-starts", 1, "--json", out / "bench.json",
-        "--plot", out / "bench.png",
+        "bench",
+        "--keras",
+        tiny_keras_model,
+        "--onnx",
+        exported.onnx_path,
+        "--int8",
+        out / "missing.int8.onnx",
+        "--data",
+        labelled_data,
+        "--calls",
+        40,
+        "--images",
+        300,
+        "--cold-starts",
+        1,
+        "--json",
+        out / "bench.json",
+        "--plot",
+        out / "bench.png",
     )
     return result, out
 
@@ -99,7 +119,9 @@ def test_bench_measures_what_it_was_asked_to_on_the_given_images(bench_run, tiny
     assert report["images"] == 300 and report["inputs"] == describe_test_set(test.test_images)
     images, labels = test.test_images[:300], test.test_labels[:300]
     onnx_accuracy = float(np.mean(Predictor(exported.onnx_path).predict(images).labels == labels))
-    keras_accuracy = float(np.mean(load_trained_model(tiny_keras_model).predict(scale_pixels(images), verbose=0).argmax(1) == labels))
+    keras_accuracy = float(
+        np.mean(load_trained_model(tiny_keras_model).predict(scale_pixels(images), verbose=0).argmax(1) == labels)
+    )
     assert 0.5 < onnx_accuracy < 0.8  # the wrong third counts against it
     assert engines["ONNX fp32"]["accuracy"] == pytest.approx(onnx_accuracy, abs=1e-9)
     for name in ("Keras predict", "Keras call"):
@@ -121,9 +143,22 @@ def test_bench_measures_what_it_was_asked_to_on_the_given_images(bench_run, tiny
 
 
 def test_bench_without_models_still_measures_the_ceiling(tmp_path):
-    result = rowrnn("bench", "--keras", tmp_path / "none.keras", "--onnx", tmp_path / "none.onnx",
-                    "--int8", tmp_path / "none.int8.onnx", "--calls", 10, "--images", 10, "--json", tmp_path / "b.json",
-                    env={"ROWRNN_DATA": ""})
+    result = rowrnn(
+        "bench",
+        "--keras",
+        tmp_path / "none.keras",
+        "--onnx",
+        tmp_path / "none.onnx",
+        "--int8",
+        tmp_path / "none.int8.onnx",
+        "--calls",
+        10,
+        "--images",
+        10,
+        "--json",
+        tmp_path / "b.json",
+        env={"ROWRNN_DATA": ""},
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "b.json").read_text())
     assert all("not found" in row["skipped"] for row in report["engines"])
@@ -131,20 +166,40 @@ def test_bench_without_models_still_measures_the_ceiling(tmp_path):
     assert report["inputs"] == "synthetic images, accuracy not measured: no MNIST directory (--data or $ROWRNN_DATA)"
 
 
-@pytest.mark.parametrize("given, needles", [
-    (lambda tmp, exported: ["--data", tmp / "typo"], ["typo", "does not exist"]),
-    (lambda tmp, exported: ["--data", write_mnist_dir(tmp / "small")], ["expected 60000 MNIST train images, found 120"]),
-    (lambda tmp, exported: ["--onnx", foreign_model(tmp / "foreign.onnx")], ["foreign.onnx"]),
-    (lambda tmp, exported: ["--int8", exported.report_path], ["parity.json"]),
-], ids=["data-typo", "data-not-mnist", "onnx-not-rowrnn", "int8-not-onnx"])
+@pytest.mark.parametrize(
+    "given, needles",
+    [
+        (lambda tmp, exported: ["--data", tmp / "typo"], ["typo", "does not exist"]),
+        (
+            lambda tmp, exported: ["--data", write_mnist_dir(tmp / "small")],
+            ["expected 60000 MNIST train images, found 120"],
+        ),
+        (lambda tmp, exported: ["--onnx", foreign_model(tmp / "foreign.onnx")], ["foreign.onnx"]),
+        (lambda tmp, exported: ["--int8", exported.report_path], ["parity.json"]),
+    ],
+    ids=["data-typo", "data-not-mnist", "onnx-not-rowrnn", "int8-not-onnx"],
+)
 def test_bench_refuses_what_it_was_given_and_cannot_read(tmp_path, exported, given, needles):
     """Given data or models that do not read are refused in one line, not measured as synthetic
     images or skipped rows; nothing is written."""
-    args = {"--onnx": exported.onnx_path, "--keras": tmp_path / "none.keras", "--int8": tmp_path / "none.onnx",
-            **dict(zip(*[iter(given(tmp_path, exported))] * 2))}
+    args = {
+        "--onnx": exported.onnx_path,
+        "--keras": tmp_path / "none.keras",
+        "--int8": tmp_path / "none.onnx",
+        **dict(zip(*[iter(given(tmp_path, exported))] * 2)),
+    }
     before = sorted(tmp_path.iterdir())
-    result = rowrnn("bench", *[item for pair in args.items() for item in pair], "--calls", 10, "--images", 10,
-                    "--json", tmp_path / "b.json", env={"ROWRNN_DATA": ""})
+    result = rowrnn(
+        "bench",
+        *[item for pair in args.items() for item in pair],
+        "--calls",
+        10,
+        "--images",
+        10,
+        "--json",
+        tmp_path / "b.json",
+        env={"ROWRNN_DATA": ""},
+    )
     assert_one_line_error(result, *needles)
     assert sorted(tmp_path.iterdir()) == before and result.stdout == ""
 
@@ -162,9 +217,31 @@ main(sys.argv[1:])
 
 def test_a_crashing_child_process_is_a_failure_not_a_skip(exported, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-c", CRASHING_CHILDREN, "bench", "--keras", tmp_path / "none.keras", "--onnx", exported.onnx_path,
-         "--int8", tmp_path / "none.onnx", "--calls", "10", "--images", "10", "--cold-starts", "1", "--json", tmp_path / "b.json"],
-        capture_output=True, text=True, cwd=REPO, timeout=300, env={**os.environ, "ROWRNN_DATA": ""},
+        [
+            sys.executable,
+            "-c",
+            CRASHING_CHILDREN,
+            "bench",
+            "--keras",
+            tmp_path / "none.keras",
+            "--onnx",
+            exported.onnx_path,
+            "--int8",
+            tmp_path / "none.onnx",
+            "--calls",
+            "10",
+            "--images",
+            "10",
+            "--cold-starts",
+            "1",
+            "--json",
+            tmp_path / "b.json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "ROWRNN_DATA": ""},
     )
     assert result.returncode == 1, (result.returncode, result.stderr)
     errors = [line for line in result.stderr.splitlines() if line.startswith("rowrnn:")]

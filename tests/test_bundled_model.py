@@ -59,8 +59,16 @@ def light_site_packages(target: Path) -> Path:
             continue
         for requirement in distribution.requires or []:
             if "extra ==" not in requirement:
-                wanted.append(requirement.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0]
-                              .split("!")[0].split("~")[0].strip())
+                wanted.append(
+                    requirement.split(";")[0]
+                    .split("[")[0]
+                    .split("<")[0]
+                    .split(">")[0]
+                    .split("=")[0]
+                    .split("!")[0]
+                    .split("~")[0]
+                    .strip()
+                )
         site = Path(distribution.locate_file(""))
         for entry in {Path(str(f)).parts[0] for f in distribution.files or []}:
             source, link = site / entry, target / entry
@@ -80,24 +88,62 @@ def test_fresh_venv_plain_install_predicts_with_no_model_argument(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ROWRNN_DATA")}
     # built from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and the
     # other test worker runs in the checkout
-    source = shutil.copytree(REPO, tmp_path / "source", ignore=shutil.ignore_patterns(
-        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"))
+    source = shutil.copytree(
+        REPO,
+        tmp_path / "source",
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis"
+        ),
+    )
     install = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-index", "--no-deps",
-         "--no-build-isolation", str(source)], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-build-isolation",
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
     assert install.returncode == 0, install.stderr
-    assert subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path, timeout=60).returncode != 0
+    assert (
+        subprocess.run(
+            [str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path, timeout=60
+        ).returncode
+        != 0
+    )
 
     from PIL import Image, ImageDraw
 
     image = Image.new("L", (200, 200), 255)
     ImageDraw.Draw(image).line([(100, 30), (102, 170)], fill=0, width=16)  # a "1"
     image.save(tmp_path / "one.png")
-    result = subprocess.run([str(venv / "bin" / "rowrnn"), "predict", "one.png"], capture_output=True, text=True,
-                            timeout=120, env=env, cwd=tmp_path)
+    result = subprocess.run(
+        [str(venv / "bin" / "rowrnn"), "predict", "one.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     source, index, label, confidence = result.stdout.split()
     assert (source, index, label) == ("one.png", "0", "1") and float(confidence) > 0.5
-    installed = subprocess.run([str(python), "-c", "import runtime; print(runtime.__file__)"], capture_output=True,
-                               text=True, cwd=tmp_path, timeout=60).stdout
+    installed = subprocess.run(
+        [str(python), "-c", "import runtime; print(runtime.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    ).stdout
     assert str(venv) in installed  # the installed package, with its model, not the checkout

@@ -22,18 +22,43 @@ def test_help_lists_every_command():
     assert listed == list(COMMANDS)
 
 
-@pytest.mark.parametrize("command, options", [
-    ("evaluate", ["--model", "--data", "--plot", "--json"]),
-    ("export", ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop", "--triton-repo", "--step"]),
-    ("info", ["--json"]),
-    ("predict", ["--model", "--json"]),
-    ("serve", ["--host", "--port", "--name", "--max-batch", "--max-delay-ms", "--max-queue", "--max-body-mb",
-               "--body-timeout-s", "--drain-timeout-s", "--api-key", "ROWRNN_API_KEY", "--cors-origin", "--log-level"]),
-    ("site", ["--model", "ROWRNN_CACHE"]),
-    ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
-    ("anytime", ["--model", "--data", "--json", "--plot"]),
-    ("bench", ["--keras", "--onnx", "--int8", "--data", "--json", "--plot", "--calls", "--images", "--cold-starts"]),
-])
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("evaluate", ["--model", "--data", "--plot", "--json"]),
+        (
+            "export",
+            ["--model", "--data", "--opset", "--atol", "--quantize", "--max-int8-drop", "--triton-repo", "--step"],
+        ),
+        ("info", ["--json"]),
+        ("predict", ["--model", "--json"]),
+        (
+            "serve",
+            [
+                "--host",
+                "--port",
+                "--name",
+                "--max-batch",
+                "--max-delay-ms",
+                "--max-queue",
+                "--max-body-mb",
+                "--body-timeout-s",
+                "--drain-timeout-s",
+                "--api-key",
+                "ROWRNN_API_KEY",
+                "--cors-origin",
+                "--log-level",
+            ],
+        ),
+        ("site", ["--model", "ROWRNN_CACHE"]),
+        ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
+        ("anytime", ["--model", "--data", "--json", "--plot"]),
+        (
+            "bench",
+            ["--keras", "--onnx", "--int8", "--data", "--json", "--plot", "--calls", "--images", "--cold-starts"],
+        ),
+    ],
+)
 def test_command_help_shows_its_options(command, options, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([command, "--help"])
@@ -58,16 +83,37 @@ def test_option_defaults_are_the_librarys():
         assert defaults["bench"][option] == getattr(BenchSettings(), option), option
     from serve.settings import ServeSettings
 
-    for option in ("host", "port", "grpc_port", "name", "poll_s", "max_batch", "max_delay_ms", "max_queue", "max_body_mb",
-                   "body_timeout_s", "drain_timeout_s", "header_timeout_s", "max_connections", "log_level"):
+    for option in (
+        "host",
+        "port",
+        "grpc_port",
+        "name",
+        "poll_s",
+        "max_batch",
+        "max_delay_ms",
+        "max_queue",
+        "max_body_mb",
+        "body_timeout_s",
+        "drain_timeout_s",
+        "header_timeout_s",
+        "max_connections",
+        "log_level",
+    ):
         assert defaults["serve"][option] == getattr(ServeSettings(), option), option
     for option in ("name", "max_batch", "max_delay_ms"):
         assert defaults["triton-repo"][option] == getattr(ServeSettings(), option), option
     from rowrnn_keras.config import TrainConfig
 
     config = TrainConfig()
-    for option, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "learning_rate"), ("seed", "seed"),
-                          ("limit", "limit"), ("hidden_units", "hidden_units"), ("distribute", "distribute")):
+    for option, field in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "learning_rate"),
+        ("seed", "seed"),
+        ("limit", "limit"),
+        ("hidden_units", "hidden_units"),
+        ("distribute", "distribute"),
+    ):
         assert defaults["train"][option] == getattr(config, field), option
 
 
@@ -84,8 +130,13 @@ def test_train_help_shows_the_librarys_defaults():
 
     config = TrainConfig()
     help_text = unwrapped_help("train")
-    for option, value in (("--epochs", config.epochs), ("--batch-size", config.batch_size), ("--lr", config.learning_rate),
-                          ("--hidden-units", config.hidden_units), ("--distribute", config.distribute)):
+    for option, value in (
+        ("--epochs", config.epochs),
+        ("--batch-size", config.batch_size),
+        ("--lr", config.learning_rate),
+        ("--hidden-units", config.hidden_units),
+        ("--distribute", config.distribute),
+    ):
         shown = re.search(rf"{option} <[^>]*>.*?\[default: ([^;\]]+)", help_text)
         assert shown and shown.group(1) == str(value), (option, shown and shown.group(0))
 
@@ -101,8 +152,8 @@ def test_train_help_does_not_offer_multi_worker_as_working():
     """multi-worker is accepted (test_distribute's xfail shows the upstream failure and would
     notice a fix), but the help says it does not work today and why."""
     help_text = unwrapped_help("train")
-    option = help_text[help_text.index("--distribute <"):]
-    option = option[:option.index("[default:")]
+    option = help_text[help_text.index("--distribute <") :]
+    option = option[: option.index("[default:")]
     assert "multi-worker (the cluster in $TF_CONFIG) does NOT work today" in option, option
     assert "keras-team/keras#20585" in option, option
 
@@ -115,7 +166,9 @@ def test_env_var_points_at_data(tmp_path):
 @pytest.mark.slow
 def test_train_then_evaluate_agree(tmp_path, mnist_dir):
     out = tmp_path / "art"
-    result = rowrnn("train", "--data", mnist_dir, "--out", out, "--limit", "3000", "--epochs", "1", "--hidden-units", "32")
+    result = rowrnn(
+        "train", "--data", mnist_dir, "--out", out, "--limit", "3000", "--epochs", "1", "--hidden-units", "32"
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     evaluated = rowrnn("evaluate", "--model", out / "model.keras", "--data", mnist_dir, "--json")
@@ -132,8 +185,10 @@ def test_export_writes_a_checked_model(tmp_path, tiny_keras_model):
     result = rowrnn("export", tmp_path / "m.onnx", "--model", tiny_keras_model, env={"ROWRNN_DATA": ""})
     assert result.returncode == 0, result.stderr
     assert "max-abs logit diff" in result.stdout and "argmax agreement 100.00%" in result.stdout
-    assert ("graph rewrites applied: fold_input_layer, zero_initial_state, final_hidden_state; "
-            "not applied: constant_reshape_shapes (no Reshape has a computed shape)") in result.stdout
+    assert (
+        "graph rewrites applied: fold_input_layer, zero_initial_state, final_hidden_state; "
+        "not applied: constant_reshape_shapes (no Reshape has a computed shape)"
+    ) in result.stdout
     assert (tmp_path / "m.onnx").exists() and (tmp_path / "m.parity.json").exists()
     info = rowrnn("info", tmp_path / "m.onnx", "--json")
     assert info.returncode == 0, info.stderr
@@ -176,13 +231,25 @@ def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
     np.save(tmp_path / "three.npy", images)
     (tmp_path / "two-idx3-ubyte").write_bytes(idx_bytes(images[:2]))
     (tmp_path / "bad.png").write_bytes(b"not a png")
-    args = ["predict", tmp_path / "one.png", tmp_path / "bad.png", tmp_path / "three.npy", tmp_path / "two-idx3-ubyte",
-            "--model", exported.onnx_path]
+    args = [
+        "predict",
+        tmp_path / "one.png",
+        tmp_path / "bad.png",
+        tmp_path / "three.npy",
+        tmp_path / "two-idx3-ubyte",
+        "--model",
+        exported.onnx_path,
+    ]
     result = rowrnn(*args, "--json")
     assert result.returncode == 2
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(Path(r["input"]).name, r["index"]) for r in lines] == [
-        ("one.png", 0), ("three.npy", 0), ("three.npy", 1), ("three.npy", 2), ("two-idx3-ubyte", 0), ("two-idx3-ubyte", 1)
+        ("one.png", 0),
+        ("three.npy", 0),
+        ("three.npy", 1),
+        ("three.npy", 2),
+        ("two-idx3-ubyte", 0),
+        ("two-idx3-ubyte", 1),
     ]
     for record in lines:
         assert 0 <= record["label"] <= 9 and len(record["probabilities"]) == 10
@@ -200,7 +267,9 @@ def test_light_install_names_the_missing_extra(command, monkeypatch, capsys):
     from rowrnn import cli
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real_find_spec(name, *a)
+    )
     with pytest.raises(SystemExit) as exit_info:
         cli.main(command)
     assert exit_info.value.code == 2

@@ -60,8 +60,14 @@ print(json.dumps(runs))
 
 
 def two_device_runs(out: Path, distribute: str, *extra: str) -> list[dict]:
-    result = subprocess.run([sys.executable, "-c", TWO_DEVICE_RUN, str(out), distribute, *extra], capture_output=True,
-                            text=True, cwd=REPO, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = subprocess.run(
+        [sys.executable, "-c", TWO_DEVICE_RUN, str(out), distribute, *extra],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -76,7 +82,7 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     # a mirrored run resumes exactly too
     assert resumed["resumed_at_epochs"] == [2] and resumed["final_weights_sha256"] == mirrored["final_weights_sha256"]
     # and it is the same training as on one device, up to the order the replicas' gradients are summed in
-    single, = two_device_runs(tmp_path / "single", "none")
+    (single,) = two_device_runs(tmp_path / "single", "none")
     assert single["devices"] == ["CPU:0"] and single["replicas"] == 1
     # Measured over seeds 0-7 (both cores and pinned to one): the first epoch's losses are equal, and
     # where the sums run in another order the rounding difference grows to at most 2.1e-3 (relative)
@@ -95,7 +101,9 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     assert mirrored["test_accuracy"] > 0.1
     model = tmp_path / "mirrored" / "model.keras"
     load_trained_model(model)  # saved as an ordinary model: no strategy needed to load it
-    result = export_model(model, tmp_path / "mirrored.onnx", validation=ValidationSet(synthetic_rows(), None, "synthetic"))
+    result = export_model(
+        model, tmp_path / "mirrored.onnx", validation=ValidationSet(synthetic_rows(), None, "synthetic")
+    )
     assert result.report["argmax_agreement"] == 1.0 and result.report["max_abs_logit_diff"] <= 1e-4
 
 
@@ -111,9 +119,10 @@ class UpstreamMultiWorkerBug(Exception):
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    strict=True, raises=UpstreamMultiWorkerBug,
+    strict=True,
+    raises=UpstreamMultiWorkerBug,
     reason="keras-team/keras#20585, tensorflow/tensorflow#72388: MultiWorkerMirroredStrategy + model.fit fails "
-           "with 'unsupported type PerReplica' in Keras 3 / TensorFlow 2.21; passing means it was fixed",
+    "with 'unsupported type PerReplica' in Keras 3 / TensorFlow 2.21; passing means it was fixed",
 )
 def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     data = write_mnist_dir(tmp_path / "idx", n_train=60_000, n_test=10_000, compress=False)
@@ -123,10 +132,35 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "rowrnn", "train", "--data", str(data), "--out", str(out), "--limit", "600",
-             "--epochs", "2", "--hidden-units", "8", "--batch-size", "64", "--distribute", "multi-worker"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rowrnn",
+                    "train",
+                    "--data",
+                    str(data),
+                    "--out",
+                    str(out),
+                    "--limit",
+                    "600",
+                    "--epochs",
+                    "2",
+                    "--hidden-units",
+                    "8",
+                    "--batch-size",
+                    "64",
+                    "--distribute",
+                    "multi-worker",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     deadline = time.monotonic() + 300  # a worker whose peer died waits for it forever: bound it
     results = []
     try:
@@ -140,24 +174,43 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
     errors = [stderr for _, stderr in results]
     if any("PerReplica" in stderr for stderr in errors):
         for worker, stderr in zip(workers, errors):  # the known failure, reported as one line
-            assert_one_line_error(subprocess.CompletedProcess(worker.args, worker.returncode, "", stderr),
-                                  "keras-team/keras#20585")
+            assert_one_line_error(
+                subprocess.CompletedProcess(worker.args, worker.returncode, "", stderr), "keras-team/keras#20585"
+            )
         raise UpstreamMultiWorkerBug(errors[0].strip())
     assert [w.returncode for w in workers] == [0, 0], errors
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["strategy"] == "multi-worker" and metrics["replicas"] == 2
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".keras", ".json", ".csv", ".png")) == [
-        "curves.png", "history.csv", "metrics.json", "model.keras"]
+        "curves.png",
+        "history.csv",
+        "metrics.json",
+        "model.keras",
+    ]
 
 
-@pytest.mark.parametrize("tf_config, needle", [
-    ("", "TF_CONFIG is not set"),
-    ("{not json", "TF_CONFIG is not usable"),
-    ('{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}', "task worker:3 is not in the cluster"),
-])
+@pytest.mark.parametrize(
+    "tf_config, needle",
+    [
+        ("", "TF_CONFIG is not set"),
+        ("{not json", "TF_CONFIG is not usable"),
+        (
+            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
+            "task worker:3 is not in the cluster",
+        ),
+    ],
+)
 def test_multi_worker_without_a_usable_tf_config_is_refused_in_one_line(tmp_path, tf_config, needle):
-    result = rowrnn("train", "--data", tmp_path / "no-data-needed", "--out", tmp_path / "out",
-                    "--distribute", "multi-worker", env={"TF_CONFIG": tf_config})
+    result = rowrnn(
+        "train",
+        "--data",
+        tmp_path / "no-data-needed",
+        "--out",
+        tmp_path / "out",
+        "--distribute",
+        "multi-worker",
+        env={"TF_CONFIG": tf_config},
+    )
     assert_one_line_error(result, "--distribute multi-worker", needle)
 
 

@@ -92,8 +92,9 @@ def bundled_figures() -> dict[str, str]:
         "ONNX vs Keras, mean-abs logit difference (worst batch size)": scientific(parity["worst_mean_abs_logit_diff"]),
         "ONNX vs Keras, argmax agreement": f"{parity['argmax_agreement'] * 100:g} %",
         "file size": kilobytes((MODELS / "mnist.onnx").stat().st_size),
-        "step model after 28 rows vs the full model, max-abs logit difference":
-            scientific(parity["step"]["max_abs_logit_diff_vs_full_onnx"]),
+        "step model after 28 rows vs the full model, max-abs logit difference": scientific(
+            parity["step"]["max_abs_logit_diff_vs_full_onnx"]
+        ),
         "int8 sibling (not shipped): test accuracy": percent(parity["int8"]["test_accuracy"]),
         "int8 sibling (not shipped): file size": kilobytes(parity["int8"]["size_bytes"]),
         "training: best epoch (of epochs run)": f"{metrics['best_epoch']} (of {metrics['epochs']})",
@@ -123,8 +124,12 @@ def test_the_bundled_reports_describe_the_shipped_files():
 def test_every_accuracy_said_of_the_bundled_model_is_its_own():
     """A line that speaks of the bundled model may only repeat the table's percentages."""
     figures = bundled_figures()
-    allowed = {figures["test accuracy, 10 000 MNIST test images"], figures["int8 sibling (not shipped): test accuracy"],
-               figures["training: validation accuracy at the best epoch"], figures["ONNX vs Keras, argmax agreement"]}
+    allowed = {
+        figures["test accuracy, 10 000 MNIST test images"],
+        figures["int8 sibling (not shipped): test accuracy"],
+        figures["training: validation accuracy at the best epoch"],
+        figures["ONNX vs Keras, argmax agreement"],
+    }
     for line in README.splitlines():
         if "bundled" in line.lower() and not line.startswith("| training"):
             said = set(re.findall(r"\d+(?:\.\d+)? %", line))
@@ -192,8 +197,10 @@ def test_the_readme_speed_table_is_the_committed_run(bench):
     keras, fp32, int8 = (engines(bench)[name] for name in ("Keras predict", "ONNX fp32", "ONNX int8"))
     assert rows["Keras `predict`"] == [f"{keras['latency_us']['p50_us'] / 1000:.0f} ms", grouped(keras["images_per_s"])]
     for name, row in (("ONNX fp32 (`runtime.Predictor`)", fp32), ("ONNX int8", int8)):
-        assert rows[name] == [f"{microseconds(row)} ({row['latency_speedup_vs_keras']:.0f}×)",
-                              f"{grouped(row['images_per_s'])} ({row['throughput_vs_keras']:.1f}×)"], name
+        assert rows[name] == [
+            f"{microseconds(row)} ({row['latency_speedup_vs_keras']:.0f}×)",
+            f"{grouped(row['images_per_s'])} ({row['throughput_vs_keras']:.1f}×)",
+        ], name
     memory, cold = bench["peak_rss"], bench["cold_start"]
     text = " ".join(section(README, "## Speed").split())
     assert f"exits in {cold['p50_s']:.2f} s" in text
@@ -207,8 +214,10 @@ def test_the_streaming_speed_table_is_the_committed_run(bench):
     full = streaming["full_call_p50_us"]
     assert rows == {
         "one row (`Stream.push`)": [f"{streaming['step_p50_us']:.0f}", f"{streaming['step_p50_us'] / full:.2f}×"],
-        "a streamed image (28 pushes)": [grouped(streaming["streamed_image_p50_us"]),
-                                         f"{streaming['streamed_image_p50_us'] / full:.2f}×"],
+        "a streamed image (28 pushes)": [
+            grouped(streaming["streamed_image_p50_us"]),
+            f"{streaming['streamed_image_p50_us'] / full:.2f}×",
+        ],
         "one full-model call (`Predictor.predict`)": [f"{full:.0f}", "1×"],
     }
 
@@ -218,10 +227,19 @@ def test_the_targets_are_judged_on_the_committed_run(bench):
     fp32, int8 = engines(bench)["ONNX fp32"], engines(bench)["ONNX int8"]
     memory, cold = bench["peak_rss"], bench["cold_start"]
     expected = {
-        "fp32 single-image p50 ≥ 400× faster than Keras `predict`": (f"{fp32['latency_speedup_vs_keras']:.0f}×", fp32["latency_speedup_vs_keras"] >= 400),
+        "fp32 single-image p50 ≥ 400× faster than Keras `predict`": (
+            f"{fp32['latency_speedup_vs_keras']:.0f}×",
+            fp32["latency_speedup_vs_keras"] >= 400,
+        ),
         "fp32 throughput ≥ 2.5× Keras": (f"{fp32['throughput_vs_keras']:.1f}×", fp32["throughput_vs_keras"] >= 2.5),
-        "fp32 throughput ≥ 80 % of the measured ceiling": (f"{fp32['fraction_of_ceiling'] * 100:.0f} %", fp32["fraction_of_ceiling"] >= 0.8),
-        "predictor process peak RSS ≤ 0.2× a Keras process": (f"{memory['predictor_vs_keras']:.2f}×", memory["predictor_vs_keras"] <= 0.2),
+        "fp32 throughput ≥ 80 % of the measured ceiling": (
+            f"{fp32['fraction_of_ceiling'] * 100:.0f} %",
+            fp32["fraction_of_ceiling"] >= 0.8,
+        ),
+        "predictor process peak RSS ≤ 0.2× a Keras process": (
+            f"{memory['predictor_vs_keras']:.2f}×",
+            memory["predictor_vs_keras"] <= 0.2,
+        ),
         "fp32 single-image p50 ≤ 100 µs": (microseconds(fp32), fp32["latency_us"]["p50_us"] <= 100),
         "int8 single-image p50 ≤ 60 µs": (microseconds(int8), int8["latency_us"]["p50_us"] <= 60),
         "`rowrnn predict` cold start ≤ 0.5 s": (f"{cold['p50_s']:.2f} s", cold["p50_s"] <= 0.5),
@@ -246,7 +264,15 @@ def test_the_anytime_tables_are_the_committed_run():
     exits = table(streaming, "early exit at")
     for stop in anytime["early_exit"]:
         assert exits[f"{stop['threshold']:g}"] == [
-            f"{stop['accuracy'] * 100:.2f} %", f"{stop['mean_rows']:.1f}", f"{stop['stopped_early'] * 100:.1f} %",
-            f"{stop['batch_time_saved'] * 100:.0f} %", f"{stop['one_at_a_time_time_saved'] * 100:.0f} %"]
-    assert exits["(never: all 28 rows)"][0] == percent(anytime["full_accuracy"]) == bundled_figures()["test accuracy, 10 000 MNIST test images"]
+            f"{stop['accuracy'] * 100:.2f} %",
+            f"{stop['mean_rows']:.1f}",
+            f"{stop['stopped_early'] * 100:.1f} %",
+            f"{stop['batch_time_saved'] * 100:.0f} %",
+            f"{stop['one_at_a_time_time_saved'] * 100:.0f} %",
+        ]
+    assert (
+        exits["(never: all 28 rows)"][0]
+        == percent(anytime["full_accuracy"])
+        == bundled_figures()["test accuracy, 10 000 MNIST test images"]
+    )
     assert anytime["model"] == "runtime/models/mnist.step.onnx"  # the bundled step model, not another

@@ -53,7 +53,11 @@ def test_graph_is_folded_for_speed(exported):
     assert lstm.input[0] != "rows" and lstm.output[0] == "" and lstm.output[1]  # only Y_h is computed
     rewrites = exported.report["rewrites"]
     assert list(rewrites) == REWRITES
-    assert [name for name in REWRITES if rewrites[name]["applied"]] == ["fold_input_layer", "zero_initial_state", "final_hidden_state"]
+    assert [name for name in REWRITES if rewrites[name]["applied"]] == [
+        "fold_input_layer",
+        "zero_initial_state",
+        "final_hidden_state",
+    ]
     # the Keras fold leaves tf2onnx no Dense layer to reshape around
     assert rewrites["constant_reshape_shapes"]["detail"] == "no Reshape has a computed shape"
 
@@ -66,7 +70,10 @@ def test_metadata_round_trips(exported, tiny_keras_model):
     assert metadata["hidden_units"] == "32"
     assert metadata["architecture"] == "Dense(32) -> LSTM(32) -> Dense(10)"
     assert json.loads(metadata["architecture_json"]) == [
-        {"layer": "Dense", "units": 32}, {"layer": "LSTM", "units": 32}, {"layer": "Dense", "units": 10}]
+        {"layer": "Dense", "units": 32},
+        {"layer": "LSTM", "units": 32},
+        {"layer": "Dense", "units": 10},
+    ]
     assert metadata["source_model_sha256"] == sha256_file(tiny_keras_model)
     parity = json.loads(metadata["parity"])
     assert parity["passed"] is True and parity["inputs"] == "synthetic"
@@ -106,7 +113,9 @@ def test_validation_set_names_the_data_by_checksum_not_by_path(mnist_dir, monkey
     assert inputs.source == "MNIST test set" and len(inputs.rows) == 10_000
     assert sorted(inputs.checksums) == ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
     # the sha256 of the uncompressed labels file, as the data folder's README gives it
-    assert inputs.checksums["t10k-labels-idx1-ubyte"] == "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    assert (
+        inputs.checksums["t10k-labels-idx1-ubyte"] == "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"
+    )
     monkeypatch.delenv("ROWRNN_DATA", raising=False)
     synthetic = api.validation_set(None)
     assert synthetic.labels is None and list(synthetic.checksums) == ["synthetic_rows_float32"]
@@ -224,7 +233,9 @@ def test_real_mnist_parity_and_int8(real_model, mnist, mnist_dir, tmp_path):
     report = result.report
     assert report["images"] == 10_000 and report["inputs"] == "MNIST test set"
     assert report["argmax_agreement"] == 1.0
-    assert report["max_abs_logit_diff"] <= FP32_PARITY_RELATIVE * logit_scale(real_model, scale_pixels(mnist.test_images))
+    assert report["max_abs_logit_diff"] <= FP32_PARITY_RELATIVE * logit_scale(
+        real_model, scale_pixels(mnist.test_images)
+    )
     # `real_model` measured over seeds 0-3 pinned to one core: accuracy 0.951-0.960 (margin >= 0.051),
     # int8 drop 0.0004-0.0010 (margin >= 0.004, i.e. 40 of the 10 000 test images)
     assert report["onnx_test_accuracy"] > 0.9
@@ -240,8 +251,9 @@ def test_real_mnist_parity_and_int8(real_model, mnist, mnist_dir, tmp_path):
 # ---------------------------------------------------------------- the rewrites, one by one
 
 
-def lstm_graph(hidden: int = 8, last_step: str = "slice-last", initial_state: str | None = None,
-               computed_reshape: bool = False) -> onnx.ModelProto:
+def lstm_graph(
+    hidden: int = 8, last_step: str = "slice-last", initial_state: str | None = None, computed_reshape: bool = False
+) -> onnx.ModelProto:
     """rows -> MatMul/Add (a Dense layer) -> Transpose -> LSTM -> one step of Y -> MatMul/Add ->
     logits, Softmax: the shape of graph tf2onnx gives, built by hand, in the spellings the
     rewrites must handle (and some they must leave alone).
@@ -253,52 +265,93 @@ def lstm_graph(hidden: int = 8, last_step: str = "slice-last", initial_state: st
     """
     rng = np.random.default_rng(1)
     floats = {
-        "A": rng.normal(size=(28, hidden)), "a": rng.normal(size=hidden), "P": rng.normal(size=(28, hidden)),
-        "W": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3, "R": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3,
-        "B": rng.normal(size=(1, 8 * hidden)) * 0.1, "D": rng.normal(size=(hidden, 10)), "d": rng.normal(size=10),
+        "A": rng.normal(size=(28, hidden)),
+        "a": rng.normal(size=hidden),
+        "P": rng.normal(size=(28, hidden)),
+        "W": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3,
+        "R": rng.normal(size=(1, 4 * hidden, hidden)) * 0.3,
+        "B": rng.normal(size=(1, 8 * hidden)) * 0.1,
+        "D": rng.normal(size=(hidden, 10)),
+        "d": rng.normal(size=10),
         "zero": np.zeros(()),
     }
-    ints = {"axis0": [0], "axis1": [1], "first2": [0, 1], "last": [-1], "first": [0], "one": [1], "end": [2**62],
-            "units": [hidden], "flat": [-1, hidden], "step": -1}
+    ints = {
+        "axis0": [0],
+        "axis1": [1],
+        "first2": [0, 1],
+        "last": [-1],
+        "first": [0],
+        "one": [1],
+        "end": [2**62],
+        "units": [hidden],
+        "flat": [-1, hidden],
+        "step": -1,
+    }
     initializers = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in floats.items()]
     initializers += [numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in ints.items()]
     node = helper.make_node
     nodes = [node("MatMul", ["rows", "A"], ["mm"]), node("Add", ["mm", "a"], ["dense"])]
     sequence_input = "dense"
     if computed_reshape:  # [B, 28, H] -> [B*28, H] -> back to Shape(rows)[0:2] + [H]
-        nodes += [node("Reshape", ["dense", "flat"], ["dense_flat"]), node("Shape", ["rows"], ["rows_shape"]),
-                  node("Gather", ["rows_shape", "first2"], ["batch_steps"]),
-                  node("Concat", ["batch_steps", "units"], ["dense_shape"], axis=0),
-                  node("Reshape", ["dense_flat", "dense_shape"], ["dense_again"])]
+        nodes += [
+            node("Reshape", ["dense", "flat"], ["dense_flat"]),
+            node("Shape", ["rows"], ["rows_shape"]),
+            node("Gather", ["rows_shape", "first2"], ["batch_steps"]),
+            node("Concat", ["batch_steps", "units"], ["dense_shape"], axis=0),
+            node("Reshape", ["dense_flat", "dense_shape"], ["dense_again"]),
+        ]
         sequence_input = "dense_again"
     nodes.append(node("Transpose", [sequence_input], ["seq"], perm=[1, 0, 2]))
     states = ["", ""]
     if initial_state in ("expand-zeros", "constant-of-shape-zeros"):
         nodes += [node("Shape", ["rows"], ["shape"]), node("Gather", ["shape", "first"], ["batch"])]
         if initial_state == "expand-zeros":  # Expand(0.0, [B, H]) -> Unsqueeze -> [1, B, H]
-            nodes += [node("Concat", ["batch", "units"], ["state_shape"], axis=0),
-                      node("Expand", ["zero", "state_shape"], ["zeros"]), node("Unsqueeze", ["zeros", "axis0"], ["state"])]
+            nodes += [
+                node("Concat", ["batch", "units"], ["state_shape"], axis=0),
+                node("Expand", ["zero", "state_shape"], ["zeros"]),
+                node("Unsqueeze", ["zeros", "axis0"], ["state"]),
+            ]
         else:
-            nodes += [node("Concat", ["one", "batch", "units"], ["state_shape"], axis=0),
-                      node("ConstantOfShape", ["state_shape"], ["state"],
-                           value=numpy_helper.from_array(np.zeros(1, np.float32)))]
+            nodes += [
+                node("Concat", ["one", "batch", "units"], ["state_shape"], axis=0),
+                node(
+                    "ConstantOfShape",
+                    ["state_shape"],
+                    ["state"],
+                    value=numpy_helper.from_array(np.zeros(1, np.float32)),
+                ),
+            ]
         states = ["state", "state"]
     elif initial_state == "from-input":  # h0 = mean row · P: not zero
-        nodes += [node("ReduceMean", ["rows"], ["mean_row"], axes=[1], keepdims=0),
-                  node("MatMul", ["mean_row", "P"], ["h0"]), node("Unsqueeze", ["h0", "axis0"], ["state"])]
+        nodes += [
+            node("ReduceMean", ["rows"], ["mean_row"], axes=[1], keepdims=0),
+            node("MatMul", ["mean_row", "P"], ["h0"]),
+            node("Unsqueeze", ["h0", "axis0"], ["state"]),
+        ]
         states = ["state", "state"]
-    nodes.append(node("LSTM", ["seq", "W", "R", "B", "", *states] if initial_state else ["seq", "W", "R", "B"],
-                      ["Y", "Y_h"], hidden_size=hidden))
+    nodes.append(
+        node(
+            "LSTM",
+            ["seq", "W", "R", "B", "", *states] if initial_state else ["seq", "W", "R", "B"],
+            ["Y", "Y_h"],
+            hidden_size=hidden,
+        )
+    )
     nodes.append(node("Squeeze", ["Y", "axis1"], ["y"]))  # [T, B, H]
     if last_step == "gather-last":
         nodes.append(node("Gather", ["y", "step"], ["chosen"], axis=0))
     else:
         start, end = ("last", "end") if last_step == "slice-last" else ("first", "one")
         nodes += [node("Slice", ["y", start, end, "axis0"], ["step1"]), node("Squeeze", ["step1", "axis0"], ["chosen"])]
-    nodes += [node("MatMul", ["chosen", "D"], ["lm"]), node("Add", ["lm", "d"], ["logits"]),
-              node("Softmax", ["logits"], ["probabilities"])]
+    nodes += [
+        node("MatMul", ["chosen", "D"], ["lm"]),
+        node("Add", ["lm", "d"], ["logits"]),
+        node("Softmax", ["logits"], ["probabilities"]),
+    ]
     graph = helper.make_graph(
-        nodes, "lstm", [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 28, 28])],
+        nodes,
+        "lstm",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 28, 28])],
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 10]) for n in ("logits", "probabilities")],
         initializers,
     )
@@ -328,11 +381,15 @@ def test_final_hidden_state_reads_y_h_only_for_the_last_step(last_step, fires):
     if fires:  # the sequence Y is no longer computed, only Y_h
         assert lstm.output[0] == "" and not {"Slice", "Gather"} & op_counts(simplified).keys()
     else:
-        assert lstm.output[0] == "Y" and rewrites["final_hidden_state"].detail == "no tensor equals the LSTM's last step"
+        assert (
+            lstm.output[0] == "Y" and rewrites["final_hidden_state"].detail == "no tensor equals the LSTM's last step"
+        )
 
 
-@pytest.mark.parametrize("initial_state, fires", [
-    ("expand-zeros", True), ("constant-of-shape-zeros", True), ("from-input", False), (None, False)])
+@pytest.mark.parametrize(
+    "initial_state, fires",
+    [("expand-zeros", True), ("constant-of-shape-zeros", True), ("from-input", False), (None, False)],
+)
 def test_zero_initial_state_is_dropped_only_when_zero(initial_state, fires):
     simplified, rewrites = simplified_and_checked(lstm_graph(initial_state=initial_state))
     assert rewrites["zero_initial_state"].applied is fires, rewrites["zero_initial_state"]
@@ -358,18 +415,28 @@ def test_a_reshape_with_two_batch_dimensions_stays_computed():
     flat_tail = numpy_helper.from_array(np.array([784], np.int64), "pixels")
     first = numpy_helper.from_array(np.array([0], np.int64), "first")
     nodes = [
-        node("Shape", ["rows"], ["rows_shape"]), node("Gather", ["rows_shape", "first"], ["batch"]),
-        node("Concat", ["batch", "pixels"], ["flat_shape"], axis=0), node("Reshape", ["rows", "flat_shape"], ["flat"]),
-        node("Transpose", ["flat"], ["flat_t"], perm=[1, 0]), node("MatMul", ["flat", "flat_t"], ["gram"]),
-        node("Shape", ["gram"], ["gram_shape"]), node("Reshape", ["gram", "gram_shape"], ["out"]),
+        node("Shape", ["rows"], ["rows_shape"]),
+        node("Gather", ["rows_shape", "first"], ["batch"]),
+        node("Concat", ["batch", "pixels"], ["flat_shape"], axis=0),
+        node("Reshape", ["rows", "flat_shape"], ["flat"]),
+        node("Transpose", ["flat"], ["flat_t"], perm=[1, 0]),
+        node("MatMul", ["flat", "flat_t"], ["gram"]),
+        node("Shape", ["gram"], ["gram_shape"]),
+        node("Reshape", ["gram", "gram_shape"], ["out"]),
     ]
-    graph = helper.make_graph(nodes, "gram", [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 28, 28])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "batch"])], [flat_tail, first])
+    graph = helper.make_graph(
+        nodes,
+        "gram",
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, ["batch", 28, 28])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "batch"])],
+        [flat_tail, first],
+    )
     original = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     simplified, rewrites = simplify(original)
     reshape = next(r for r in rewrites if r.name == "constant_reshape_shapes")
     assert reshape.applied and reshape.detail == (
-        "1 Reshape shape(s) made constant; 1 left computed: more than one dimension changes with the batch")
+        "1 Reshape shape(s) made constant; 1 left computed: more than one dimension changes with the batch"
+    )
     rows = np.random.default_rng(0).random((5, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(run_graph(simplified, rows)[0], run_graph(original, rows)[0], rtol=1e-5)
 
@@ -389,8 +456,11 @@ def test_probes_include_batch_one_and_tell_batch_dimensions_apart():
 
 def small_model(dense_units: int = 32, hidden: int = 32, first_step: bool = False, **dense_options) -> keras.Model:
     """Dense -> LSTM -> Dense with random weights; `first_step`: the head reads the LSTM's first step."""
-    layers = [keras.Input((28, 28), name="rows"), keras.layers.Dense(dense_units, **dense_options),
-              keras.layers.LSTM(hidden, return_sequences=first_step)]
+    layers = [
+        keras.Input((28, 28), name="rows"),
+        keras.layers.Dense(dense_units, **dense_options),
+        keras.layers.LSTM(hidden, return_sequences=first_step),
+    ]
     layers += [keras.layers.Lambda(lambda sequence: sequence[:, 0])] if first_step else []
     model = keras.Sequential([*layers, keras.layers.Dense(10)])
     rng = np.random.default_rng(3)
@@ -398,13 +468,17 @@ def small_model(dense_units: int = 32, hidden: int = 32, first_step: bool = Fals
     return model
 
 
-@pytest.mark.parametrize("options, fires, detail", [
-    ({}, True, "Dense(32) folded into the LSTM's input weights"),
-    ({"use_bias": False}, True, "Dense(32) folded into the LSTM's input weights"),
-    ({"activation": "relu"}, False, "the Dense layer has a relu activation: not linear"),
-    ({"dense_units": 8, "hidden": 16}, False, "Dense(8) is too narrow: folding would add multiply-adds"),
-    ({"first_step": True}, False, "the LSTM is not a plain forward, last-output LSTM"),
-], ids=["linear", "no-bias", "relu", "narrow", "first-step"])
+@pytest.mark.parametrize(
+    "options, fires, detail",
+    [
+        ({}, True, "Dense(32) folded into the LSTM's input weights"),
+        ({"use_bias": False}, True, "Dense(32) folded into the LSTM's input weights"),
+        ({"activation": "relu"}, False, "the Dense layer has a relu activation: not linear"),
+        ({"dense_units": 8, "hidden": 16}, False, "Dense(8) is too narrow: folding would add multiply-adds"),
+        ({"first_step": True}, False, "the LSTM is not a plain forward, last-output LSTM"),
+    ],
+    ids=["linear", "no-bias", "relu", "narrow", "first-step"],
+)
 def test_fold_input_layer_fires_only_where_it_is_exact_and_cheaper(options, fires, detail):
     model = small_model(**options)
     folded, rewrite = fold_input_layer(model)
@@ -423,7 +497,11 @@ def test_a_model_reading_the_first_step_converts_unfolded_and_exact():
     model = small_model(first_step=True)
     proto, rewrites = convert(model)
     applied = {r.name: r.applied for r in rewrites}
-    assert applied == {"fold_input_layer": False, "constant_reshape_shapes": True,
-                       "zero_initial_state": True, "final_hidden_state": False}, rewrites
+    assert applied == {
+        "fold_input_layer": False,
+        "constant_reshape_shapes": True,
+        "zero_initial_state": True,
+        "final_hidden_state": False,
+    }, rewrites
     rows = np.random.default_rng(5).random((6, 28, 28), dtype=np.float32)
     np.testing.assert_allclose(run_graph(proto, rows)[0], model(rows).numpy(), atol=1e-5)

@@ -23,8 +23,11 @@ from runtime import InputError, Predictor, preprocess_image
 from runtime.idx import parse_idx, read_idx
 
 # 150 examples per property keeps CI fast; ROWRNN_FUZZ_EXAMPLES=5000 for a long local run.
-FUZZ = settings(max_examples=int(os.environ.get("ROWRNN_FUZZ_EXAMPLES", 150)), deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("ROWRNN_FUZZ_EXAMPLES", 150)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 IDX_DTYPE_CODES = [0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]
 
@@ -114,8 +117,11 @@ def test_preprocessing_files_of_any_bytes(tmp_path, data, suffix):
 
 
 @FUZZ
-@given(arrays(np.uint8, st.tuples(st.integers(1, 60), st.integers(1, 60), st.sampled_from([3, 4]))),
-       st.sampled_from(["PNG", "JPEG", "BMP"]), st.integers(0, 600))
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 60), st.integers(1, 60), st.sampled_from([3, 4]))),
+    st.sampled_from(["PNG", "JPEG", "BMP"]),
+    st.integers(0, 600),
+)
 def test_preprocessing_damaged_image_files(tmp_path, pixels, fmt, cut):
     """Real encoded images, then cut short at any point."""
     buffer = io.BytesIO()
@@ -169,10 +175,14 @@ def test_predict_any_array_gives_probabilities_or_input_error(predictor, array):
 
 
 @FUZZ
-@given(st.integers(1, 80).flatmap(lambda n: st.one_of(
-    arrays(np.uint8, (n, 28, 28)),
-    arrays(np.float32, (n, 784), elements=st.floats(0, 1, width=32)),  # includes -0.0 and subnormals
-    arrays(np.float64, (n, 28, 28), elements=st.floats(0, 1)),
-)))
+@given(
+    st.integers(1, 80).flatmap(
+        lambda n: st.one_of(
+            arrays(np.uint8, (n, 28, 28)),
+            arrays(np.float32, (n, 784), elements=st.floats(0, 1, width=32)),  # includes -0.0 and subnormals
+            arrays(np.float64, (n, 28, 28), elements=st.floats(0, 1)),
+        )
+    )
+)
 def test_predict_valid_inputs_always_sum_to_one(predictor, array):
     assert_probabilities(predictor.predict(array), len(array))

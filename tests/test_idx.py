@@ -47,7 +47,16 @@ def test_big_endian_int_payload_is_converted():
         (idx_bytes(np.zeros((3, 28, 28)))[:-1], "truncated"),
         (idx_bytes(np.zeros(3)) + b"\x00", "trailing bytes"),
     ],
-    ids=["empty", "two-bytes", "bad-zero-bytes", "bad-dtype", "short-header", "no-dims", "truncated-payload", "trailing"],
+    ids=[
+        "empty",
+        "two-bytes",
+        "bad-zero-bytes",
+        "bad-dtype",
+        "short-header",
+        "no-dims",
+        "truncated-payload",
+        "trailing",
+    ],
 )
 def test_malformed_bytes_are_refused(data, message):
     with pytest.raises(InputError, match=message):
@@ -64,4 +73,3 @@ def test_encode_idx_is_the_readers_inverse(dtype):
     np.testing.assert_array_equal(decoded, array)
     with pytest.raises(InputError, match="cannot write"):
         encode_idx(array.astype(np.int64))  # IDX has no 64-bit integers
-

@@ -39,10 +39,12 @@ def imported_packages(path: Path) -> list[tuple[int, str]]:
 
 def violations(package: str) -> list[str]:
     allowed_ours, forbidden = RULES[package]
-    return [f"{path.relative_to(REPO)}:{line} imports {name}"
-            for path in sorted((REPO / package).rglob("*.py"))
-            for line, name in imported_packages(path)
-            if (name in OURS and name not in allowed_ours) or name in forbidden]
+    return [
+        f"{path.relative_to(REPO)}:{line} imports {name}"
+        for path in sorted((REPO / package).rglob("*.py"))
+        for line, name in imported_packages(path)
+        if (name in OURS and name not in allowed_ours) or name in forbidden
+    ]
 
 
 @pytest.mark.parametrize("package", sorted(RULES))
@@ -54,6 +56,8 @@ def test_each_package_imports_only_what_the_table_allows(package):
 def test_the_scan_sees_every_kind_of_import(tmp_path):
     """The scan itself: lazy, aliased and dotted imports are all found; relative ones are not ours."""
     source = tmp_path / "m.py"
-    source.write_text("import os, tensorflow as tf\nfrom export.api import x\n"
-                      "def f():\n    import serve.app\n    from . import sibling\n")
+    source.write_text(
+        "import os, tensorflow as tf\nfrom export.api import x\n"
+        "def f():\n    import serve.app\n    from . import sibling\n"
+    )
     assert imported_packages(source) == [(1, "os"), (1, "tensorflow"), (2, "export"), (4, "serve")]

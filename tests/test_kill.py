@@ -53,8 +53,10 @@ class Child:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(30)
-            raise AssertionError(f"`{' '.join(map(str, self.process.args[-6:]))}` still running after {timeout} s; "
-                                 f"stderr: {self.stderr()}") from None
+            raise AssertionError(
+                f"`{' '.join(map(str, self.process.args[-6:]))}` still running after {timeout} s; "
+                f"stderr: {self.stderr()}"
+            ) from None
 
     def stderr(self) -> str:
         return (self.logs / "stderr.txt").read_text()
@@ -71,8 +73,14 @@ def start(*args, logs: Path, markers: Path | None = None) -> Child:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "stdout.txt", "wb") as stdout, open(logs / "stderr.txt", "wb") as stderr:
         # A background job inherits SIGINT ignored (so Python installs no handler): restore the default.
-        process = subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env, stdout=stdout, stderr=stderr,
-                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        process = subprocess.Popen(
+            [*command, *map(str, args)],
+            cwd=REPO,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     return Child(process, logs)
 
 
@@ -154,13 +162,24 @@ def complete_onnx(path: Path) -> None:
     Predictor(path)  # loads and meets the contract
 
 
-TRAIN_ARTIFACTS = {"model.keras": complete_keras, "history.csv": complete_csv, "curves.png": complete_png,
-                   "metrics.json": complete_json}
+TRAIN_ARTIFACTS = {
+    "model.keras": complete_keras,
+    "history.csv": complete_csv,
+    "curves.png": complete_png,
+    "metrics.json": complete_json,
+}
 EXPORT_ARTIFACTS = {"model.onnx": complete_onnx, "model.parity.json": complete_json, "model.int8.onnx": complete_onnx}
 
 
-def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[KillPoint], sig: signal.Signals,
-                       markers: Path, check: Callable[[KillPoint, dict[str, bytes]], None] = lambda point, previous: None) -> Kills:
+def kill_at_each_point(
+    out: Path,
+    artifacts: dict,
+    command: list,
+    points: list[KillPoint],
+    sig: signal.Signals,
+    markers: Path,
+    check: Callable[[KillPoint, dict[str, bytes]], None] = lambda point, previous: None,
+) -> Kills:
     """Stop `command` at each point in turn; after each, every artifact is whole and `check` holds.
     Then a normal run (`command` minus its last two arguments) succeeds and clears the leftovers."""
     kills = Kills()
@@ -168,8 +187,12 @@ def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[K
         previous = {name: (out / name).read_bytes() for name in artifacts}
         run_markers = markers / f"{sig.name}-{point.stage}"
         run_markers.mkdir(parents=True)
-        code, stderr = stop_at(start(*command, logs=run_markers / "logs", markers=run_markers), run_markers / point.ready, sig)
-        landed = (run_markers / f"{point.stage}.entered").exists() and not (run_markers / f"{point.stage}.left").exists()
+        code, stderr = stop_at(
+            start(*command, logs=run_markers / "logs", markers=run_markers), run_markers / point.ready, sig
+        )
+        landed = (run_markers / f"{point.stage}.entered").exists() and not (
+            run_markers / f"{point.stage}.left"
+        ).exists()
         (kills.landed if landed else kills.missed).append(point.stage)
         if not landed:
             continue  # counted; the test fails on the summary
@@ -181,7 +204,11 @@ def kill_at_each_point(out: Path, artifacts: dict, command: list, points: list[K
                 raise AssertionError(f"{sig.name} while {point.stage}: {name} is not whole: {exc!r}") from exc
         if point.stage.startswith("write-") and sig == signal.SIGKILL:  # the half-written temporary is still there
             target = Path(point.stage.removeprefix("write-"))
-            assert [n for n in leftovers(out) if n.startswith(f".{target.stem}.rowrnn-") and n.endswith(f".tmp{target.suffix}")], leftovers(out)
+            assert [
+                n
+                for n in leftovers(out)
+                if n.startswith(f".{target.stem}.rowrnn-") and n.endswith(f".tmp{target.suffix}")
+            ], leftovers(out)
         if sig == signal.SIGINT:
             assert leftovers(out) == [], "Ctrl-C left temporaries behind"
         check(point, previous)
@@ -217,8 +244,15 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
         assert metrics["model_sha256"] != sha256_file(out / "model.keras")  # and they say so
 
     # --seed 1 makes every new artifact differ from the previous one
-    kills = kill_at_each_point(out, TRAIN_ARTIFACTS, ["train", "--out", out, *args, "--seed", "1"], points,
-                               SIGNALS[sig_name], tmp_path_factory.mktemp("train-markers"), between_renames_is_detectable)
+    kills = kill_at_each_point(
+        out,
+        TRAIN_ARTIFACTS,
+        ["train", "--out", out, *args, "--seed", "1"],
+        points,
+        SIGNALS[sig_name],
+        tmp_path_factory.mktemp("train-markers"),
+        between_renames_is_detectable,
+    )
     assert not kills.missed, kills.summary()
 
 
@@ -226,15 +260,27 @@ def test_killed_train_keeps_artifacts_whole(tmp_path_factory, mnist_dir, sig_nam
 def test_killed_export_keeps_artifacts_whole(tmp_path_factory, tiny_keras_model, sig_name):
     first = tmp_path_factory.getbasetemp() / "export-kill-first"
     if not first.exists():
-        done = start("export", first / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8",
-                     logs=tmp_path_factory.mktemp("export-first-logs"))
+        done = start(
+            "export",
+            first / "model.onnx",
+            "--model",
+            tiny_keras_model,
+            "--quantize",
+            "int8",
+            logs=tmp_path_factory.mktemp("export-first-logs"),
+        )
         assert done.wait(timeout=300) == 0, done.stderr()
     out = Path(shutil.copytree(first, tmp_path_factory.mktemp("export-kill") / "out"))
     points = [
         KillPoint("importing", "importing.entered"),  # nothing written yet (converting: the same)
-        *(KillPoint(f"write-{name}", f"write-{name}.half") for name in ("model.parity.json", "model.onnx", "model.int8.onnx")),
+        *(
+            KillPoint(f"write-{name}", f"write-{name}.half")
+            for name in ("model.parity.json", "model.onnx", "model.int8.onnx")
+        ),
     ]
     # --atol changes the report, so a new one differs from the previous
     command = ["export", out / "model.onnx", "--model", tiny_keras_model, "--quantize", "int8", "--atol", "0.001"]
-    kills = kill_at_each_point(out, EXPORT_ARTIFACTS, command, points, SIGNALS[sig_name], tmp_path_factory.mktemp("export-markers"))
+    kills = kill_at_each_point(
+        out, EXPORT_ARTIFACTS, command, points, SIGNALS[sig_name], tmp_path_factory.mktemp("export-markers")
+    )
     assert not kills.missed, kills.summary()

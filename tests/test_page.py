@@ -26,8 +26,16 @@ STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine's notes say: without the background-networking flags Chromium tries to reach
 # Google's hosts at start, which this closed network refuses.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +64,15 @@ class PageWatch:
         self.problems: list[str] = []
         page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        page.on("request", lambda r: r.url.startswith(origin) or r.url.startswith("data:") or r.url.startswith("blob:")
-                or self.problems.append(f"request to another origin: {r.url}"))
+        page.on(
+            "request",
+            lambda r: (
+                r.url.startswith(origin)
+                or r.url.startswith("data:")
+                or r.url.startswith("blob:")
+                or self.problems.append(f"request to another origin: {r.url}")
+            ),
+        )
 
 
 def mouse_strokes(page, strokes: list[list[tuple[float, float]]]) -> None:
@@ -230,11 +245,15 @@ def test_classify_endpoint_refuses_bad_images_with_400(served):
     server, _ = served
     png = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(png, "PNG")
-    for body, message in ((b"", "no body"), (b"GIF89a broken", "not a recognised image"),
-                          (png.getvalue()[: len(png.getvalue()) // 2], "unreadable or truncated"),
-                          (Image.new("L", (9, 9), 128).tobytes(), "not a recognised image")):
-        request = urllib.request.Request(server.url + "/v1/classify", data=body, method="POST",
-                                         headers={"Content-Type": "image/png"})
+    for body, message in (
+        (b"", "no body"),
+        (b"GIF89a broken", "not a recognised image"),
+        (png.getvalue()[: len(png.getvalue()) // 2], "unreadable or truncated"),
+        (Image.new("L", (9, 9), 128).tobytes(), "not a recognised image"),
+    ):
+        request = urllib.request.Request(
+            server.url + "/v1/classify", data=body, method="POST", headers={"Content-Type": "image/png"}
+        )
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=30)
         assert refused.value.code == 400
@@ -251,8 +270,9 @@ def test_steps_need_a_step_model_beside_the_model(exported, start_server):
     png, image = io.BytesIO(), Image.new("L", (40, 40), 255)
     ImageDraw.Draw(image).line([(20, 5), (21, 35)], fill=0, width=4)
     image.save(png, "PNG")
-    request = urllib.request.Request(server.url + "/v1/classify?steps=1", data=png.getvalue(), method="POST",
-                                     headers={"Content-Type": "image/png"})
+    request = urllib.request.Request(
+        server.url + "/v1/classify?steps=1", data=png.getvalue(), method="POST", headers={"Content-Type": "image/png"}
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=30)
     assert refused.value.code == 400 and "no step model" in json.loads(refused.value.read())["error"]

@@ -80,4 +80,3 @@ def test_a_blank_image_has_no_digit(tmp_path):
     Image.new("L", (50, 50), 200).save(tmp_path / "blank.png")
     with pytest.raises(InputError, match="blank.png: no digit found"):
         preprocess_image(tmp_path / "blank.png")
-

@@ -8,7 +8,9 @@ from helpers import assert_one_line_error, require_module, rowrnn
 from runtime.errors import InputError
 from runtime.repository import write_triton_repository
 
-model_config_pb2 = require_module("tritonclient.grpc.model_config_pb2", "serve", "needs tritonclient[grpc] (the serve extra)")
+model_config_pb2 = require_module(
+    "tritonclient.grpc.model_config_pb2", "serve", "needs tritonclient[grpc] (the serve extra)"
+)
 text_format = require_module("google.protobuf.text_format", "serve", "needs protobuf (the serve extra)")
 
 ONNX_TO_TRITON = {onnx.TensorProto.FLOAT: "TYPE_FP32"}
@@ -30,7 +32,9 @@ def io_of(model: onnx.ModelProto, values) -> list[tuple[str, str, list[int]]]:
 
 
 def test_repository_matches_the_onnx_file(exported, tmp_path):
-    model_dir = write_triton_repository(exported.onnx_path, tmp_path / "repo", name="digits", max_batch=32, max_delay_ms=1.5)
+    model_dir = write_triton_repository(
+        exported.onnx_path, tmp_path / "repo", name="digits", max_batch=32, max_delay_ms=1.5
+    )
     assert model_dir == tmp_path / "repo" / "digits"
     assert (model_dir / "1" / "model.onnx").read_bytes() == exported.onnx_path.read_bytes()
     config = parse_config(model_dir / "config.pbtxt")  # Triton's schema: unknown fields would raise
@@ -78,8 +82,15 @@ def test_refuses_what_it_cannot_describe(tmp_path, exported):
 def test_export_writes_the_repository_too(tiny_keras_model, tmp_path):
     # synthetic parity inputs, as the other exports of the tiny model: it was not trained on MNIST, and
     # on real digits its top two logits can sit within rounding of each other
-    result = rowrnn("export", tmp_path / "m.onnx", "--model", tiny_keras_model, "--triton-repo", tmp_path / "repo",
-                    env={"ROWRNN_DATA": ""})
+    result = rowrnn(
+        "export",
+        tmp_path / "m.onnx",
+        "--model",
+        tiny_keras_model,
+        "--triton-repo",
+        tmp_path / "repo",
+        env={"ROWRNN_DATA": ""},
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "repo" / "rowrnn" / "1" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert parse_config(tmp_path / "repo" / "rowrnn" / "config.pbtxt").platform == "onnxruntime_onnx"

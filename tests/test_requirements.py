@@ -22,20 +22,42 @@ BROWSER_TEST = "tests/test_page.py::test_drawn_digits_get_the_predictors_answer"
 DATA_REASON = "real MNIST not available: $ROWRNN_DATA="
 
 
-def inner_pytest(target: str, tmp_path: Path, env: dict[str, str], hidden: str | None = None) -> subprocess.CompletedProcess:
+def inner_pytest(
+    target: str, tmp_path: Path, env: dict[str, str], hidden: str | None = None
+) -> subprocess.CompletedProcess:
     """pytest on `target` in a fresh process: CI and ROWRNN_REQUIRE_* only as `env` says, and the
     module `hidden` (if any) made unimportable."""
-    clean = {k: v for k, v in os.environ.items()
-             if k != "CI" and k not in REQUIREMENTS.values() and not k.startswith(("PYTEST_", "ROWRNN_DATA"))}
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k != "CI" and k not in REQUIREMENTS.values() and not k.startswith(("PYTEST_", "ROWRNN_DATA"))
+    }
     if hidden is not None:
         shadow = tmp_path / "shadow"
         (shadow / hidden).mkdir(parents=True)
         (shadow / hidden / "__init__.py").write_text(f"raise ImportError('{hidden} hidden by test_requirements')\n")
         clean["PYTHONPATH"] = os.pathsep.join([str(shadow), *filter(None, [clean.get("PYTHONPATH")])])
     return subprocess.run(
-        [sys.executable, "-m", "pytest", target, "-p", "no:cacheprovider", "-p", "no:xdist", "-rfEs",
-         "--basetemp", str(tmp_path / "inner"), "-o", "addopts="],
-        capture_output=True, text=True, cwd=REPO, env={**clean, **env}, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            target,
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-rfEs",
+            "--basetemp",
+            str(tmp_path / "inner"),
+            "-o",
+            "addopts=",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**clean, **env},
+        timeout=300,
     )
 
 
@@ -43,12 +65,16 @@ def outcome(result: subprocess.CompletedProcess) -> str:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else result.stderr
 
 
-@pytest.mark.parametrize("env, fails, because", [
-    ({"CI": "true"}, True, "CI=true"),
-    ({"ROWRNN_REQUIRE_DATA": "1"}, True, "ROWRNN_REQUIRE_DATA=1"),
-    ({"CI": "true", "ROWRNN_REQUIRE_DATA": "0"}, False, None),  # a CI job without the data opts out
-    ({}, False, None),
-], ids=["ci", "require-data", "ci-opted-out", "laptop"])
+@pytest.mark.parametrize(
+    "env, fails, because",
+    [
+        ({"CI": "true"}, True, "CI=true"),
+        ({"ROWRNN_REQUIRE_DATA": "1"}, True, "ROWRNN_REQUIRE_DATA=1"),
+        ({"CI": "true", "ROWRNN_REQUIRE_DATA": "0"}, False, None),  # a CI job without the data opts out
+        ({}, False, None),
+    ],
+    ids=["ci", "require-data", "ci-opted-out", "laptop"],
+)
 def test_missing_mnist_fails_where_required_and_skips_elsewhere(tmp_path, env, fails, because):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -64,11 +90,14 @@ def test_missing_mnist_fails_where_required_and_skips_elsewhere(tmp_path, env, f
         assert reason in result.stdout and "required here" not in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("env, fails", [({"ROWRNN_REQUIRE_SERVE": "yes"}, True), ({}, False)],
-                         ids=["require-serve", "laptop"])
+@pytest.mark.parametrize(
+    "env, fails", [({"ROWRNN_REQUIRE_SERVE": "yes"}, True), ({}, False)], ids=["require-serve", "laptop"]
+)
 def test_missing_serve_extra_fails_where_required(tmp_path, env, fails):
     result = inner_pytest(SERVE_EXTRA_TEST, tmp_path, env, hidden="orjson")
-    assert "needs the serve extra: pip install '.[serve]' (orjson hidden by test_requirements)" in result.stdout, result.stdout
+    assert "needs the serve extra: pip install '.[serve]' (orjson hidden by test_requirements)" in result.stdout, (
+        result.stdout
+    )
     if fails:  # a module-level failure is a collection error: nothing of the file runs
         assert result.returncode == 2 and "1 error" in outcome(result), (result.returncode, result.stdout)
     else:  # 5: the skipped module left no test to run

@@ -24,7 +24,14 @@ import pytest
 from helpers import FIXTURE_SEED, REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 import rowrnn_keras.train as train_module
 from rowrnn_keras.backup import (
-    BACKUP_DIR, OLD_SUFFIX, STATE_FILE, WEIGHTS_FILE, describe_differences, discard, fingerprint, read_backup,
+    BACKUP_DIR,
+    OLD_SUFFIX,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    describe_differences,
+    discard,
+    fingerprint,
+    read_backup,
     write_backup,
 )
 from rowrnn_keras.config import TrainConfig
@@ -33,8 +40,9 @@ from runtime.errors import InputError
 from test_train import event_scalars
 
 # Augmentation on: the resumed run must continue its random draws too.
-SMALL = dict(hidden_units=8, dense_units=8, epochs=4, batch_size=32, learning_rate=3e-3, validation_size=60,
-             seed=FIXTURE_SEED)
+SMALL = dict(
+    hidden_units=8, dense_units=8, epochs=4, batch_size=32, learning_rate=3e-3, validation_size=60, seed=FIXTURE_SEED
+)
 
 
 def small_mnist() -> Mnist:
@@ -131,8 +139,12 @@ def test_a_backup_of_other_settings_is_refused_and_restart_discards_it(tmp_path,
     assert "epochs 5 (backup: 4)" in message and "learning_rate 0.001 (backup: 0.003)" in message
     assert (tmp_path / BACKUP_DIR / STATE_FILE).read_bytes() == before  # refused, not touched
     with pytest.raises(InputError, match="other training data"):
-        train_module.run_training(TrainConfig(**SMALL), Mnist(*synthetic_digits(400, 9), *synthetic_digits(60, 2), source="other"),
-                                  tmp_path, verbose=0)
+        train_module.run_training(
+            TrainConfig(**SMALL),
+            Mnist(*synthetic_digits(400, 9), *synthetic_digits(60, 2), source="other"),
+            tmp_path,
+            verbose=0,
+        )
     notices: list[str] = []
     metrics = run_training_quietly(TrainConfig(**SMALL), tmp_path, restart=True, log=notices.append)
     assert notices == [] and metrics["resumed"] is False
@@ -144,13 +156,16 @@ def test_keras_own_backup_write_is_not_atomic_which_is_why_ours_replaces_it(tmp_
     """Keras 3 writes latest.weights.h5 in place: a kill during the write leaves a truncated file
     and the next run crashes. If this starts to pass, Keras fixed it: ResumableBackup._save_model
     may then be dropped."""
+
     def model() -> keras.Model:
         built = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
         built.compile("adam", "mse")
         return built
 
     x, y = np.zeros((8, 4)), np.zeros((8, 2))
-    model().fit(x, y, epochs=2, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(tmp_path, delete_checkpoint=False)])
+    model().fit(
+        x, y, epochs=2, verbose=0, callbacks=[keras.callbacks.BackupAndRestore(tmp_path, delete_checkpoint=False)]
+    )
     weights = tmp_path / "latest.weights.h5"
     with open(weights, "r+b") as stream:
         stream.truncate(weights.stat().st_size // 2)  # what a kill during Keras's write leaves
@@ -208,9 +223,15 @@ def test_a_damaged_backup_is_refused_in_one_line_naming_restart(tmp_path, damage
 def test_differences_name_each_setting_and_the_data():
     config = TrainConfig(**SMALL)
     ours = fingerprint(config, small_mnist())
-    theirs = fingerprint(TrainConfig(**{**SMALL, "seed": FIXTURE_SEED + 4}), Mnist(*synthetic_digits(400, 3), *synthetic_digits(60, 2), source="x"))
+    theirs = fingerprint(
+        TrainConfig(**{**SMALL, "seed": FIXTURE_SEED + 4}),
+        Mnist(*synthetic_digits(400, 3), *synthetic_digits(60, 2), source="x"),
+    )
     assert describe_differences(ours, ours) == []
-    assert describe_differences(ours, theirs) == [f"seed {FIXTURE_SEED} (backup: {FIXTURE_SEED + 4})", "other training data"]
+    assert describe_differences(ours, theirs) == [
+        f"seed {FIXTURE_SEED} (backup: {FIXTURE_SEED + 4})",
+        "other training data",
+    ]
     assert fingerprint(TrainConfig(**{**SMALL, "limit": 100}), small_mnist()) != ours
 
 
@@ -243,7 +264,9 @@ def start_training(idx_dir: Path, out: Path, stderr: Path, hook: list | None = N
     # Nothing reads the output while the test waits (a full pipe would stall the run): stdout
     # (progress bars) is dropped, stderr kept in a file for the failure message.
     with open(stderr, "wb") as errors:
-        return subprocess.Popen([*command, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        return subprocess.Popen(
+            [*command, *map(str, args)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors
+        )
 
 
 def ended(process: subprocess.Popen, stderr: Path, timeout: float) -> tuple[int, str]:
@@ -382,8 +405,13 @@ def test_cli_refuses_a_backup_of_other_settings_in_one_line_before_loading_tenso
     state = {"fingerprint": fingerprint(config, load_mnist_dir(idx_dir)), "epoch": 2, "finished": False, "history": {}}
     write_backup(out, lambda scratch: None, state)
     args = ["train", "--data", idx_dir, "--out", out, *TRAIN_ARGS[:-2], "--batch-size", 64]
-    result = subprocess.run([sys.executable, "-c", WHAT_WAS_IMPORTED, *map(str, args)], capture_output=True,
-                            text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WHAT_WAS_IMPORTED, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert_one_line_error(result, f"{out / BACKUP_DIR}", "batch_size 64 (backup: 32)", "--restart")
     assert result.stdout.strip() == "[]"  # refused before the slow import, before any training
     assert read_backup(out).epoch == 2  # and left as it was

@@ -36,9 +36,7 @@ def test_predictions_match_keras(predictor, reference):
     np.testing.assert_allclose(result.confidence, result.probabilities.max(axis=1))
 
 
-@pytest.mark.parametrize(
-    "shape", [(28, 28), (1, 28, 28), (5, 28, 28), (784,), (5, 784)], ids=str
-)
+@pytest.mark.parametrize("shape", [(28, 28), (1, 28, 28), (5, 28, 28), (784,), (5, 784)], ids=str)
 def test_accepted_shapes(predictor, shape):
     rows = np.random.default_rng(0).random(shape, dtype=np.float32)
     result = predictor.predict(rows)
@@ -164,8 +162,19 @@ def test_processes_load_one_model_at_once(exported, tmp_path):
         "np.save(sys.argv[3], p)"
     )
     children = [
-        subprocess.Popen([sys.executable, "-c", script, str(exported.onnx_path), str(tmp_path / "images.npy"),
-                          str(tmp_path / f"out{i}.npy")], cwd=REPO, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(exported.onnx_path),
+                str(tmp_path / "images.npy"),
+                str(tmp_path / f"out{i}.npy"),
+            ],
+            cwd=REPO,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(4)
     ]
     for child in children:

@@ -55,13 +55,19 @@ def test_tritonclient_speaks_to_rowrnn_serve(exported, predictor, start_server):
         tensor = triton.InferInput("rows", list(rows.shape), "FP32")
         tensor.set_data_from_numpy(rows, binary_data=binary)
         for version in ("", "1"):
-            result = client.infer("rowrnn", [tensor], model_version=version, request_id=f"req-{binary}",
-                                  outputs=[triton.InferRequestedOutput(name, binary_data=binary)
-                                           for name in ("logits", "probabilities")])
+            result = client.infer(
+                "rowrnn",
+                [tensor],
+                model_version=version,
+                request_id=f"req-{binary}",
+                outputs=[triton.InferRequestedOutput(name, binary_data=binary) for name in ("logits", "probabilities")],
+            )
             assert result.get_response()["id"] == f"req-{binary}"
             np.testing.assert_array_equal(result.as_numpy("logits"), expected.logits)
             np.testing.assert_array_equal(result.as_numpy("probabilities"), expected.probabilities)
-        only = client.infer("rowrnn", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)])
+        only = client.infer(
+            "rowrnn", [tensor], outputs=[triton.InferRequestedOutput("probabilities", binary_data=binary)]
+        )
         assert [o["name"] for o in only.get_response()["outputs"]] == ["probabilities"]
         assert only.as_numpy("logits") is None
     with pytest.raises(triton.InferenceServerException, match="no version '2'"):
@@ -86,8 +92,10 @@ def run_load(port: int, pool: list, clients: int, per_client: int) -> list[str]:
                     failures.append(f"{response.status}: {data[:200]!r}")
                     continue
                 outputs = decode(response, data)
-                if not (np.array_equal(outputs["logits"], expected.logits)
-                        and np.array_equal(outputs["probabilities"], expected.probabilities)):
+                if not (
+                    np.array_equal(outputs["logits"], expected.logits)
+                    and np.array_equal(outputs["probabilities"], expected.probabilities)
+                ):
                     failures.append("an answer differs from the in-process Predictor's")
         except Exception as exc:  # noqa: BLE001  (a thread's exception would vanish)
             failures.append(repr(exc))
@@ -152,34 +160,147 @@ def raw_exchange(port: int, data: bytes, close_after: bool = False, timeout: flo
 
 
 def binary_request(declared_size: int, blob: bytes) -> tuple[bytes, dict[str, str]]:
-    header = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28],
-                                     "parameters": {"binary_data_size": declared_size}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "rows",
+                    "datatype": "FP32",
+                    "shape": [1, 28, 28],
+                    "parameters": {"binary_data_size": declared_size},
+                }
+            ]
+        }
+    ).encode()
     return header + blob, {"Inference-Header-Content-Length": str(len(header))}
 
 
 BAD_REQUESTS = [
     # (name, method, path, body, headers, status, message)
     ("malformed JSON", "POST", INFER, b'{"inputs": [', {}, 400, "malformed JSON"),
-    ("unknown input", "POST", INFER, b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 28, 28], "data": []}]}', {}, 400, "unknown input 'x'"),
-    ("wrong datatype", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "datatype 'UINT8'"),
-    ("shape not [N, 28, 28]", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 784], "data": [0] * 784}]}).encode(), {}, 400, "[N, 28, 28]"),
-    ("negative shape", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [-5, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "[N, 28, 28]"),
-    ("huge shape", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2**40, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "holds 784 values"),
-    ("data length", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2, 28, 28], "data": [0] * 784}]}).encode(), {}, 400, "holds 784 values"),
-    ("value above 1", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [255] * 784}]}).encode(), {}, 400, "must be in [0, 1]"),
-    ("unknown output", "POST", INFER, json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}], "outputs": [{"name": "features"}]}).encode(), {}, 400, "unknown output 'features'"),
+    (
+        "unknown input",
+        "POST",
+        INFER,
+        b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 28, 28], "data": []}]}',
+        {},
+        400,
+        "unknown input 'x'",
+    ),
+    (
+        "wrong datatype",
+        "POST",
+        INFER,
+        json.dumps(
+            {"inputs": [{"name": "rows", "datatype": "UINT8", "shape": [1, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+        400,
+        "datatype 'UINT8'",
+    ),
+    (
+        "shape not [N, 28, 28]",
+        "POST",
+        INFER,
+        json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 784], "data": [0] * 784}]}).encode(),
+        {},
+        400,
+        "[N, 28, 28]",
+    ),
+    (
+        "negative shape",
+        "POST",
+        INFER,
+        json.dumps(
+            {"inputs": [{"name": "rows", "datatype": "FP32", "shape": [-5, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+        400,
+        "[N, 28, 28]",
+    ),
+    (
+        "huge shape",
+        "POST",
+        INFER,
+        json.dumps(
+            {"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2**40, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+        400,
+        "holds 784 values",
+    ),
+    (
+        "data length",
+        "POST",
+        INFER,
+        json.dumps(
+            {"inputs": [{"name": "rows", "datatype": "FP32", "shape": [2, 28, 28], "data": [0] * 784}]}
+        ).encode(),
+        {},
+        400,
+        "holds 784 values",
+    ),
+    (
+        "value above 1",
+        "POST",
+        INFER,
+        json.dumps(
+            {"inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [255] * 784}]}
+        ).encode(),
+        {},
+        400,
+        "must be in [0, 1]",
+    ),
+    (
+        "unknown output",
+        "POST",
+        INFER,
+        json.dumps(
+            {
+                "inputs": [{"name": "rows", "datatype": "FP32", "shape": [1, 28, 28], "data": [0] * 784}],
+                "outputs": [{"name": "features"}],
+            }
+        ).encode(),
+        {},
+        400,
+        "unknown output 'features'",
+    ),
     ("binary size vs shape", "POST", INFER, *binary_request(100, b"\0" * 100), 400, "does not match shape"),
     ("binary size past the body", "POST", INFER, *binary_request(3136, b"\0" * 100), 400, "runs past the end"),
-    ("header length past the body", "POST", INFER, b'{"inputs": []}', {"Inference-Header-Content-Length": "5000"}, 400, "past the end of the body"),
+    (
+        "header length past the body",
+        "POST",
+        INFER,
+        b'{"inputs": []}',
+        {"Inference-Header-Content-Length": "5000"},
+        400,
+        "past the end of the body",
+    ),
     ("NaN in binary data", "POST", INFER, *binary_request(3136, np.full(784, np.nan, "<f4").tobytes()), 400, "NaN"),
     ("empty body", "POST", INFER, b"", {}, 400, "no body"),
-    ("wrong content type", "POST", INFER, b"rows=1", {"Content-Type": "application/x-www-form-urlencoded"}, 415, "content type"),
+    (
+        "wrong content type",
+        "POST",
+        INFER,
+        b"rows=1",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        415,
+        "content type",
+    ),
     ("compressed body", "POST", INFER, b"\x1f\x8b", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
     ("unknown model", "POST", "/v2/models/mnist/infer", b"{}", {}, 404, "unknown model 'mnist'"),
     ("unknown version", "GET", "/v2/models/rowrnn/versions/7", None, {}, 404, "no version '7'"),
     # a digit to str.isdigit, not to int(): once a 500
     ("superscript-two version", "GET", "/v2/models/rowrnn/versions/%C2%B2", None, {}, 404, "no version '²'"),
-    ("5000-digit version", "POST", "/v2/models/rowrnn/versions/" + "9" * 5000 + "/infer", b"{}", {}, 404, "no version '999"),
+    (
+        "5000-digit version",
+        "POST",
+        "/v2/models/rowrnn/versions/" + "9" * 5000 + "/infer",
+        b"{}",
+        {},
+        404,
+        "no version '999",
+    ),
     ("unknown endpoint", "GET", "/v1/models/rowrnn:predict", None, {}, 404, "no such endpoint"),
     ("wrong method", "GET", INFER, None, {}, 405, "GET is not allowed"),
     ("body over --max-body-mb", "POST", INFER, b"[" * (1024 * 1024 + 1), {}, 413, "over the 1 MB limit"),
@@ -191,14 +312,24 @@ def battery_server(exported, tmp_path_factory):
     """One server for the whole battery: proving that it keeps serving after every bad request."""
     from helpers import start_server_process
 
-    server = start_server_process(exported.onnx_path, "--max-body-mb", "1", "--body-timeout-s", "1",
-                                  log=tmp_path_factory.mktemp("battery") / "server.log")
+    server = start_server_process(
+        exported.onnx_path,
+        "--max-body-mb",
+        "1",
+        "--body-timeout-s",
+        "1",
+        log=tmp_path_factory.mktemp("battery") / "server.log",
+    )
     yield server
     assert server.stop() == 0
 
 
-@pytest.mark.parametrize("name, method, path, body, headers, status, message", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_request_gets_its_status_and_one_clear_message(battery_server, predictor, name, method, path, body, headers, status, message):
+@pytest.mark.parametrize(
+    "name, method, path, body, headers, status, message", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+def test_bad_request_gets_its_status_and_one_clear_message(
+    battery_server, predictor, name, method, path, body, headers, status, message
+):
     response, data = call(battery_server.port, method, path, body, headers)
     assert response.status == status, data
     assert response.getheader("Content-Type") == "application/json"
@@ -339,8 +470,11 @@ def test_sigterm_drains_without_losing_an_accepted_request(exported, predictor, 
     # opset/atol); they import nothing of TensorFlow, and serve/ imports neither.
     loaded = json.loads(modules.read_text())
     cli_constants = {"rowrnn_keras", "rowrnn_keras.config", "export", "export.defaults"}
-    heavy = [m for m in loaded if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export")
-             and m not in cli_constants]
+    heavy = [
+        m
+        for m in loaded
+        if m.split(".")[0] in ("tensorflow", "keras", "tf2onnx", "rowrnn_keras", "export") and m not in cli_constants
+    ]
     assert heavy == [] and "serve.app" in loaded and "runtime.predictor" in loaded
 
 
@@ -369,22 +503,30 @@ run()
 def test_without_the_serve_extra_it_names_the_extra(exported):
     from helpers import REPO, assert_one_line_error
 
-    result = subprocess.run([sys.executable, "-c", WITHOUT_SERVE_EXTRA, "serve", str(exported.onnx_path)],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SERVE_EXTRA, "serve", str(exported.onnx_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert_one_line_error(result, "pip install 'rowrnn[serve]'", "starlette")
 
 
-@pytest.mark.parametrize("options, message", [
-    (["--port", "70000"], "--port 70000"),
-    (["--max-batch", "0"], "--max-batch must be at least 1"),
-    (["--max-delay-ms", "-1"], "--max-delay-ms"),
-    (["--log-level", "loud"], "--log-level 'loud'"),
-    (["--api-key", " "], "--api-key is empty"),
-    (["--grpc-port", "70000"], "--grpc-port 70000"),
-    (["--port", "8123", "--grpc-port", "8123"], "give them different ports"),
-    (["--header-timeout-s", "0"], "--header-timeout-s must be above 0"),
-    (["--max-connections", "0"], "--max-connections must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--port", "70000"], "--port 70000"),
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--max-delay-ms", "-1"], "--max-delay-ms"),
+        (["--log-level", "loud"], "--log-level 'loud'"),
+        (["--api-key", " "], "--api-key is empty"),
+        (["--grpc-port", "70000"], "--grpc-port 70000"),
+        (["--port", "8123", "--grpc-port", "8123"], "give them different ports"),
+        (["--header-timeout-s", "0"], "--header-timeout-s must be above 0"),
+        (["--max-connections", "0"], "--max-connections must be at least 1"),
+    ],
+)
 def test_bad_options_are_one_line(exported, options, message):
     from helpers import assert_one_line_error, rowrnn
 
@@ -401,8 +543,9 @@ def test_bad_model_and_busy_port_are_one_line(exported, tmp_path):
         busy.listen()
         port = busy.getsockname()[1]
         assert_one_line_error(rowrnn("serve", exported.onnx_path, "--port", port), f"cannot listen on 127.0.0.1:{port}")
-        assert_one_line_error(rowrnn("serve", exported.onnx_path, "--port", 0, "--grpc-port", port),
-                              f"cannot listen on 127.0.0.1:{port}")
+        assert_one_line_error(
+            rowrnn("serve", exported.onnx_path, "--port", 0, "--grpc-port", port), f"cannot listen on 127.0.0.1:{port}"
+        )
 
 
 def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch, caplog):
@@ -416,8 +559,11 @@ def test_an_exposed_address_without_a_key_is_warned_about(exported, monkeypatch,
     monkeypatch.setattr(serve.server, "listen", lambda host, port: types.SimpleNamespace(close=lambda: None))
     monkeypatch.setattr(serve.server.DrainingServer, "run", lambda self, sockets: started.append(self))
     app = create_app(exported.onnx_path)
-    for settings, warned in ((ServeSettings(host="0.0.0.0"), True), (ServeSettings(host="0.0.0.0", api_key="k"), False),
-                             (ServeSettings(), False)):
+    for settings, warned in (
+        (ServeSettings(host="0.0.0.0"), True),
+        (ServeSettings(host="0.0.0.0", api_key="k"), False),
+        (ServeSettings(), False),
+    ):
         caplog.clear()
         serve.server.run(app, settings)
         assert ("without --api-key" in caplog.text) == warned
@@ -460,18 +606,25 @@ def test_a_client_that_never_finishes_its_headers_is_cut_off(exported, predictor
     for sock in slow:
         sock.close()
     assert len(cut) == len(slow) and elapsed < 5, (len(cut), elapsed)  # cut off near the 1 s deadline
-    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply for reply in replies), replies[0]
+    assert all(reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply for reply in replies), (
+        replies[0]
+    )
     good_request_works(server.port, predictor)
 
 
-def test_connections_beyond_the_limit_get_503_at_once_while_requests_in_flight_finish(exported, predictor, start_server):
-    server = start_server(exported.onnx_path, "--max-connections", "20", "--header-timeout-s", "60",
-                          "--log-level", "warning")
+def test_connections_beyond_the_limit_get_503_at_once_while_requests_in_flight_finish(
+    exported, predictor, start_server
+):
+    server = start_server(
+        exported.onnx_path, "--max-connections", "20", "--header-timeout-s", "60", "--log-level", "warning"
+    )
     rows = images(3, 31)
     body, headers = infer_body(rows, binary=True)
     head = "".join(f"{key}: {value}\r\n" for key, value in headers.items())
     in_flight = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-    in_flight.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:50])
+    in_flight.sendall(
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:50]
+    )
     idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(19)]
     time.sleep(0.5)  # the server has accepted all 20
     for _ in range(5):  # the 21st, 22nd, ...: refused at once, with the reason

@@ -20,10 +20,23 @@ import serve_bench  # noqa: E402
 COMMITTED = REPO / "benchmarks" / "results" / "serve_bench.json"
 
 
-def result(requests: int, seconds: float = 2.0, p99_us: int = 9000, non_2xx: int = 0, socket_errors: int = 0,
-           mean_batch: float | None = 1.0) -> dict:
-    return {"requests": requests, "seconds": seconds, "non_2xx": non_2xx, "socket_errors": socket_errors,
-            "p50_us": p99_us // 2, "p99_us": p99_us, "mean_batch": mean_batch}
+def result(
+    requests: int,
+    seconds: float = 2.0,
+    p99_us: int = 9000,
+    non_2xx: int = 0,
+    socket_errors: int = 0,
+    mean_batch: float | None = 1.0,
+) -> dict:
+    return {
+        "requests": requests,
+        "seconds": seconds,
+        "non_2xx": non_2xx,
+        "socket_errors": socket_errors,
+        "p50_us": p99_us // 2,
+        "p99_us": p99_us,
+        "mean_batch": mean_batch,
+    }
 
 
 def test_summary_counts_answered_requests_only_and_takes_medians():
@@ -46,17 +59,32 @@ def report_with(rows: list[dict], skipped: list[dict] | None = None) -> dict:
 
 
 def row(server: str, protocol: str, images: int, clients: int, rps: float, p99: float = 10.0) -> dict:
-    return {"server": server, "protocol": protocol, "images": images, "concurrency": clients, "requests_per_s": rps,
-            "images_per_s": rps * images, "p50_ms": p99 / 2, "p99_ms": p99, "non_2xx": 0, "socket_errors": 0,
-            "mean_batch": None}
+    return {
+        "server": server,
+        "protocol": protocol,
+        "images": images,
+        "concurrency": clients,
+        "requests_per_s": rps,
+        "images_per_s": rps * images,
+        "p50_ms": p99 / 2,
+        "p99_ms": p99,
+        "non_2xx": 0,
+        "socket_errors": 0,
+        "mean_batch": None,
+    }
 
 
 def test_targets_are_ratios_of_rows_from_the_same_run_and_skipped_ones_say_why():
-    report = report_with([
-        row("rowrnn serve", "REST JSON", 1, 64, 3400), row("Triton", "REST JSON", 1, 64, 2000),
-        row("rowrnn serve", "REST binary", 1, 64, 3000), row("Triton", "REST binary", 1, 64, 2000),
-        row("Triton", "gRPC", 1, 64, 2500, p99=50.0),
-    ], skipped=[{"server": "rowrnn serve", "protocol": "gRPC", "reason": "rowrnn serve has no --grpc-port"}])
+    report = report_with(
+        [
+            row("rowrnn serve", "REST JSON", 1, 64, 3400),
+            row("Triton", "REST JSON", 1, 64, 2000),
+            row("rowrnn serve", "REST binary", 1, 64, 3000),
+            row("Triton", "REST binary", 1, 64, 2000),
+            row("Triton", "gRPC", 1, 64, 2500, p99=50.0),
+        ],
+        skipped=[{"server": "rowrnn serve", "protocol": "gRPC", "reason": "rowrnn serve has no --grpc-port"}],
+    )
     found = {t.name: t for t in serve_bench.targets(report)}
     json64 = found["REST JSON, 1 image, 64 clients: req/s vs Triton"]
     assert json64.value == pytest.approx(1.7) and json64.met  # exactly at the bound: met
@@ -74,7 +102,9 @@ def test_targets_are_ratios_of_rows_from_the_same_run_and_skipped_ones_say_why()
 
 
 def test_grpc_p99_target_is_no_worse_than_triton():
-    fast = report_with([row("rowrnn serve", "gRPC", 1, 64, 4000, p99=30.0), row("Triton", "gRPC", 1, 64, 2500, p99=29.0)])
+    fast = report_with(
+        [row("rowrnn serve", "gRPC", 1, 64, 4000, p99=30.0), row("Triton", "gRPC", 1, 64, 2500, p99=29.0)]
+    )
     found = {t.name: t for t in serve_bench.targets(fast)}
     assert found["gRPC, 1 image, 64 clients: req/s vs Triton"].met  # 1.6x
     p99 = found["gRPC, 1 image, 64 clients: p99 vs Triton's"]
@@ -113,7 +143,7 @@ def test_numbers_are_written_as_in_benchmarks_md():
 
 def serving_section() -> str:
     text = (REPO / "BENCHMARKS.md").read_text()
-    return text[text.index("## Serving"):]
+    return text[text.index("## Serving") :]
 
 
 def test_every_serving_figure_in_benchmarks_md_is_the_committed_json():

@@ -49,8 +49,10 @@ def infer_request(rows: np.ndarray, typed: bool = False, model: str = "rowrnn", 
 
 
 def outputs_of(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
-    return {tensor.name: np.frombuffer(raw, "<f4").reshape(tensor.shape)
-            for tensor, raw in zip(response.outputs, response.raw_output_contents)}
+    return {
+        tensor.name: np.frombuffer(raw, "<f4").reshape(tensor.shape)
+        for tensor, raw in zip(response.outputs, response.raw_output_contents)
+    }
 
 
 def test_tritonclient_grpc_speaks_to_rowrnn_serve(exported, predictor, start_server):
@@ -105,33 +107,145 @@ ONE = images(1, 3)
 BAD_GRPC_REQUESTS = [
     # (name, method, request, status code, message)
     ("no inputs", "ModelInfer", pb.ModelInferRequest(model_name="rowrnn"), "INVALID_ARGUMENT", "one input 'rows'"),
-    ("unknown input", "ModelInfer", request_with(lambda r: setattr(r.inputs[0], "name", "x")), "INVALID_ARGUMENT", "unknown input 'x'"),
-    ("input twice", "ModelInfer", request_with(lambda r: r.inputs.add(name="rows", datatype="FP32", shape=[1, 28, 28])),
-     "INVALID_ARGUMENT", "given 2 times"),
-    ("wrong datatype", "ModelInfer", request_with(lambda r: setattr(r.inputs[0], "datatype", "UINT8")), "INVALID_ARGUMENT", "datatype 'UINT8'"),
-    ("shape not [N, 28, 28]", "ModelInfer", request_with(lambda r: r.inputs[0].shape.__setitem__(slice(None), [1, 784])),
-     "INVALID_ARGUMENT", "[N, 28, 28]"),
-    ("negative shape", "ModelInfer", request_with(lambda r: r.inputs[0].shape.__setitem__(0, -5)), "INVALID_ARGUMENT", "[N, 28, 28]"),
-    ("raw size vs shape", "ModelInfer", with_raw(infer_request(ONE), b"\0" * 100), "INVALID_ARGUMENT", "does not match shape"),
-    ("huge shape", "ModelInfer", request_with(lambda r: r.inputs[0].shape.__setitem__(0, 2**40)), "INVALID_ARGUMENT", "does not match shape"),
-    ("two raw tensors", "ModelInfer", with_raw(infer_request(ONE), ONE.tobytes(), ONE.tobytes()), "INVALID_ARGUMENT", "2 raw_input_contents"),
-    ("raw and typed", "ModelInfer", request_with(lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 784)),
-     "INVALID_ARGUMENT", "both contents and raw_input_contents"),
-    ("typed count", "ModelInfer", pb.ModelInferRequest(model_name="rowrnn", inputs=[pb.ModelInferRequest.InferInputTensor(
-        name="rows", datatype="FP32", shape=[2, 28, 28], contents=pb.InferTensorContents(fp32_contents=[0.0] * 784))]),
-     "INVALID_ARGUMENT", "holds 784 values"),
-    ("NaN", "ModelInfer", with_raw(infer_request(ONE), np.full(784, np.nan, "<f4").tobytes()), "INVALID_ARGUMENT", "NaN"),
-    ("value above 1", "ModelInfer", infer_request(np.full((1, 28, 28), 255, np.float32), typed=True), "INVALID_ARGUMENT", "must be in [0, 1]"),
-    ("unknown output", "ModelInfer", request_with(lambda r: r.outputs.add(name="features")), "INVALID_ARGUMENT", "unknown output 'features'"),
-    ("output twice", "ModelInfer", request_with(lambda r: [r.outputs.add(name="logits") for _ in range(2)]), "INVALID_ARGUMENT", "asked for twice"),
+    (
+        "unknown input",
+        "ModelInfer",
+        request_with(lambda r: setattr(r.inputs[0], "name", "x")),
+        "INVALID_ARGUMENT",
+        "unknown input 'x'",
+    ),
+    (
+        "input twice",
+        "ModelInfer",
+        request_with(lambda r: r.inputs.add(name="rows", datatype="FP32", shape=[1, 28, 28])),
+        "INVALID_ARGUMENT",
+        "given 2 times",
+    ),
+    (
+        "wrong datatype",
+        "ModelInfer",
+        request_with(lambda r: setattr(r.inputs[0], "datatype", "UINT8")),
+        "INVALID_ARGUMENT",
+        "datatype 'UINT8'",
+    ),
+    (
+        "shape not [N, 28, 28]",
+        "ModelInfer",
+        request_with(lambda r: r.inputs[0].shape.__setitem__(slice(None), [1, 784])),
+        "INVALID_ARGUMENT",
+        "[N, 28, 28]",
+    ),
+    (
+        "negative shape",
+        "ModelInfer",
+        request_with(lambda r: r.inputs[0].shape.__setitem__(0, -5)),
+        "INVALID_ARGUMENT",
+        "[N, 28, 28]",
+    ),
+    (
+        "raw size vs shape",
+        "ModelInfer",
+        with_raw(infer_request(ONE), b"\0" * 100),
+        "INVALID_ARGUMENT",
+        "does not match shape",
+    ),
+    (
+        "huge shape",
+        "ModelInfer",
+        request_with(lambda r: r.inputs[0].shape.__setitem__(0, 2**40)),
+        "INVALID_ARGUMENT",
+        "does not match shape",
+    ),
+    (
+        "two raw tensors",
+        "ModelInfer",
+        with_raw(infer_request(ONE), ONE.tobytes(), ONE.tobytes()),
+        "INVALID_ARGUMENT",
+        "2 raw_input_contents",
+    ),
+    (
+        "raw and typed",
+        "ModelInfer",
+        request_with(lambda r: r.inputs[0].contents.fp32_contents.extend([0.0] * 784)),
+        "INVALID_ARGUMENT",
+        "both contents and raw_input_contents",
+    ),
+    (
+        "typed count",
+        "ModelInfer",
+        pb.ModelInferRequest(
+            model_name="rowrnn",
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="rows",
+                    datatype="FP32",
+                    shape=[2, 28, 28],
+                    contents=pb.InferTensorContents(fp32_contents=[0.0] * 784),
+                )
+            ],
+        ),
+        "INVALID_ARGUMENT",
+        "holds 784 values",
+    ),
+    (
+        "NaN",
+        "ModelInfer",
+        with_raw(infer_request(ONE), np.full(784, np.nan, "<f4").tobytes()),
+        "INVALID_ARGUMENT",
+        "NaN",
+    ),
+    (
+        "value above 1",
+        "ModelInfer",
+        infer_request(np.full((1, 28, 28), 255, np.float32), typed=True),
+        "INVALID_ARGUMENT",
+        "must be in [0, 1]",
+    ),
+    (
+        "unknown output",
+        "ModelInfer",
+        request_with(lambda r: r.outputs.add(name="features")),
+        "INVALID_ARGUMENT",
+        "unknown output 'features'",
+    ),
+    (
+        "output twice",
+        "ModelInfer",
+        request_with(lambda r: [r.outputs.add(name="logits") for _ in range(2)]),
+        "INVALID_ARGUMENT",
+        "asked for twice",
+    ),
     ("unknown model", "ModelInfer", infer_request(ONE, model="mnist"), "NOT_FOUND", "unknown model 'mnist'"),
     ("unknown version", "ModelInfer", infer_request(ONE, model_version="7"), "NOT_FOUND", "no version '7'"),
-    ("superscript-two version", "ModelMetadata", pb.ModelMetadataRequest(name="rowrnn", version="²"), "NOT_FOUND", "no version '²'"),
+    (
+        "superscript-two version",
+        "ModelMetadata",
+        pb.ModelMetadataRequest(name="rowrnn", version="²"),
+        "NOT_FOUND",
+        "no version '²'",
+    ),
     ("5000-digit version", "ModelInfer", infer_request(ONE, model_version="9" * 5000), "NOT_FOUND", "no version '999"),
-    ("metadata of unknown model", "ModelMetadata", pb.ModelMetadataRequest(name="mnist"), "NOT_FOUND", "unknown model 'mnist'"),
-    ("message over --max-body-mb", "ModelInfer", infer_request(images(400, 3)), "RESOURCE_EXHAUSTED", "larger than max"),
-    ("load on a single model file", "RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="rowrnn"),
-     "FAILED_PRECONDITION", "not a model repository"),
+    (
+        "metadata of unknown model",
+        "ModelMetadata",
+        pb.ModelMetadataRequest(name="mnist"),
+        "NOT_FOUND",
+        "unknown model 'mnist'",
+    ),
+    (
+        "message over --max-body-mb",
+        "ModelInfer",
+        infer_request(images(400, 3)),
+        "RESOURCE_EXHAUSTED",
+        "larger than max",
+    ),
+    (
+        "load on a single model file",
+        "RepositoryModelLoad",
+        pb.RepositoryModelLoadRequest(model_name="rowrnn"),
+        "FAILED_PRECONDITION",
+        "not a model repository",
+    ),
 ]
 
 
@@ -140,14 +254,19 @@ def battery_server(exported, tmp_path_factory):
     """One server for the whole battery: proving that it keeps serving after every bad request."""
     from helpers import start_server_process
 
-    server = start_server_process(exported.onnx_path, "--max-body-mb", "1", log=tmp_path_factory.mktemp("grpc") / "server.log")
+    server = start_server_process(
+        exported.onnx_path, "--max-body-mb", "1", log=tmp_path_factory.mktemp("grpc") / "server.log"
+    )
     yield server
     assert server.stop() == 0
 
 
-@pytest.mark.parametrize("name, method, request_message, code, message", BAD_GRPC_REQUESTS, ids=[b[0] for b in BAD_GRPC_REQUESTS])
-def test_bad_grpc_request_gets_its_code_and_one_clear_message(battery_server, predictor, name, method, request_message,
-                                                              code, message):
+@pytest.mark.parametrize(
+    "name, method, request_message, code, message", BAD_GRPC_REQUESTS, ids=[b[0] for b in BAD_GRPC_REQUESTS]
+)
+def test_bad_grpc_request_gets_its_code_and_one_clear_message(
+    battery_server, predictor, name, method, request_message, code, message
+):
     channel, stub = stub_of(battery_server)
     with channel:
         with pytest.raises(grpc.RpcError) as refused:
@@ -155,8 +274,9 @@ def test_bad_grpc_request_gets_its_code_and_one_clear_message(battery_server, pr
         assert refused.value.code() == grpc.StatusCode[code], refused.value.details()
         assert message in refused.value.details() and "\n" not in refused.value.details()
         rows = images(2, 99)  # and the server keeps serving
-        np.testing.assert_array_equal(outputs_of(stub.ModelInfer(infer_request(rows), timeout=30))["logits"],
-                                      predictor.predict(rows).logits)
+        np.testing.assert_array_equal(
+            outputs_of(stub.ModelInfer(infer_request(rows), timeout=30))["logits"], predictor.predict(rows).logits
+        )
 
 
 def test_grpc_metrics_count_by_method_and_code(battery_server, predictor):
@@ -185,9 +305,11 @@ def test_grpc_api_key(exported, predictor, start_server):
     tensor = triton_grpc.InferInput("rows", [1, 28, 28], "FP32")
     tensor.set_data_from_numpy(ONE)
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
-        for attempt in (lambda sent: client.infer("rowrnn", [tensor], headers=sent),
-                        lambda sent: client.get_model_metadata("rowrnn", headers=sent),
-                        lambda sent: client.get_model_repository_index(headers=sent)):
+        for attempt in (
+            lambda sent: client.infer("rowrnn", [tensor], headers=sent),
+            lambda sent: client.get_model_metadata("rowrnn", headers=sent),
+            lambda sent: client.get_model_repository_index(headers=sent),
+        ):
             with pytest.raises(triton_grpc.InferenceServerException) as refused:
                 attempt(headers)
             assert refused.value.status() == "StatusCode.UNAUTHENTICATED" and "API key" in refused.value.message()
@@ -207,7 +329,9 @@ def test_grpc_full_queue_is_resource_exhausted_at_once_and_recovers(exported, pr
         with channel:
             for _ in range(5):
                 try:
-                    same = np.array_equal(outputs_of(stub.ModelInfer(infer_request(rows), timeout=60))["logits"], expected)
+                    same = np.array_equal(
+                        outputs_of(stub.ModelInfer(infer_request(rows), timeout=60))["logits"], expected
+                    )
                     outcome = ("OK" if same else "OK but wrong", "")
                 except grpc.RpcError as exc:
                     outcome = (exc.code().name, exc.details())
@@ -322,8 +446,9 @@ def test_sigterm_drains_both_protocols(exported, predictor, start_server):
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 60
-    while (sum(p == "grpc" for p, _ in outcomes) < 100 or sum(p == "rest" for p, _ in outcomes) < 100) \
-            and time.monotonic() < deadline:
+    while (
+        sum(p == "grpc" for p, _ in outcomes) < 100 or sum(p == "rest" for p, _ in outcomes) < 100
+    ) and time.monotonic() < deadline:
         time.sleep(0.01)
     server.process.send_signal(signal.SIGTERM)
     terminated.set()

@@ -38,9 +38,14 @@ def test_images_arrive_exactly(images, binary):
 
 
 def test_nested_json_data_and_request_options(images):
-    body = json.dumps({"id": "42", "parameters": {"binary_data_output": True},
-                       "inputs": [{"name": "rows", "datatype": "FP32", "shape": [3, 28, 28], "data": images.tolist()}],
-                       "outputs": [{"name": "probabilities"}, {"name": "logits", "parameters": {"binary_data": False}}]})
+    body = json.dumps(
+        {
+            "id": "42",
+            "parameters": {"binary_data_output": True},
+            "inputs": [{"name": "rows", "datatype": "FP32", "shape": [3, 28, 28], "data": images.tolist()}],
+            "outputs": [{"name": "probabilities"}, {"name": "logits", "parameters": {"binary_data": False}}],
+        }
+    )
     parsed = parse_infer_request(body.encode())
     np.testing.assert_array_equal(parsed.images, images)
     assert parsed.id == "42"
@@ -82,29 +87,32 @@ def body_with(**changes) -> bytes:
     return json.dumps({"inputs": [tensor], **changes}).encode()
 
 
-@pytest.mark.parametrize("body, header_length, message", [
-    (b"{not json", None, "malformed JSON"),
-    (b"[1, 2]", None, "must be a JSON object"),
-    (body_with(tensor={"name": "pixels"}), None, "unknown input 'pixels'"),
-    (json.dumps({"inputs": []}).encode(), None, "'inputs' must be a list"),
-    (body_with(tensor={"datatype": "FP64"}), None, "datatype 'FP64'"),
-    (body_with(tensor={"shape": [1, 784]}), None, "expected [N, 28, 28]"),
-    (body_with(tensor={"shape": [-1, 28, 28]}), None, "expected [N, 28, 28]"),
-    (body_with(tensor={"shape": [0, 28, 28], "data": []}), None, "N >= 1"),
-    (body_with(tensor={"shape": [10**12, 28, 28]}), None, "holds 784 values"),
-    (body_with(tensor={"data": [0.5] * 783}), None, "holds 783 values"),
-    (body_with(tensor={"data": ["a"] * 784}), None, "must be numbers"),
-    (body_with(tensor={"data": [float("nan")] + [0.0] * 783}), None, "malformed JSON"),  # JSON has no NaN
-    (body_with(tensor={"data": [2.0] + [0.0] * 783}), None, "must be in [0, 1]"),
-    (body_with(tensor={"data": [-0.5] + [0.0] * 783}), None, "must be in [0, 1]"),
-    (body_with(tensor={"data": [1e39] + [0.0] * 783}), None, "NaN or infinite"),
-    (body_with(outputs=[{"name": "embedding"}]), None, "unknown output 'embedding'"),
-    (body_with(outputs=[{"name": "logits"}, {"name": "logits"}]), None, "asked for twice"),
-    (body_with(id=7), None, "'id' must be a string"),
-    (body_with(), "99999", "past the end of the body"),
-    (body_with(), "abc", "not a number"),
-    (body_with(tensor={"parameters": {"binary_data_size": 3136}, "data": None}), None, "both 'data' and binary"),
-])
+@pytest.mark.parametrize(
+    "body, header_length, message",
+    [
+        (b"{not json", None, "malformed JSON"),
+        (b"[1, 2]", None, "must be a JSON object"),
+        (body_with(tensor={"name": "pixels"}), None, "unknown input 'pixels'"),
+        (json.dumps({"inputs": []}).encode(), None, "'inputs' must be a list"),
+        (body_with(tensor={"datatype": "FP64"}), None, "datatype 'FP64'"),
+        (body_with(tensor={"shape": [1, 784]}), None, "expected [N, 28, 28]"),
+        (body_with(tensor={"shape": [-1, 28, 28]}), None, "expected [N, 28, 28]"),
+        (body_with(tensor={"shape": [0, 28, 28], "data": []}), None, "N >= 1"),
+        (body_with(tensor={"shape": [10**12, 28, 28]}), None, "holds 784 values"),
+        (body_with(tensor={"data": [0.5] * 783}), None, "holds 783 values"),
+        (body_with(tensor={"data": ["a"] * 784}), None, "must be numbers"),
+        (body_with(tensor={"data": [float("nan")] + [0.0] * 783}), None, "malformed JSON"),  # JSON has no NaN
+        (body_with(tensor={"data": [2.0] + [0.0] * 783}), None, "must be in [0, 1]"),
+        (body_with(tensor={"data": [-0.5] + [0.0] * 783}), None, "must be in [0, 1]"),
+        (body_with(tensor={"data": [1e39] + [0.0] * 783}), None, "NaN or infinite"),
+        (body_with(outputs=[{"name": "embedding"}]), None, "unknown output 'embedding'"),
+        (body_with(outputs=[{"name": "logits"}, {"name": "logits"}]), None, "asked for twice"),
+        (body_with(id=7), None, "'id' must be a string"),
+        (body_with(), "99999", "past the end of the body"),
+        (body_with(), "abc", "not a number"),
+        (body_with(tensor={"parameters": {"binary_data_size": 3136}, "data": None}), None, "both 'data' and binary"),
+    ],
+)
 def test_bad_requests_name_the_problem(body, header_length, message):
     with pytest.raises(ProtocolError, match=message.replace("[", r"\[")) as caught:
         parse_infer_request(body, header_length)
@@ -112,16 +120,29 @@ def test_bad_requests_name_the_problem(body, header_length, message):
 
 
 def binary_body(images: np.ndarray, declared: int, extra: bytes = b"") -> tuple[bytes, str]:
-    header = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": list(images.shape),
-                                     "parameters": {"binary_data_size": declared}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "rows",
+                    "datatype": "FP32",
+                    "shape": list(images.shape),
+                    "parameters": {"binary_data_size": declared},
+                }
+            ]
+        }
+    ).encode()
     return header + images.tobytes() + extra, str(len(header))
 
 
-@pytest.mark.parametrize("declared, extra, message", [
-    (3136 * 2, b"", "runs past the end of the body"),
-    (3135, b"", "does not match shape"),
-    (3136, b"\0" * 4, "follow the tensors"),
-])
+@pytest.mark.parametrize(
+    "declared, extra, message",
+    [
+        (3136 * 2, b"", "runs past the end of the body"),
+        (3135, b"", "does not match shape"),
+        (3136, b"\0" * 4, "follow the tensors"),
+    ],
+)
 def test_binary_sizes_must_match_the_body(declared, extra, message):
     image = np.zeros((1, 28, 28), np.float32)
     with pytest.raises(ProtocolError, match=message):

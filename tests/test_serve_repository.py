@@ -74,14 +74,21 @@ def test_two_models_and_two_versions_each_answer_with_their_own_weights(two_mode
     rows = images(3, 1)
     expected = {name: predictor.predict(rows).logits for name, predictor in weights.items()}
     assert not np.array_equal(expected["tiny"], expected["bundled"])  # the test can tell them apart
-    for name, version, source, answered_by in (("digits", "", "bundled", "2"), ("digits", "2", "bundled", "2"),
-                                               ("digits", "1", "tiny", "1"), ("bundled", "", "bundled", "1")):
+    for name, version, source, answered_by in (
+        ("digits", "", "bundled", "2"),
+        ("digits", "2", "bundled", "2"),
+        ("digits", "1", "tiny", "1"),
+        ("bundled", "", "bundled", "1"),
+    ):
         result = http_infer(client, name, rows, version)
         assert result.get_response()["model_name"] == name
         assert result.get_response()["model_version"] == answered_by
         np.testing.assert_array_equal(result.as_numpy("logits"), expected[source])
     assert client.get_model_metadata("digits")["versions"] == ["1", "2"]
-    assert client.get_model_metadata("digits", "1")["parameters"]["hidden_units"] == weights["tiny"].metadata["hidden_units"]
+    assert (
+        client.get_model_metadata("digits", "1")["parameters"]["hidden_units"]
+        == weights["tiny"].metadata["hidden_units"]
+    )
     assert client.is_model_ready("digits", "1") and client.is_model_ready("bundled")
     assert not client.is_model_ready("digits", "3") and not client.is_model_ready("rowrnn")
     with pytest.raises(triton_http.InferenceServerException, match="no version '3'"):
@@ -92,8 +99,12 @@ def test_two_models_and_two_versions_each_answer_with_their_own_weights(two_mode
     # the page and its endpoint: the default model (--name if served, else the first by name) or ?model=
     assert b'<meta name="rowrnn-model" content="bundled">' in urllib.request.urlopen(server.url, timeout=30).read()
     assert b'content="digits"' in urllib.request.urlopen(f"{server.url}/?model=digits", timeout=30).read()
-    digit = urllib.request.Request(f"{server.url}/v1/classify?model=digits", data=png_of(rows[0]),
-                                   headers={"Content-Type": "image/png"}, method="POST")
+    digit = urllib.request.Request(
+        f"{server.url}/v1/classify?model=digits",
+        data=png_of(rows[0]),
+        headers={"Content-Type": "image/png"},
+        method="POST",
+    )
     answer = json.loads(urllib.request.urlopen(digit, timeout=30).read())
     assert answer["model"]["name"] == "digits" and answer["model"]["version"] == "2"
     # the browser engine's files follow ?model= too: the page runs the model it was made for
@@ -107,7 +118,10 @@ def test_two_models_and_two_versions_each_answer_with_their_own_weights(two_mode
 
     index = client.get_model_repository_index()
     assert [(e["name"], e["version"], e["state"]) for e in index] == [
-        ("bundled", "1", "READY"), ("digits", "1", "READY"), ("digits", "2", "READY")]
+        ("bundled", "1", "READY"),
+        ("digits", "1", "READY"),
+        ("digits", "2", "READY"),
+    ]
     metrics = urllib.request.urlopen(f"{server.url}/metrics", timeout=30).read().decode()  # per model and version
     assert 'rowrnn_inference_images_total{model="digits",version="1"} 3.0' in metrics
     assert 'rowrnn_inference_images_total{model="digits",version="2"} 7.0' in metrics  # 2 x 3 + the page's 1
@@ -124,14 +138,17 @@ def png_of(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.mark.parametrize("policy, on_disk, served", [
-    ("", [1, 2, 5], [5]),  # Triton's default: the latest one
-    ("latest: { num_versions: 2 }", [1, 2, 5], [2, 5]),
-    ("latest: { num_versions: 9 }", [3], [3]),
-    ("all: {}", [1, 2, 5], [1, 2, 5]),
-    ("specific: { versions: [1, 7] }", [1, 2, 5], [1]),
-    ("specific: { versions: [7] }", [1, 2, 5], []),
-])
+@pytest.mark.parametrize(
+    "policy, on_disk, served",
+    [
+        ("", [1, 2, 5], [5]),  # Triton's default: the latest one
+        ("latest: { num_versions: 2 }", [1, 2, 5], [2, 5]),
+        ("latest: { num_versions: 9 }", [3], [3]),
+        ("all: {}", [1, 2, 5], [1, 2, 5]),
+        ("specific: { versions: [1, 7] }", [1, 2, 5], [1]),
+        ("specific: { versions: [7] }", [1, 2, 5], []),
+    ],
+)
 def test_version_policy_parsed_with_tritons_schema(policy, on_disk, served):
     from tritonclient.grpc import model_config_pb2
 
@@ -147,7 +164,9 @@ def test_the_policy_decides_what_serves(two_models, weights, start_server):
     client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
     rows = images(2, 2)
     assert client.get_model_metadata("digits")["versions"] == ["1"]
-    np.testing.assert_array_equal(http_infer(client, "digits", rows).as_numpy("logits"), weights["tiny"].predict(rows).logits)
+    np.testing.assert_array_equal(
+        http_infer(client, "digits", rows).as_numpy("logits"), weights["tiny"].predict(rows).logits
+    )
     with pytest.raises(triton_http.InferenceServerException, match="no version '2'"):
         http_infer(client, "digits", rows, "2")
     client.close()
@@ -158,20 +177,44 @@ def corrupt(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda repo: shutil.rmtree(repo), "no such directory"),
-    (lambda repo: [shutil.rmtree(p) for p in repo.iterdir()], "no model directories"),
-    (lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: {"), "not a Triton model configuration"),
-    (lambda repo: (repo / "digits" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel" max_batch_size: 8'),
-     "rowrnn serves 'onnxruntime_onnx' models"),
-    (lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: 0"), "max_batch_size 0"),
-    (lambda repo: (repo / "digits" / "config.pbtxt").write_text(
-        'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [28, 28] } ]'), "rowrnn contract"),
-    (lambda repo: corrupt(repo / "digits" / "2" / "model.onnx"), "digits/2/model.onnx"),
-    (lambda repo: (repo / "bundled" / "config.pbtxt").unlink(), "needs Triton's config.pbtxt"),
-    (lambda repo: shutil.rmtree(repo / "bundled" / "1"), "no version to serve"),
-], ids=["no directory", "empty", "config syntax", "platform", "no batching", "contract", "corrupt model",
-        "no config", "no version"])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda repo: shutil.rmtree(repo), "no such directory"),
+        (lambda repo: [shutil.rmtree(p) for p in repo.iterdir()], "no model directories"),
+        (
+            lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: {"),
+            "not a Triton model configuration",
+        ),
+        (
+            lambda repo: (repo / "digits" / "config.pbtxt").write_text(
+                'platform: "tensorflow_savedmodel" max_batch_size: 8'
+            ),
+            "rowrnn serves 'onnxruntime_onnx' models",
+        ),
+        (lambda repo: (repo / "digits" / "config.pbtxt").write_text("max_batch_size: 0"), "max_batch_size 0"),
+        (
+            lambda repo: (repo / "digits" / "config.pbtxt").write_text(
+                'max_batch_size: 8 input [ { name: "x" data_type: TYPE_FP32 dims: [28, 28] } ]'
+            ),
+            "rowrnn contract",
+        ),
+        (lambda repo: corrupt(repo / "digits" / "2" / "model.onnx"), "digits/2/model.onnx"),
+        (lambda repo: (repo / "bundled" / "config.pbtxt").unlink(), "needs Triton's config.pbtxt"),
+        (lambda repo: shutil.rmtree(repo / "bundled" / "1"), "no version to serve"),
+    ],
+    ids=[
+        "no directory",
+        "empty",
+        "config syntax",
+        "platform",
+        "no batching",
+        "contract",
+        "corrupt model",
+        "no config",
+        "no version",
+    ],
+)
 def test_a_repository_that_cannot_serve_is_one_line(two_models, breakage, message):
     breakage(two_models)
     assert_one_line_error(rowrnn("serve", "--model-repository", two_models, "--port", "0"), message)
@@ -184,6 +227,7 @@ def test_repository_options_are_checked(exported, two_models):
 
 
 # --- rollout (--poll-s) and the repository extension ----------------------------------------------
+
 
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
@@ -217,8 +261,11 @@ def test_rollout_under_load_loses_no_request(exported, weights, start_server, tm
                 break
             try:
                 version, logits = infer_once()
-                failure = None if np.array_equal(logits, expected.get(version)) else \
-                    f"{protocol}: an answer of version {version!r} is not that version's"
+                failure = (
+                    None
+                    if np.array_equal(logits, expected.get(version))
+                    else f"{protocol}: an answer of version {version!r} is not that version's"
+                )
             except Exception as exc:  # noqa: BLE001  (a thread's exception would vanish)
                 version, failure = "", f"{protocol}: {exc!r}"
             with lock:
@@ -256,8 +303,11 @@ def test_rollout_under_load_loses_no_request(exported, weights, start_server, tm
     try:
         wait_for(lambda: len(answers) >= 300, 60, "300 answers from version 1")
         write_triton_repository(BUNDLED_MODEL, repo, name="digits", version=2)  # the rollout
-        wait_for(lambda: ("rest", "2") in answers[-200:] and ("grpc", "2") in answers[-200:], 60,
-                 "both protocols answered by version 2")
+        wait_for(
+            lambda: ("rest", "2") in answers[-200:] and ("grpc", "2") in answers[-200:],
+            60,
+            "both protocols answered by version 2",
+        )
         switched = len(answers)
         wait_for(lambda: len(answers) >= switched + 300, 60, "300 answers after the switch")
     finally:
@@ -316,7 +366,10 @@ def test_repository_extension_load_and_unload(two_models, weights, start_server)
     np.testing.assert_array_equal(result.as_numpy("logits"), weights["bundled"].predict(rows).logits)
     ready = grpc_client.get_model_repository_index(headers=key, as_json=True)["models"]
     assert [(m["name"], m["version"], m["state"]) for m in ready] == [
-        ("bundled", "1", "READY"), ("digits", "1", "READY"), ("digits", "2", "READY")]
+        ("bundled", "1", "READY"),
+        ("digits", "1", "READY"),
+        ("digits", "2", "READY"),
+    ]
 
     corrupt(two_models / "bundled" / "1" / "model.onnx")  # a reload that fails keeps what serves
     with pytest.raises(triton_http.InferenceServerException, match="did not load.*version 1 keeps serving"):
@@ -339,8 +392,21 @@ def test_explicit_control_is_refused_while_polling(two_models, start_server):
     rest.close()
 
 
-@pytest.mark.parametrize("text, number", [("1", 1), ("12", 12), ("0", None), ("01", None), ("²", None), ("1.0", None),
-                                          ("-1", None), (" 1", None), ("9" * 5000, None), ("", None)])
+@pytest.mark.parametrize(
+    "text, number",
+    [
+        ("1", 1),
+        ("12", 12),
+        ("0", None),
+        ("01", None),
+        ("²", None),
+        ("1.0", None),
+        ("-1", None),
+        (" 1", None),
+        ("9" * 5000, None),
+        ("", None),
+    ],
+)
 def test_a_version_is_a_plain_decimal_number(text, number):
     """Directories and requests name versions alike; "²" is a digit to str.isdigit but not to int(),
     and 5 000 digits are past int()'s limit: both once ended in a 500 (or, as a directory, a

@@ -39,14 +39,25 @@ def images(n: int, seed: int = 0) -> np.ndarray:
 
 
 def json_request(rows: np.ndarray) -> bytes:
-    return json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": list(rows.shape),
-                                   "data": rows.ravel().tolist()}]}).encode()
+    return json.dumps(
+        {"inputs": [{"name": "rows", "datatype": "FP32", "shape": list(rows.shape), "data": rows.ravel().tolist()}]}
+    ).encode()
 
 
 def binary_request(rows: np.ndarray) -> tuple[bytes, int]:
     """(body, Inference-Header-Content-Length) of a binary tensor data request."""
-    header = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": list(rows.shape),
-                                     "parameters": {"binary_data_size": rows.nbytes}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "rows",
+                    "datatype": "FP32",
+                    "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": rows.nbytes},
+                }
+            ]
+        }
+    ).encode()
     return header + rows.tobytes(), len(header)
 
 
@@ -61,6 +72,7 @@ def png_digit() -> bytes:
 
 
 # --- talking HTTP by hand: a request that lies must reach the server exactly as written ------------
+
 
 def exchange(port: int, data: bytes, timeout: float = 10.0, then: bytes | None = None, pause: float = 0.0) -> bytes:
     """Send `data` on a new connection (then, after `pause`, `then`) and read until the server
@@ -119,9 +131,13 @@ def answers_a_good_request(port: int, predictor, headers: dict | None = None) ->
     """A good request on a new connection is answered, bit-exact to the in-process Predictor."""
     rows = images(2, 99)
     body, length = binary_request(rows)
-    response, data = call(port, "POST", INFER, body, {"Content-Type": "application/octet-stream",
-                                                      "Inference-Header-Content-Length": str(length),
-                                                      **(headers or {})})
+    response, data = call(
+        port,
+        "POST",
+        INFER,
+        body,
+        {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(length), **(headers or {})},
+    )
     assert response.status == 200, data[:300]
     header = json.loads(data)
     logits = next(o for o in header["outputs"] if o["name"] == "logits")
@@ -157,6 +173,7 @@ def plain(servers):
 
 # --- keys ------------------------------------------------------------------------------------------
 
+
 def protected_rest() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
     """Every REST endpoint behind --api-key that answers 200 with the key: (method, path, body,
     headers). The repository's load and unload answer 409 on a one-model server even with the key:
@@ -183,8 +200,10 @@ def protected_rest() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
 
 # The repository extension's explicit control: with the key, 409 here (one model file, no
 # repository); without it, 401 first: the key is checked before anything is done.
-REFUSED_WITH_KEY = [("POST", "/v2/repository/models/rowrnn/load", None, {}),
-                    ("POST", "/v2/repository/models/rowrnn/unload", None, {})]
+REFUSED_WITH_KEY = [
+    ("POST", "/v2/repository/models/rowrnn/load", None, {}),
+    ("POST", "/v2/repository/models/rowrnn/unload", None, {}),
+]
 
 
 OPEN_REST = ["/v2/health/live", "/v2/health/ready", "/", "/page/page.js", "/page/page.css"]
@@ -196,7 +215,11 @@ def almost_keys() -> list[tuple[str, dict[str, str], str]]:
     bearer = lambda token: {"Authorization": f"Bearer {token}"}  # noqa: E731
     return [
         ("first character changed", bearer("X" + KEY[1:]), "a check that skips the first character"),
-        ("middle character changed", bearer(KEY[:middle] + chr(ord(KEY[middle]) + 1) + KEY[middle + 1:]), "a sampled comparison"),
+        (
+            "middle character changed",
+            bearer(KEY[:middle] + chr(ord(KEY[middle]) + 1) + KEY[middle + 1 :]),
+            "a sampled comparison",
+        ),
         ("last character changed", bearer(KEY[:-1] + "x"), "a check of the first len-1 characters"),
         ("a prefix", bearer(KEY[:-3]), "key.startswith(token)"),
         ("the key plus a suffix", bearer(KEY + "0"), "token.startswith(key), or compare token[:len(key)]"),
@@ -262,16 +285,26 @@ def grpc_calls(stub, service_pb2) -> dict[str, object]:
     infer.inputs.add(name="rows", datatype="FP32", shape=[1, 28, 28])
     return {
         "ModelInfer": lambda metadata: stub.ModelInfer(infer, metadata=metadata, timeout=30),
-        "ModelMetadata": lambda metadata: stub.ModelMetadata(service_pb2.ModelMetadataRequest(name="rowrnn"), metadata=metadata, timeout=30),
-        "ModelReady": lambda metadata: stub.ModelReady(service_pb2.ModelReadyRequest(name="rowrnn"), metadata=metadata, timeout=30),
-        "ServerMetadata": lambda metadata: stub.ServerMetadata(service_pb2.ServerMetadataRequest(), metadata=metadata, timeout=30),
-        "RepositoryIndex": lambda metadata: stub.RepositoryIndex(service_pb2.RepositoryIndexRequest(), metadata=metadata, timeout=30),
+        "ModelMetadata": lambda metadata: stub.ModelMetadata(
+            service_pb2.ModelMetadataRequest(name="rowrnn"), metadata=metadata, timeout=30
+        ),
+        "ModelReady": lambda metadata: stub.ModelReady(
+            service_pb2.ModelReadyRequest(name="rowrnn"), metadata=metadata, timeout=30
+        ),
+        "ServerMetadata": lambda metadata: stub.ServerMetadata(
+            service_pb2.ServerMetadataRequest(), metadata=metadata, timeout=30
+        ),
+        "RepositoryIndex": lambda metadata: stub.RepositoryIndex(
+            service_pb2.RepositoryIndexRequest(), metadata=metadata, timeout=30
+        ),
         # with the key: FAILED_PRECONDITION on one model file (no repository); an unload without
         # it would be a denial of service anyone could send
         "RepositoryModelLoad": lambda metadata: stub.RepositoryModelLoad(
-            service_pb2.RepositoryModelLoadRequest(model_name="rowrnn"), metadata=metadata, timeout=30),
+            service_pb2.RepositoryModelLoadRequest(model_name="rowrnn"), metadata=metadata, timeout=30
+        ),
         "RepositoryModelUnload": lambda metadata: stub.RepositoryModelUnload(
-            service_pb2.RepositoryModelUnloadRequest(model_name="rowrnn"), metadata=metadata, timeout=30),
+            service_pb2.RepositoryModelUnloadRequest(model_name="rowrnn"), metadata=metadata, timeout=30
+        ),
     }
 
 
@@ -287,8 +320,11 @@ def test_grpc_refuses_every_almost_key_on_every_protected_method(keyed):
 
     with grpc.insecure_channel(f"127.0.0.1:{keyed.grpc_port}") as channel:
         calls = grpc_calls(service_pb2_grpc.GRPCInferenceServiceStub(channel), service_pb2)
-        sendable = [(case, headers) for case, headers, _ in almost_keys()
-                    if all(value.isascii() for value in headers.values()) and case != "64 KB long"]
+        sendable = [
+            (case, headers)
+            for case, headers, _ in almost_keys()
+            if all(value.isascii() for value in headers.values()) and case != "64 KB long"
+        ]
         assert len(sendable) >= 12
         for case, headers in sendable:
             metadata = [(name.lower(), value) for name, value in headers.items()]
@@ -303,7 +339,9 @@ def test_grpc_refuses_every_almost_key_on_every_protected_method(keyed):
                 assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (method, refused.value)
             else:
                 send([("authorization", f"Bearer {KEY}")])
-        live = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(service_pb2.ServerLiveRequest(), timeout=30)
+        live = service_pb2_grpc.GRPCInferenceServiceStub(channel).ServerLive(
+            service_pb2.ServerLiveRequest(), timeout=30
+        )
         assert live.live  # the probe needs no key
 
 
@@ -321,6 +359,7 @@ def test_the_comparison_is_constant_time(monkeypatch):
 
 # --- requests that lie -------------------------------------------------------------------------------
 
+
 def lies() -> list[tuple[str, bytes, dict]]:
     """(case, raw request, how to send it). Each would be a *good* request if the server believed
     the lie, so a server that does gets a 200 and fails the test."""
@@ -330,45 +369,107 @@ def lies() -> list[tuple[str, bytes, dict]]:
     binary = ["Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {length}"]
     big_rows = images(340, 6)  # 340 images in binary: 1.07 MB, past the 1 MB limit
     big_body, big_length = binary_request(big_rows)
-    chunks = b"".join(b"%x\r\n%s\r\n" % (len(big_body[i:i + 65536]), big_body[i:i + 65536])
-                      for i in range(0, len(big_body), 65536)) + b"0\r\n\r\n"
+    chunks = (
+        b"".join(
+            b"%x\r\n%s\r\n" % (len(big_body[i : i + 65536]), big_body[i : i + 65536])
+            for i in range(0, len(big_body), 65536)
+        )
+        + b"0\r\n\r\n"
+    )
     chunked_good = b"%x\r\n%s\r\n0\r\n\r\n" % (len(good_json), good_json)
     return [
         # Catches: reading the body until the connection closes instead of Content-Length bytes.
-        ("Content-Length shorter than the body",
-         post(INFER, good_json, "Content-Type: application/json", content_length=len(good_json) // 2), {}),
+        (
+            "Content-Length shorter than the body",
+            post(INFER, good_json, "Content-Type: application/json", content_length=len(good_json) // 2),
+            {},
+        ),
         # Catches: waiting forever for bytes that never come (no body timeout): 408 within 1 s.
-        ("Content-Length longer than the body",
-         post(INFER, good_json, "Content-Type: application/json", content_length=len(good_json) + 1000), {"wait": True}),
+        (
+            "Content-Length longer than the body",
+            post(INFER, good_json, "Content-Type: application/json", content_length=len(good_json) + 1000),
+            {"wait": True},
+        ),
         # Catches: a parser that prefers one framing over the other (request smuggling).
-        ("Content-Length and chunked",
-         post(INFER, chunked_good, "Content-Type: application/json", "Transfer-Encoding: chunked", content_length=7), {}),
+        (
+            "Content-Length and chunked",
+            post(INFER, chunked_good, "Content-Type: application/json", "Transfer-Encoding: chunked", content_length=7),
+            {},
+        ),
         # Catches: --max-body-mb enforced on the Content-Length header only (chunked has none).
-        ("chunked past --max-body-mb",
-         post(INFER, chunks, "Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {big_length}",
-              "Transfer-Encoding: chunked"), {}),
+        (
+            "chunked past --max-body-mb",
+            post(
+                INFER,
+                chunks,
+                "Content-Type: application/octet-stream",
+                f"Inference-Header-Content-Length: {big_length}",
+                "Transfer-Encoding: chunked",
+            ),
+            {},
+        ),
         # Catches: no limit on the header block (the server buffers whatever comes).
-        ("a 64 KB header block",
-         post(INFER, good_json, "Content-Type: application/json", "X-Padding: " + "a" * 65536, content_length=len(good_json)), {}),
+        (
+            "a 64 KB header block",
+            post(
+                INFER,
+                good_json,
+                "Content-Type: application/json",
+                "X-Padding: " + "a" * 65536,
+                content_length=len(good_json),
+            ),
+            {},
+        ),
         # Catches: no limit on the number of header fields.
-        ("5000 header fields",
-         post(INFER, good_json, "Content-Type: application/json", *(f"X-Field-{i}: v" for i in range(5000)),
-              content_length=len(good_json)), {}),
+        (
+            "5000 header fields",
+            post(
+                INFER,
+                good_json,
+                "Content-Type: application/json",
+                *(f"X-Field-{i}: v" for i in range(5000)),
+                content_length=len(good_json),
+            ),
+            {},
+        ),
         # Catches: the Content-Type ignored when Inference-Header-Content-Length is there.
-        ("Content-Type JSON over binary tensor data",
-         post(INFER, body, "Content-Type: application/json", f"Inference-Header-Content-Length: {length}", content_length=len(body)), {}),
+        (
+            "Content-Type JSON over binary tensor data",
+            post(
+                INFER,
+                body,
+                "Content-Type: application/json",
+                f"Inference-Header-Content-Length: {length}",
+                content_length=len(body),
+            ),
+            {},
+        ),
         # Catches: an octet-stream body parsed as JSON when the binary header length is missing.
-        ("Content-Type octet-stream over JSON",
-         post(INFER, good_json, "Content-Type: application/octet-stream", content_length=len(good_json)), {}),
+        (
+            "Content-Type octet-stream over JSON",
+            post(INFER, good_json, "Content-Type: application/octet-stream", content_length=len(good_json)),
+            {},
+        ),
         # Catches: a header length that is not checked against the body.
-        ("Inference-Header-Content-Length past the body",
-         post(INFER, body, binary[0], f"Inference-Header-Content-Length: {len(body) + 10}", content_length=len(body)), {}),
+        (
+            "Inference-Header-Content-Length past the body",
+            post(
+                INFER, body, binary[0], f"Inference-Header-Content-Length: {len(body) + 10}", content_length=len(body)
+            ),
+            {},
+        ),
         # Catches: body[:length] with a negative length (Python slices from the end: -3136 cuts off
         # exactly the tensor data, and the request would parse).
-        ("Inference-Header-Content-Length negative",
-         post(INFER, body, binary[0], f"Inference-Header-Content-Length: -{rows.nbytes}", content_length=len(body)), {}),
-        ("Inference-Header-Content-Length not a number",
-         post(INFER, body, binary[0], f"Inference-Header-Content-Length: {length}abc", content_length=len(body)), {}),
+        (
+            "Inference-Header-Content-Length negative",
+            post(INFER, body, binary[0], f"Inference-Header-Content-Length: -{rows.nbytes}", content_length=len(body)),
+            {},
+        ),
+        (
+            "Inference-Header-Content-Length not a number",
+            post(INFER, body, binary[0], f"Inference-Header-Content-Length: {length}abc", content_length=len(body)),
+            {},
+        ),
     ]
 
 
@@ -398,10 +499,17 @@ def test_gzip_bodies_are_refused_without_being_inflated(plain, predictor):
     # take a GB of memory (and seconds of CPU) before any refusal. It must be refused at once.
     bomb = gzip.compress(b"\0" * (256 * 2**20), compresslevel=9)  # 256 MB of zeros (~250 KB)
     rss_before = plain.rss_bytes()
-    for encoding, body in (("gzip", bomb), ("gzip", gzip.compress(good_json)), ("deflate", zlib.compress(good_json)),
-                           ("GZIP", gzip.compress(good_json)), ("identity, gzip", gzip.compress(good_json))):
+    for encoding, body in (
+        ("gzip", bomb),
+        ("gzip", gzip.compress(good_json)),
+        ("deflate", zlib.compress(good_json)),
+        ("GZIP", gzip.compress(good_json)),
+        ("identity, gzip", gzip.compress(good_json)),
+    ):
         started = time.monotonic()
-        response, data = call(plain.port, "POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": encoding})
+        response, data = call(
+            plain.port, "POST", INFER, body, {"Content-Type": "application/json", "Content-Encoding": encoding}
+        )
         assert response.status == 415 and "Content-Encoding" in json.loads(data)["error"], (encoding, data[:200])
         assert time.monotonic() - started < 5
     assert plain.rss_bytes() - rss_before < 50 * 2**20  # nothing was inflated
@@ -418,8 +526,11 @@ def test_gzip_bodies_are_refused_without_being_inflated(plain, predictor):
 # --- CORS ---------------------------------------------------------------------------------------------
 
 ORIGIN = "https://app.example"
-PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-             "Access-Control-Request-Headers": "authorization, content-type, inference-header-content-length"}
+PREFLIGHT = {
+    "Origin": ORIGIN,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization, content-type, inference-header-content-length",
+}
 
 
 def cors_headers(response: http.client.HTTPResponse) -> dict[str, str]:
@@ -428,8 +539,11 @@ def cors_headers(response: http.client.HTTPResponse) -> dict[str, str]:
 
 def test_no_cors_headers_by_default(plain):
     # Catches: CORS on by default (any web page could then call the model from a visitor's browser).
-    for method, path, headers in (("OPTIONS", INFER, PREFLIGHT), ("GET", "/v2/health/ready", {"Origin": ORIGIN}),
-                                  ("GET", "/v2/models/rowrnn", {"Origin": ORIGIN})):
+    for method, path, headers in (
+        ("OPTIONS", INFER, PREFLIGHT),
+        ("GET", "/v2/health/ready", {"Origin": ORIGIN}),
+        ("GET", "/v2/models/rowrnn", {"Origin": ORIGIN}),
+    ):
         response, _ = call(plain.port, method, path, headers=headers)
         assert cors_headers(response) == {}, (method, path, response.getheaders())
 
@@ -444,7 +558,9 @@ def test_cors_allows_only_the_given_origin_preflight_included(servers):
     assert "POST" in allowed["access-control-allow-methods"]
     for header in ("authorization", "content-type", "inference-header-content-length"):
         assert header in allowed["access-control-allow-headers"].lower()
-    response, _ = call(server.port, "GET", "/v2/models/rowrnn", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"})
+    response, _ = call(
+        server.port, "GET", "/v2/models/rowrnn", headers={"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"}
+    )
     assert response.status == 200 and response.getheader("Access-Control-Allow-Origin") == ORIGIN
     assert "origin" in (response.getheader("Vary") or "").lower()  # caches keep answers per origin
     for other in ("https://evil.example", "https://app.example.evil", "http://app.example", "null"):
@@ -461,6 +577,7 @@ def test_cors_allows_only_the_given_origin_preflight_included(servers):
 
 
 # --- the drain ----------------------------------------------------------------------------------------
+
 
 def readiness(port: int) -> int | None:
     """GET /v2/health/ready on a new connection: the status, or None when it is refused."""
@@ -516,14 +633,22 @@ def test_drain_lets_a_request_in_flight_finish_past_the_linger(tmp_path, predict
     server = start_server_process(MODEL, log=tmp_path / "server.log")
     rows = images(3, 11)
     body, length = binary_request(rows)
-    head = post(INFER, b"", "Content-Type: application/octet-stream", f"Inference-Header-Content-Length: {length}",
-                content_length=len(body))
+    head = post(
+        INFER,
+        b"",
+        "Content-Type: application/octet-stream",
+        f"Inference-Header-Content-Length: {length}",
+        content_length=len(body),
+    )
     reply: list[bytes] = []
     finish_after = LINGER_S + 1.0  # the client sends the rest of its body well after the linger
     try:
         # a request in flight: headers and half its body arrive before SIGTERM, the rest after
-        sender = threading.Thread(target=lambda: reply.append(
-            exchange(server.port, head + body[:1000], timeout=20, then=body[1000:], pause=0.3 + finish_after)))
+        sender = threading.Thread(
+            target=lambda: reply.append(
+                exchange(server.port, head + body[:1000], timeout=20, then=body[1000:], pause=0.3 + finish_after)
+            )
+        )
         sender.start()
         time.sleep(0.3)
         t0 = time.monotonic()
@@ -560,14 +685,26 @@ CLIENTS, BODY_MB = 100, 6
 
 
 def test_rss_stays_bounded_under_100_clients_sending_maximum_size_bodies(tmp_path):
-    server = start_server_process(MODEL, "--max-body-mb", str(BODY_MB), "--log-level", "warning", log=tmp_path / "server.log")
+    server = start_server_process(
+        MODEL, "--max-body-mb", str(BODY_MB), "--log-level", "warning", log=tmp_path / "server.log"
+    )
     try:
         # a valid JSON request of just under 6 MB: ~1000 images of 784 short decimals
         values = (np.random.default_rng(0).integers(0, 256, 784 * 2000) / 255).round(4)
-        per_image = len(json.dumps(values[:784 * 100].tolist())) / 100
+        per_image = len(json.dumps(values[: 784 * 100].tolist())) / 100
         count = int(0.98 * BODY_MB * 2**20 / per_image)
-        body = json.dumps({"inputs": [{"name": "rows", "datatype": "FP32", "shape": [count, 28, 28],
-                                       "data": values[:784 * count].tolist()}]}).encode()
+        body = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "rows",
+                        "datatype": "FP32",
+                        "shape": [count, 28, 28],
+                        "data": values[: 784 * count].tolist(),
+                    }
+                ]
+            }
+        ).encode()
         assert 0.9 * BODY_MB * 2**20 < len(body) <= BODY_MB * 2**20, len(body)
         head = post(INFER, b"", "Content-Type: application/json", content_length=len(body))
         barrier = threading.Barrier(CLIENTS)
@@ -584,8 +721,10 @@ def test_rss_stays_bounded_under_100_clients_sending_maximum_size_bodies(tmp_pat
             thread.join(180)
         status = Path(f"/proc/{server.process.pid}/status").read_text()
         peak_mb = int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.M).group(1)) / 1024
-        print(f"peak RSS with {CLIENTS} x {BODY_MB} MB bodies: {peak_mb:.0f} MB; answers: "
-              f"{ {status: results.count(status) for status in set(results)} }")
+        print(
+            f"peak RSS with {CLIENTS} x {BODY_MB} MB bodies: {peak_mb:.0f} MB; answers: "
+            f"{ {status: results.count(status) for status in set(results)} }"
+        )
         assert len(results) == CLIENTS and set(results) <= {200, 503}, results  # served or told to retry, no crash
         assert results.count(200) >= 1
         assert peak_mb < RSS_BOUND_MB, peak_mb

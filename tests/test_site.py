@@ -46,8 +46,10 @@ def function(body: str) -> str:
 def web_runtime_cache() -> Path:
     found = web_runtime.cached_files()
     if found is None:
-        message = (f"onnxruntime-web {web_runtime.VERSION} is not in the cache {web_runtime.cache_dir()}: "
-                   "fetch it once with `rowrnn site DIR` (.ci/run does, before the tests)")
+        message = (
+            f"onnxruntime-web {web_runtime.VERSION} is not in the cache {web_runtime.cache_dir()}: "
+            "fetch it once with `rowrnn site DIR` (.ci/run does, before the tests)"
+        )
         unavailable("browser", message)
     return found
 
@@ -68,7 +70,10 @@ class StaticServer:
     def __init__(self, directory: Path, timeout: float = 30.0) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1", "--directory", str(directory)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline, line = time.monotonic() + timeout, ""
         while "port" not in line:  # "Serving HTTP on 127.0.0.1 port 41234 (http://127.0.0.1:41234/) ..."
             remaining = deadline - time.monotonic()
@@ -119,8 +124,12 @@ def draw_and_read(page, strokes) -> dict:
     """Clear, draw `strokes` with the mouse, wait for the answer; what the page shows."""
     page.keyboard.press("Escape")
     mouse_strokes(page, strokes)
-    page.wait_for_function(function("document.getElementById('label').dataset.state === 'answer' || "
-                                    "!document.getElementById('error').hidden"), timeout=30_000)
+    page.wait_for_function(
+        function(
+            "document.getElementById('label').dataset.state === 'answer' || !document.getElementById('error').hidden"
+        ),
+        timeout=30_000,
+    )
     return page.evaluate("""() => ({
         label: document.getElementById('label').textContent,
         engine: document.getElementById('engine').dataset.engine,
@@ -141,22 +150,30 @@ def test_site_files_match_their_manifest_and_the_pins(site):
     assert manifest["files"]["page/model.onnx"]["sha256"] == sha256_file(BUNDLED_MODEL) == manifest["model"]["sha256"]
     assert manifest["files"]["page/model.step.onnx"]["sha256"] == sha256_file(STEP_MODEL)
     html = (site / "index.html").read_text()
-    assert "script-src 'self' 'wasm-unsafe-eval';" in html and "'unsafe-eval'" not in html.replace("'wasm-unsafe-eval'", "")
+    assert "script-src 'self' 'wasm-unsafe-eval';" in html and "'unsafe-eval'" not in html.replace(
+        "'wasm-unsafe-eval'", ""
+    )
     assert 'name="rowrnn-server" content="0"' in html and 'name="rowrnn-browser" content="1"' in html
 
 
 def browser_engine_outputs(page, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """The page's own browser engine (page.js's, not a test copy) on float32 [N, 28, 28] rows, in one
     call: logits [N, 10], the heat maps [N, 28, 10], and the milliseconds the call took."""
-    out = page.evaluate("""async ({rows, count}) => {
+    out = page.evaluate(
+        """async ({rows, count}) => {
         const bytes = Uint8Array.from(atob(rows), (c) => c.charCodeAt(0));
         const engine = await (await import("./page/page.js")).browserEngine();
         const started = performance.now();
         const result = await engine.classify(new Float32Array(bytes.buffer), count);
         return {logits: Array.from(result.logits), steps: Array.from(result.steps), ms: performance.now() - started};
-    }""", {"rows": base64.b64encode(rows.astype(np.float32).tobytes()).decode(), "count": len(rows)})
-    return (np.array(out["logits"], np.float32).reshape(len(rows), 10),
-            np.array(out["steps"], np.float32).reshape(len(rows), 28, 10), out["ms"])
+    }""",
+        {"rows": base64.b64encode(rows.astype(np.float32).tobytes()).decode(), "count": len(rows)},
+    )
+    return (
+        np.array(out["logits"], np.float32).reshape(len(rows), 10),
+        np.array(out["steps"], np.float32).reshape(len(rows), 28, 10),
+        out["ms"],
+    )
 
 
 def test_browser_parity_on_mnist_test_images(browser, site, mnist):
@@ -189,8 +206,12 @@ def mnist_derived_pngs(mnist, count: int = 24) -> list[bytes]:
         dark_on_light = index % 2 == 0
         size = int(rng.integers(56, 169))
         image = Image.fromarray(255 - digit if dark_on_light else digit).resize((size, size), Image.Resampling.BILINEAR)
-        sheet = Image.new("L", (size + int(rng.integers(0, 60)), size + int(rng.integers(0, 60))), 255 if dark_on_light else 0)
-        sheet.paste(image, (int(rng.integers(0, sheet.width - size + 1)), int(rng.integers(0, sheet.height - size + 1))))
+        sheet = Image.new(
+            "L", (size + int(rng.integers(0, 60)), size + int(rng.integers(0, 60))), 255 if dark_on_light else 0
+        )
+        sheet.paste(
+            image, (int(rng.integers(0, sheet.width - size + 1)), int(rng.integers(0, sheet.height - size + 1)))
+        )
         sheet = sheet.convert(("L", "RGB", "RGBA")[index % 3])
         png = io.BytesIO()
         sheet.save(png, "PNG")
@@ -199,8 +220,10 @@ def mnist_derived_pngs(mnist, count: int = 24) -> list[bytes]:
 
 
 def random_strokes(rng: np.random.Generator) -> list[list[tuple[float, float]]]:
-    return [[(float(x), float(y)) for x, y in rng.uniform(0.15, 0.85, (int(rng.integers(2, 6)), 2))]
-            for _ in range(int(rng.integers(1, 3)))]
+    return [
+        [(float(x), float(y)) for x, y in rng.uniform(0.15, 0.85, (int(rng.integers(2, 6)), 2))]
+        for _ in range(int(rng.integers(1, 3)))
+    ]
 
 
 def test_js_preprocessing_agrees_with_runtime(browser, site, mnist):
@@ -224,16 +247,21 @@ def test_js_preprocessing_agrees_with_runtime(browser, site, mnist):
             png = base64.b64decode(out["png"].split(",", 1)[1])
             compared.append((np.array(out["rows"], np.float32), preprocess_image(png).ravel()))
         for png in mnist_derived_pngs(mnist):
-            rows = page.evaluate("""async (png) => {
+            rows = page.evaluate(
+                """async (png) => {
                 const {preprocessPixels} = await import("./page/preprocess.mjs");
                 const {pixelsOf} = await import("./page/page.js");
                 const bytes = Uint8Array.from(atob(png), (c) => c.charCodeAt(0));
                 const pixels = pixelsOf(await createImageBitmap(new Blob([bytes], {type: "image/png"})));
                 return Array.from(preprocessPixels(pixels.data, pixels.width, pixels.height));
-            }""", base64.b64encode(png).decode())
+            }""",
+                base64.b64encode(png).decode(),
+            )
             compared.append((np.array(rows, np.float32), preprocess_image(png).ravel()))
         context.close()
-    levels = np.abs(np.rint(np.array([b for b, _ in compared]) * 255) - np.rint(np.array([p for _, p in compared]) * 255))
+    levels = np.abs(
+        np.rint(np.array([b for b, _ in compared]) * 255) - np.rint(np.array([p for _, p in compared]) * 255)
+    )
     assert len(compared) == 36 and (levels <= 1).mean() >= 0.99, f"within 1 level: {(levels <= 1).mean():.4%}"
     # stricter than that bar, as README says: every pixel of every image equal (both sides compute
     # Pillow's Lanczos in the same float32 steps; decoding PNG is exact on both)
@@ -270,8 +298,9 @@ def test_static_site_reads_a_drawn_1_and_0_with_no_request_after_load_and_offlin
 
 def test_static_site_at_phone_width(browser, site, screenshots):
     with served_statically(site) as server:
-        context, page, _, watch = open_page(browser, server.url + "/", viewport={"width": 390, "height": 844},
-                                            device_scale_factor=2, has_touch=True)
+        context, page, _, watch = open_page(
+            browser, server.url + "/", viewport={"width": 390, "height": 844}, device_scale_factor=2, has_touch=True
+        )
         assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scroll
         shown = draw_and_read(page, ZERO)
         assert shown["label"] == "0" and shown["engine"] == "browser"
@@ -326,9 +355,14 @@ def test_model_files_stay_behind_the_api_key(start_server, web_runtime_cache):
 
 def test_site_writer_imports_neither_tensorflow_nor_the_web_server(tmp_path, web_runtime_cache):
     modules = tmp_path / "modules.json"
-    result = subprocess.run([sys.executable, "-c", SERVER_BOOT, "site", str(tmp_path / "site")], cwd=REPO,
-                            env={**os.environ, **NO_NPM_DOWNLOADS, "ROWRNN_TEST_MODULES": str(modules)},
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", SERVER_BOOT, "site", str(tmp_path / "site")],
+        cwd=REPO,
+        env={**os.environ, **NO_NPM_DOWNLOADS, "ROWRNN_TEST_MODULES": str(modules)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(modules.read_text())
     assert "serve.static_site" in loaded
@@ -338,7 +372,9 @@ def test_site_writer_imports_neither_tensorflow_nor_the_web_server(tmp_path, web
 def test_site_over_a_directory_that_is_not_a_site_is_refused(tmp_path, web_runtime_cache):
     (tmp_path / "notes.txt").write_text("mine")
     assert_one_line_error(rowrnn("site", tmp_path, env=NO_NPM_DOWNLOADS), str(tmp_path), "not a site")
-    assert_one_line_error(rowrnn("site", tmp_path / "notes.txt", env=NO_NPM_DOWNLOADS), "notes.txt: exists and is not a directory")
+    assert_one_line_error(
+        rowrnn("site", tmp_path / "notes.txt", env=NO_NPM_DOWNLOADS), "notes.txt: exists and is not a directory"
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"] and (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -363,9 +399,13 @@ def test_without_npm_a_missing_cache_is_one_line(tmp_path):
 def test_an_unreachable_registry_is_one_line(tmp_path):
     if not web_runtime.shutil.which("npm"):
         unavailable("browser", "npm is not installed (.ci/run installs it)")
-    env = {"ROWRNN_CACHE": str(tmp_path / "cache"), "npm_config_cache": str(tmp_path / "npm-cache"),
-           "npm_config_registry": "http://127.0.0.1:9/", "npm_config_fetch_retries": "0",
-           "npm_config_fetch_timeout": "5000"}  # a closed loopback port: refused at once, nothing leaves
+    env = {
+        "ROWRNN_CACHE": str(tmp_path / "cache"),
+        "npm_config_cache": str(tmp_path / "npm-cache"),
+        "npm_config_registry": "http://127.0.0.1:9/",
+        "npm_config_fetch_retries": "0",
+        "npm_config_fetch_timeout": "5000",
+    }  # a closed loopback port: refused at once, nothing leaves
     result = rowrnn("site", tmp_path / "site", env=env)
     assert_one_line_error(result, "npm could not fetch onnxruntime-web@1.31.1")
     assert not (tmp_path / "site").exists()
@@ -391,7 +431,9 @@ def test_static_site_opens_an_image_file_and_refuses_a_bad_one(browser, site, mn
     from PIL import Image
 
     png = tmp_path / "mnist-test-0.png"
-    Image.fromarray(255 - mnist.test_images[0]).resize((112, 112), Image.Resampling.BILINEAR).save(png)  # a 7, dark on light
+    Image.fromarray(255 - mnist.test_images[0]).resize((112, 112), Image.Resampling.BILINEAR).save(
+        png
+    )  # a 7, dark on light
     bad = tmp_path / "digit.png"
     bad.write_bytes(b"this is not an image")
     with served_statically(site) as server:
@@ -431,14 +473,23 @@ def browser_tables(report: dict) -> dict[str, list[str]]:
         loads = report["load"][key]
         size = statistics.median(x["bytes"] for x in loads)
         ready = statistics.median(x["engine_ready_ms"] for x in loads) / 1000
-        rows[name] = [f"{size / 1e6:.2f} MB" if size > 1e6 else f"{size / 1e3:.0f} KB",
-                      "—" if key.endswith("server engine") else f"{ready:.2f} s",
-                      f"{statistics.median(x['first_answer_ms'] for x in loads) / 1000:.2f} s"]
-    here, there = report["per_drawing"]["static site, browser engine"], report["per_drawing"]["rowrnn serve, server engine"]
-    rows["browser (static site)"] = [f"{here['ms']['p50']:.1f} ms ({here['ms']['p90']:.1f} ms)",
-                                     f"preprocessing {here['preprocess_ms']['p50']:.1f} ms; the model and the 28 steps of the heat map, the rest"]
-    rows["server (`?engine=server`)"] = [f"{there['ms']['p50']:.1f} ms ({there['ms']['p90']:.1f} ms)",
-                                         "PNG encoding, POST `/v1/classify?steps=1`, preprocessing and both models on the server, JSON"]
+        rows[name] = [
+            f"{size / 1e6:.2f} MB" if size > 1e6 else f"{size / 1e3:.0f} KB",
+            "—" if key.endswith("server engine") else f"{ready:.2f} s",
+            f"{statistics.median(x['first_answer_ms'] for x in loads) / 1000:.2f} s",
+        ]
+    here, there = (
+        report["per_drawing"]["static site, browser engine"],
+        report["per_drawing"]["rowrnn serve, server engine"],
+    )
+    rows["browser (static site)"] = [
+        f"{here['ms']['p50']:.1f} ms ({here['ms']['p90']:.1f} ms)",
+        f"preprocessing {here['preprocess_ms']['p50']:.1f} ms; the model and the 28 steps of the heat map, the rest",
+    ]
+    rows["server (`?engine=server`)"] = [
+        f"{there['ms']['p50']:.1f} ms ({there['ms']['p90']:.1f} ms)",
+        "PNG encoding, POST `/v1/classify?steps=1`, preprocessing and both models on the server, JSON",
+    ]
     return rows
 
 
@@ -449,23 +500,31 @@ def scientific(value: float) -> str:
 
 
 def readme_rows(section_text: str) -> dict[str, list[str]]:
-    return {cells[0]: cells[1:] for line in section_text.splitlines() if line.startswith("| ") and not line.startswith("|--")
-            for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]}
+    return {
+        cells[0]: cells[1:]
+        for line in section_text.splitlines()
+        if line.startswith("| ") and not line.startswith("|--")
+        for cells in [[cell.strip() for cell in line.strip().strip("|").split("|")]]
+    }
 
 
 def test_readmes_browser_figures_are_the_benchmarks():
     """Every figure README gives under "In the browser" is read from benchmarks/results/browser.json."""
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## In the browser"):readme.index("## The bundled model")]
+    section = readme[readme.index("## In the browser") : readme.index("## The bundled model")]
     report = json.loads(BENCH_JSON.read_text())
     shown = readme_rows(section)
     for name, cells in browser_tables(report).items():
         assert shown.get(name) == cells, name
     parity = report["parity"]
-    assert (f"logits within {scientific(parity['max_abs_logit_diff'])} of `runtime.Predictor`, argmax agreement "
-            f"{100 * parity['argmax_agreement']:g} %" in " ".join(section.split()))
+    assert (
+        f"logits within {scientific(parity['max_abs_logit_diff'])} of `runtime.Predictor`, argmax agreement "
+        f"{100 * parity['argmax_agreement']:g} %" in " ".join(section.split())
+    )
     assert f"heat map within {scientific(parity['max_abs_heat_map_diff'])}" in " ".join(section.split())
-    assert f"The site is {report['site_bytes'] / 1e6:.1f} MB ({report['site_bytes_gzip'] / 1e6:.1f} MB" in " ".join(section.split())
+    assert f"The site is {report['site_bytes'] / 1e6:.1f} MB ({report['site_bytes_gzip'] / 1e6:.1f} MB" in " ".join(
+        section.split()
+    )
     assert f"answers in {report['browser_vs_server_p50']:.2f}× the server's" in " ".join(section.split())
 
 

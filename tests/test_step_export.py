@@ -104,7 +104,9 @@ def test_step_parity_failure_writes_no_model(tiny_keras_model, tmp_path, monkeyp
     monkeypatch.setattr(step_module, "convert_step", drifted)
     output = tmp_path / "model.onnx"
     with pytest.raises(CheckFailed, match="step model does not reproduce 28 rows"):
-        export_model(tiny_keras_model, output, validation=ValidationSet(synthetic_rows(64), None, "synthetic"), step=True)
+        export_model(
+            tiny_keras_model, output, validation=ValidationSet(synthetic_rows(64), None, "synthetic"), step=True
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.parity.json"]  # no .onnx, no temporaries
     report = json.loads((tmp_path / "model.parity.json").read_text())
     assert report["passed"] is True and report["step"]["passed"] is False
@@ -125,25 +127,47 @@ def test_the_step_contract_check_refuses_other_graphs(exported_step):
         check_step_contract(renamed, HIDDEN)
 
 
-@pytest.mark.parametrize("layers, problem", [
-    (lambda: [keras.layers.Dense(8, activation="relu"), keras.layers.LSTM(8), keras.layers.Dense(10)], "relu activation: not linear"),
-    (lambda: [keras.layers.Dense(8), keras.layers.LSTM(8, go_backwards=True), keras.layers.Dense(10)], "not a plain forward"),
-    (lambda: [keras.layers.Dense(8), keras.layers.LSTM(8), keras.layers.Dense(10, activation="softmax")], "linear output layer"),
-    (lambda: [keras.layers.Dense(8), keras.layers.GRU(8), keras.layers.Dense(10)], "Dense -> GRU -> Dense"),
-    (lambda: [keras.layers.LSTM(8), keras.layers.Dense(10)], "Dense -> LSTM -> Dense"),
-], ids=["relu", "gru", "no-embedding", "backwards", "softmax-head"])
+@pytest.mark.parametrize(
+    "layers, problem",
+    [
+        (
+            lambda: [keras.layers.Dense(8, activation="relu"), keras.layers.LSTM(8), keras.layers.Dense(10)],
+            "relu activation: not linear",
+        ),
+        (
+            lambda: [keras.layers.Dense(8), keras.layers.LSTM(8, go_backwards=True), keras.layers.Dense(10)],
+            "not a plain forward",
+        ),
+        (
+            lambda: [keras.layers.Dense(8), keras.layers.LSTM(8), keras.layers.Dense(10, activation="softmax")],
+            "linear output layer",
+        ),
+        (lambda: [keras.layers.Dense(8), keras.layers.GRU(8), keras.layers.Dense(10)], "Dense -> GRU -> Dense"),
+        (lambda: [keras.layers.LSTM(8), keras.layers.Dense(10)], "Dense -> LSTM -> Dense"),
+    ],
+    ids=["relu", "gru", "no-embedding", "backwards", "softmax-head"],
+)
 def test_the_step_export_refuses_other_architectures(layers, problem):
     model = keras.Sequential([keras.Input((28, 28)), *layers()])
     with pytest.raises(InputError, match=problem):
         step_layers(model)
 
 
-@pytest.mark.parametrize("dense_bias, lstm_bias", [(False, True), (True, False), (False, False)],
-                         ids=["dense-without-bias", "lstm-without-bias", "neither"])
+@pytest.mark.parametrize(
+    "dense_bias, lstm_bias",
+    [(False, True), (True, False), (False, False)],
+    ids=["dense-without-bias", "lstm-without-bias", "neither"],
+)
 def test_models_without_biases_step_exactly(dense_bias, lstm_bias):
     """The step export folds as the full export does, bias-free layers included (it once crashed on them)."""
-    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Dense(32, use_bias=dense_bias),
-                              keras.layers.LSTM(HIDDEN, use_bias=lstm_bias), keras.layers.Dense(10)])
+    model = keras.Sequential(
+        [
+            keras.Input((28, 28)),
+            keras.layers.Dense(32, use_bias=dense_bias),
+            keras.layers.LSTM(HIDDEN, use_bias=lstm_bias),
+            keras.layers.Dense(10),
+        ]
+    )
     rng = np.random.default_rng(7)
     model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
     proto = step_module.convert_step(model, opset=17)

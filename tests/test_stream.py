@@ -84,7 +84,9 @@ def test_a_batch_of_streams_advances_in_one_call_like_separate_streams(streamer,
     for r in range(0, 28, 4):
         together = batch.push(images[:3, r : r + 4])  # (3, 4, 28): four rows of each image
         for i in range(3):
-            np.testing.assert_allclose(together.probabilities[i], alone[i].push(images[i, r : r + 4]).probabilities[0], atol=1e-6)
+            np.testing.assert_allclose(
+                together.probabilities[i], alone[i].push(images[i, r : r + 4]).probabilities[0], atol=1e-6
+            )
     one_row_each = streamer.stream(batch=3)
     for r in range(28):
         last = one_row_each.push(images[:3, r])  # (3, 28): one row of each image
@@ -99,7 +101,7 @@ def test_reset_starts_over_one_image_or_all(streamer, digits):
     stream.reset(1)  # image 1 of the stream starts the next image; image 0 reads on
     assert stream.rows_read.tolist() == [5, 0]
     stream.push(np.stack([images[0, 5:10], images[2, :5]]))
-    result = stream.push(np.stack([images[0, 10:28 - 5], images[2, 5:28 - 10]]))
+    result = stream.push(np.stack([images[0, 10 : 28 - 5], images[2, 5 : 28 - 10]]))
     np.testing.assert_allclose(result.probabilities, believed[[0, 2], [22, 17]], atol=1e-6)
     stream.reset()
     assert stream.rows_read.tolist() == [0, 0]
@@ -231,19 +233,23 @@ def test_property_early_exit_bound(streamer, images, threshold):
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("rows, needle", [
-    (np.zeros(27, np.float32), "a row has 28 pixels; got shape (27,)"),
-    (np.zeros((3, 29), np.uint8), "a row has 28 pixels"),
-    (np.float32(0.5), "a row has 28 pixels"),
-    (np.full(28, np.nan, np.float32), "NaN"),
-    (np.full(28, np.inf, np.float32), "NaN or infinite"),
-    (np.full(28, 255.0, np.float32), "float values must be in [0, 1], got range [255, 255]"),
-    (np.full(28, -0.5), "must be in [0, 1]"),
-    (np.zeros(28, np.int64), "dtype int64 not accepted"),
-    (np.zeros((0, 28), np.float32), "no rows"),
-    (np.zeros((2, 3, 28), np.float32), "does not fit a stream of 1 image"),
-    ([0.5] * 28 + ["x"], "rows"),
-], ids=lambda value: None if isinstance(value, str) else getattr(value, "shape", "list"))
+@pytest.mark.parametrize(
+    "rows, needle",
+    [
+        (np.zeros(27, np.float32), "a row has 28 pixels; got shape (27,)"),
+        (np.zeros((3, 29), np.uint8), "a row has 28 pixels"),
+        (np.float32(0.5), "a row has 28 pixels"),
+        (np.full(28, np.nan, np.float32), "NaN"),
+        (np.full(28, np.inf, np.float32), "NaN or infinite"),
+        (np.full(28, 255.0, np.float32), "float values must be in [0, 1], got range [255, 255]"),
+        (np.full(28, -0.5), "must be in [0, 1]"),
+        (np.zeros(28, np.int64), "dtype int64 not accepted"),
+        (np.zeros((0, 28), np.float32), "no rows"),
+        (np.zeros((2, 3, 28), np.float32), "does not fit a stream of 1 image"),
+        ([0.5] * 28 + ["x"], "rows"),
+    ],
+    ids=lambda value: None if isinstance(value, str) else getattr(value, "shape", "list"),
+)
 def test_bad_rows_are_refused_and_change_nothing(streamer, rows, needle):
     stream = streamer.stream()
     stream.push(np.zeros(28, np.uint8))
@@ -270,7 +276,9 @@ def test_pushing_past_the_last_row_is_refused_whole(streamer, digits):
 
 def test_batch_streams_refuse_the_wrong_number_of_images(streamer):
     stream = streamer.stream(batch=3)
-    with pytest.raises(InputError, match=r"shape \(2, 28\) does not fit a stream of 3 image\(s\): give \(3, 28\) or \(3, k, 28\)"):
+    with pytest.raises(
+        InputError, match=r"shape \(2, 28\) does not fit a stream of 3 image\(s\): give \(3, 28\) or \(3, k, 28\)"
+    ):
         stream.push(np.zeros((2, 28), np.float32))
     with pytest.raises(InputError, match="does not fit"):
         stream.push(np.zeros(28, np.float32))  # one row, three images: whose?
@@ -309,11 +317,15 @@ def test_models_that_are_not_step_models_are_refused(exported_step, tmp_path):
         StreamingPredictor(exported_step.step_path, intra_op_threads=0)
 
 
-@pytest.mark.parametrize("metadata, problem", [
-    ({"format": None}, "rowrnn format '1'/None is not the supported '1'/'step'"),
-    ({"format": "full"}, "rowrnn format '1'/'full'"),
-    ({"format_version": "2"}, "rowrnn format '2'/'step'"),
-], ids=["no-format", "other-format", "other-version"])
+@pytest.mark.parametrize(
+    "metadata, problem",
+    [
+        ({"format": None}, "rowrnn format '1'/None is not the supported '1'/'step'"),
+        ({"format": "full"}, "rowrnn format '1'/'full'"),
+        ({"format_version": "2"}, "rowrnn format '2'/'step'"),
+    ],
+    ids=["no-format", "other-format", "other-version"],
+)
 def test_a_step_graph_whose_metadata_names_another_kind_is_refused(exported_step, tmp_path, metadata, problem):
     """The graph is a real step model; only its metadata says otherwise: the contract's metadata
     check (runtime.contract.ModelIO.metadata_problem) must read the file's own `format`."""

@@ -122,7 +122,9 @@ def test_failed_run_leaves_previous_artifacts_untouched_and_its_backup_finishes_
 
 
 def test_a_new_run_removes_what_killed_runs_left(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, timeout=60
+    )
     dead_pid = int(dead.stdout)  # that process has exited: its pid names leftovers of a dead run
     stale_scratch = tmp_path / f".rowrnn-{dead_pid}-abc"
     stale_scratch.mkdir()
@@ -154,14 +156,17 @@ def test_limit_and_validation_never_touch_test():
 def test_augmentation_moves_pixels_but_keeps_shape_range_and_labels():
     images, labels = synthetic_digits(64, 3)
     config = TrainConfig(batch_size=64, seed=5)
-    (x, y), = list(training_dataset(config, scale_pixels(images), labels.astype(np.int32)).take(1))
+    ((x, y),) = list(training_dataset(config, scale_pixels(images), labels.astype(np.int32)).take(1))
     x, y = x.numpy(), y.numpy()
     assert x.shape == (64, 28, 28) and x.min() >= 0.0 and x.max() <= 1.0 + 1e-6
     # labels travel with their (shuffled, augmented) images: same multiset, same count per class
     assert sorted(y.tolist()) == sorted(labels.tolist())
-    plain = training_dataset(TrainConfig(batch_size=64, seed=5, augment_shift=0.0, augment_rotation_degrees=0.0),
-                             scale_pixels(images), labels.astype(np.int32))
-    (xp, yp), = list(plain.take(1))
+    plain = training_dataset(
+        TrainConfig(batch_size=64, seed=5, augment_shift=0.0, augment_rotation_degrees=0.0),
+        scale_pixels(images),
+        labels.astype(np.int32),
+    )
+    ((xp, yp),) = list(plain.take(1))
     np.testing.assert_array_equal(yp.numpy(), y)  # same seeded shuffle
     assert not np.allclose(xp.numpy(), x)  # augmentation changed the pixels
     assert abs(float(xp.numpy().sum()) - float(x.sum())) / float(x.sum()) < 0.2  # but kept the ink
@@ -205,7 +210,7 @@ def test_each_epoch_has_its_own_order_and_a_resumed_dataset_continues_the_same_b
     for (xa, ya), (xb, yb) in zip(full[3:], from_second):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    epoch_labels = [np.concatenate([b[1] for b in full[e * 3:(e + 1) * 3]]) for e in range(3)]
+    epoch_labels = [np.concatenate([b[1] for b in full[e * 3 : (e + 1) * 3]]) for e in range(3)]
     assert all(sorted(e.tolist()) == sorted(y.tolist()) for e in epoch_labels)  # every image once per epoch
     assert not np.array_equal(epoch_labels[0], epoch_labels[1])  # in another order
 
@@ -232,8 +237,12 @@ def test_tensorboard_logs_loss_accuracy_validation_and_learning_rate(trained):
     history = list(csv.DictReader((out / "history.csv").open()))
     for tag, column in (("epoch_loss", "loss"), ("epoch_accuracy", "accuracy")):
         assert list(scalars["train"][tag]) == list(epochs)
-        assert [scalars["train"][tag][e] for e in epochs] == pytest.approx([float(r[column]) for r in history], rel=1e-5)
-        assert [scalars["validation"][tag][e] for e in epochs] == pytest.approx([float(r["val_" + column]) for r in history], rel=1e-5)
+        assert [scalars["train"][tag][e] for e in epochs] == pytest.approx(
+            [float(r[column]) for r in history], rel=1e-5
+        )
+        assert [scalars["validation"][tag][e] for e in epochs] == pytest.approx(
+            [float(r["val_" + column]) for r in history], rel=1e-5
+        )
     rates = [scalars["train"]["epoch_learning_rate"][e] for e in epochs]
     assert rates[-1] == pytest.approx(0.0, abs=1e-9) and max(rates) > 0  # the cosine schedule reaches zero
 
