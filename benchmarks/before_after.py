@@ -30,8 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rowrnn.bench import own_peak_rss_mb  # noqa: E402
-from runtime.mnist import load_mnist_dir  # noqa: E402
 from runtime.contract import scale_pixels  # noqa: E402
+from runtime.mnist import load_mnist_dir  # noqa: E402
 from runtime.predictor import Predictor  # noqa: E402
 
 

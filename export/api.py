@@ -33,13 +33,13 @@ from export.defaults import (
 )
 from export.step import export_step, step_failure
 from export.validate import accuracy, check_contract, op_counts, parity_report
-from runtime.files import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from rowrnn_keras.data import load_mnist
-from runtime.mnist import FILES, resolve_data_dir
 from rowrnn_keras.model import architecture_layers, format_architecture, load_trained_model
 from runtime.contract import FULL_MODEL, IMAGE_SHAPE, scale_pixels, step_path_for
 from runtime.errors import CheckFailed, InputError
+from runtime.files import check_writable, sha256_file, write_bytes_atomic, write_json_atomic
 from runtime.idx import encode_idx
+from runtime.mnist import FILES, resolve_data_dir
 
 # What the model's `parity` metadata repeats from the report: no local paths (a shipped model
 # must not say where its maker's files were).

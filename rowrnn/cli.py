@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -35,7 +35,7 @@ app = typer.Typer(
 )
 
 DataOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--data",
         help="Directory with the four MNIST IDX files (default: $ROWRNN_DATA, else Keras's download).",
@@ -73,12 +73,12 @@ def train(
     ] = DEFAULTS.learning_rate,
     seed: Annotated[int, typer.Option(min=0)] = DEFAULTS.seed,
     limit: Annotated[
-        Optional[int], typer.Option(min=2, help="Train on the first N training images only.")
+        int | None, typer.Option(min=2, help="Train on the first N training images only.")
     ] = DEFAULTS.limit,
     hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
     distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
     tensorboard: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run."),
     ] = None,
     restart: Annotated[
@@ -91,9 +91,9 @@ def train(
     command is run again.
     """
     check_training_extra()
-    from runtime.files import check_directory_writable
     from rowrnn_keras.backup import resume_point
     from rowrnn_keras.data import load_mnist
+    from runtime.files import check_directory_writable
 
     tensorboard = tensorboard or out / "logs"
     check_directory_writable(out)  # before minutes of work, not after
@@ -126,13 +126,13 @@ def evaluate(
     model: Annotated[Path, typer.Option(help="Keras model to evaluate.")] = DEFAULT_MODEL,
     data: DataOption = None,
     plot: Annotated[
-        Optional[Path], typer.Option(help="Confusion-matrix PNG (default: confusion.png beside the model).")
+        Path | None, typer.Option(help="Confusion-matrix PNG (default: confusion.png beside the model).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
     """Test accuracy, per-class accuracy and the confusion matrix of a trained model."""
-    from runtime.files import atomic_path, check_writable
     from rowrnn_keras.config import CONFUSION_FILE
+    from runtime.files import atomic_path, check_writable
 
     plot = plot or model.parent / CONFUSION_FILE
     check_writable(plot, ".png")
@@ -172,13 +172,13 @@ def export(
     opset: Annotated[int, typer.Option(help=f"ONNX opset to target ({MIN_OPSET}-{MAX_OPSET}).")] = DEFAULT_OPSET,
     atol: Annotated[float, typer.Option(help="Largest allowed |Keras - ONNX| logit difference.")] = DEFAULT_ATOL,
     quantize: Annotated[
-        Optional[str], typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")
+        str | None, typer.Option(help=f"Also write a quantized model: {', '.join(QUANTIZE_CHOICES)}.")
     ] = None,
     max_int8_drop: Annotated[
         float, typer.Option(min=0.0, max=100.0, help="Largest allowed int8 test-accuracy drop, in points.")
     ] = round(DEFAULT_MAX_INT8_DROP * 100, 6),
     triton_repo: Annotated[
-        Optional[Path], typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")
+        Path | None, typer.Option(help="Also write a Triton model repository here (see rowrnn triton-repo).")
     ] = None,
     step: Annotated[
         bool, typer.Option("--step", help="Also write OUT.step.onnx: one row per call, the LSTM state in and out.")
@@ -231,7 +231,7 @@ def export(
 @app.command()
 def info(
     model: Annotated[
-        Optional[Path], typer.Argument(help="ONNX model file (default: the bundled one).", show_default=False)
+        Path | None, typer.Argument(help="ONNX model file (default: the bundled one).", show_default=False)
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -260,7 +260,7 @@ def reader_may_stop() -> Iterator[None]:
 def predict(
     inputs: Annotated[list[Path], typer.Argument(help="Image files, .npy arrays or IDX files (.gz or raw), any mix.")],
     model: Annotated[
-        Optional[Path], typer.Option(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)
+        Path | None, typer.Option(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False)
     ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="JSON lines with input, index, label, confidence, probabilities.")
@@ -306,13 +306,13 @@ def bench(
     int8: Annotated[Path, typer.Option(help="Exported int8 ONNX model.")] = Path("model.int8.onnx"),
     step: Annotated[Path, typer.Option(help="Exported step model (`rowrnn export --step`).")] = Path("model.step.onnx"),
     data: DataOption = None,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the full report as JSON.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG bar chart.")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the full report as JSON.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG bar chart.")] = None,
     calls: Annotated[
         int, typer.Option(min=10, help="Single-image calls per ONNX engine (Keras: a tenth).")
     ] = BenchSettings.calls,
     images: Annotated[
-        Optional[int], typer.Option(min=1, help="Throughput set size (default: the whole test set).")
+        int | None, typer.Option(min=1, help="Throughput set size (default: the whole test set).")
     ] = BenchSettings.images,
     cold_starts: Annotated[
         int, typer.Option(min=1, help="Fresh `rowrnn predict` processes to time.")
@@ -351,7 +351,7 @@ def bench(
 @app.command()
 def serve(
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Argument(help="Exported rowrnn ONNX model (default: the bundled one).", show_default=False),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = ServeSettings.host,
@@ -364,7 +364,7 @@ def serve(
         str, typer.Option(help="Model name in /v2/models/{name} (with a repository: the page's default model).")
     ] = ServeSettings.name,
     model_repository: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Serve every model of this Triton-layout repository (NAME/config.pbtxt, NAME/VERSION/model.onnx) instead of one file."
         ),
@@ -403,12 +403,12 @@ def serve(
         int, typer.Option(help="HTTP connections open at once; a connection beyond it gets 503 at once.")
     ] = ServeSettings.max_connections,
     api_key: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             envvar="ROWRNN_API_KEY", show_envvar=True, help="Require 'Authorization: Bearer KEY' (all but /v2/health)."
         ),
     ] = None,
-    cors_origin: Annotated[Optional[str], typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
+    cors_origin: Annotated[str | None, typer.Option(help="Allow this browser origin (no CORS by default).")] = None,
     log_level: Annotated[
         str, typer.Option(help="critical, error, warning, info (one access-log line per request) or debug.")
     ] = ServeSettings.log_level,
@@ -453,7 +453,7 @@ def site(
         Path, typer.Argument(help="Directory to write the site into (new, empty, or an earlier site).")
     ],
     model: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Exported rowrnn ONNX model; its MODEL.step.onnx is included when beside it (default: the bundled one).",
             show_default=False,
@@ -509,7 +509,7 @@ def anytime(
     ),
     data: DataOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
-    plot: Annotated[Optional[Path], typer.Option(help="Also write a PNG of the curve and the early exits.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG of the curve and the early exits.")] = None,
 ) -> None:
     """How early the model knows: test accuracy after k rows, and early exit at 0.9/0.99/0.999 (time saved, measured)."""
     from rowrnn.anytime import format_anytime, labelled_test_set, run_anytime

@@ -29,10 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.files import private_prefix, sha256_file
 from rowrnn_keras.config import TrainConfig
-from runtime.mnist import Mnist
 from runtime.errors import InputError, one_line
+from runtime.files import private_prefix, sha256_file
+from runtime.mnist import Mnist
 
 BACKUP_DIR = "backup"
 OLD_SUFFIX = ".old"

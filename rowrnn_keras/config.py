@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from runtime.contract import NUM_CLASSES
 from runtime.errors import InputError, one_line
 
-
 # What `rowrnn train` writes into its output directory, and `rowrnn evaluate` beside the model.
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"

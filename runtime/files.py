@@ -19,7 +19,6 @@ from pathlib import Path
 
 from runtime.errors import InputError
 
-
 LEFTOVER_PID = re.compile(r"\.rowrnn-(\d+)-")
 
 

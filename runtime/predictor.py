@@ -168,7 +168,7 @@ class Predictor:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def __enter__(self) -> "Predictor":
+    def __enter__(self) -> Predictor:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -33,11 +33,11 @@ from serve.protocol import (
     check_binary_size,
     check_datatype,
     check_input_names,
-    model_metadata,
     check_output_names,
     check_value_count,
     checked_images,
     image_count,
+    model_metadata,
     output_array,
 )
 from serve.settings import ServeSettings
@@ -112,7 +112,7 @@ def rpc(public: bool = False, inference: bool = False):
     def wrap(method):
         name = method.__name__
 
-        async def handler(self: "InferenceService", request, context: grpc.aio.ServicerContext):
+        async def handler(self: InferenceService, request, context: grpc.aio.ServicerContext):
             state, started, code = self.state, time.perf_counter(), "OK"
             try:
                 if not public and state.settings.api_key is not None:  # no metadata to read without a key

@@ -15,9 +15,9 @@ import numpy as np
 import orjson
 
 from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, PIXELS
-from runtime.repository import PLATFORM
 from runtime.errors import InputError, one_line
 from runtime.predictor import Prediction, validate_images
+from runtime.repository import PLATFORM
 
 PROTOCOL_VERSION = "2"
 DATATYPE = "FP32"

@@ -28,9 +28,9 @@ import numpy as np
 from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, step_path_for
 from runtime.errors import InputError, one_line
 from runtime.predictor import Predictor
+from runtime.repository import PLATFORM
 from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher
-from runtime.repository import PLATFORM
 from serve.protocol import ProtocolError
 
 log = logging.getLogger("rowrnn.serve.repository")
@@ -244,7 +244,7 @@ class ModelRepository:
         batching: Batching,
         make_batcher: BatcherFactory,
         drain_timeout_s: float,
-    ) -> "ModelRepository":
+    ) -> ModelRepository:
         repository = cls(None, make_batcher, batching, drain_timeout_s)
         repository.models[name] = {1: open_version(name, 1, model, batching, make_batcher)}
         return repository
@@ -252,7 +252,7 @@ class ModelRepository:
     @classmethod
     def of_directory(
         cls, root: Path, make_batcher: BatcherFactory, default_batching: Batching, drain_timeout_s: float
-    ) -> "ModelRepository":
+    ) -> ModelRepository:
         if not root.is_dir():
             raise InputError(f"{root}: no such directory (--model-repository)")
         repository = cls(root, make_batcher, default_batching, drain_timeout_s)

@@ -22,8 +22,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from runtime.errors import InputError
 from serve import web_runtime
 from serve.protocol import error_body
-from serve.state import ServerState
 from serve.settings import ServeSettings
+from serve.state import ServerState
 
 log = logging.getLogger("rowrnn.serve")
 # After the signal the listener keeps accepting, with readiness 503 and new inference requests 503,

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers import (
     FIXTURE_SEED,
     QUICK_REAL,
@@ -83,8 +82,8 @@ def tiny_keras_model(tmp_path_factory) -> Path:
     and 6 stopped at 99 % with top probabilities down to 0.38: trained too little.)
     """
     from rowrnn_keras.config import TrainConfig
-    from runtime.mnist import Mnist
     from rowrnn_keras.train import run_training
+    from runtime.mnist import Mnist
 
     config = TrainConfig(
         hidden_units=32,

@@ -228,7 +228,7 @@ class RunningServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def wait_ready(self, timeout: float = 90.0) -> "RunningServer":
+    def wait_ready(self, timeout: float = 90.0) -> RunningServer:
         import re
         import time
         import urllib.request

@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from helpers import assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
+
 from rowrnn.anytime import format_anytime, format_streaming, measure_streaming, run_anytime
 from runtime import Predictor, StreamingPredictor
 from runtime.contract import scale_pixels

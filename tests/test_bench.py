@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import REPO, assert_one_line_error, foreign_model, rowrnn, synthetic_digits, write_idx, write_mnist_dir
+
 from rowrnn.bench import metadata_architecture, model_flops, onnx_flops, percentiles
 from runtime import Predictor
 from runtime.contract import scale_pixels

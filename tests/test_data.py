@@ -8,12 +8,12 @@ import os
 
 import numpy as np
 import pytest
-
 from helpers import synthetic_digits, write_idx, write_mnist_dir
+
 from rowrnn_keras.data import load_mnist, split_validation
-from runtime.mnist import DATA_ENV, FILES, load_mnist_dir, resolve_data_dir
 from runtime.contract import scale_pixels
 from runtime.errors import InputError
+from runtime.mnist import DATA_ENV, FILES, load_mnist_dir, resolve_data_dir
 
 SMALL = (120, 40)
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO, assert_one_line_error, rowrnn, write_mnist_dir
+
 from export.api import ValidationSet, export_model, synthetic_rows
 from rowrnn_keras.model import load_trained_model
 

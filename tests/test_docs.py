@@ -15,7 +15,6 @@ import re
 
 import onnx
 import pytest
-
 from helpers import REPO
 
 MODELS = REPO / "runtime" / "models"

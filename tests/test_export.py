@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import synthetic_digits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -18,12 +19,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import export.api as api
 from export.api import ValidationSet, export_model, quantize_checked, quantize_int8, synthetic_rows
-from export.convert import Conversion, PROBE_BATCH_SIZES, batch_shape, convert, fold_input_layer, probe_values, simplify
+from export.convert import PROBE_BATCH_SIZES, Conversion, batch_shape, convert, fold_input_layer, probe_values, simplify
 from export.validate import check_contract, op_counts
-from helpers import synthetic_digits
-from runtime.files import sha256_file
 from runtime.contract import scale_pixels
 from runtime.errors import CheckFailed
+from runtime.files import sha256_file
 
 SHAPE_ARITHMETIC = {"Shape", "Gather", "Concat", "Cast", "Expand", "ConstantOfShape", "Unsqueeze"}
 REWRITES = ["fold_input_layer", "constant_reshape_shapes", "zero_initial_state", "final_hidden_state"]

@@ -13,12 +13,12 @@ import struct
 
 import numpy as np
 import pytest
+from helpers import idx_bytes
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays, scalar_dtypes
 from PIL import Image
 
-from helpers import idx_bytes
 from runtime import InputError, Predictor, preprocess_image
 from runtime.idx import parse_idx, read_idx
 
@@ -144,7 +144,7 @@ def predictor(exported):
 
 def assert_probabilities(result, n: int) -> None:
     assert result.labels.shape == (n,) and result.probabilities.shape == (n, 10)
-    assert ((0 <= result.labels) & (result.labels <= 9)).all()
+    assert ((result.labels >= 0) & (result.labels <= 9)).all()
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(result.labels, result.probabilities.argmax(axis=1))
 

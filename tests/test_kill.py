@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO
-from runtime.files import sha256_file
+
 from runtime import Predictor
+from runtime.files import sha256_file
 
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
 TESTS = Path(__file__).resolve().parent

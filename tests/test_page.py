@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import require_module, unavailable
+
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
 
 STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
@@ -262,9 +262,7 @@ def test_classify_endpoint_refuses_bad_images_with_400(served):
 
 def test_steps_need_a_step_model_beside_the_model(exported, start_server):
     """`?steps=1` on a server whose model has no MODEL.step.onnx beside it: a clear 400."""
-    from PIL import Image
-
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
     server = start_server(exported.onnx_path)
     png, image = io.BytesIO(), Image.new("L", (40, 40), 255)

@@ -20,8 +20,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-
 from helpers import FIXTURE_SEED, REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
+from test_train import event_scalars
+
 import rowrnn_keras.train as train_module
 from rowrnn_keras.backup import (
     BACKUP_DIR,
@@ -35,9 +36,8 @@ from rowrnn_keras.backup import (
     write_backup,
 )
 from rowrnn_keras.config import TrainConfig
-from runtime.mnist import Mnist
 from runtime.errors import InputError
-from test_train import event_scalars
+from runtime.mnist import Mnist
 
 # Augmentation on: the resumed run must continue its random draws too.
 SMALL = dict(

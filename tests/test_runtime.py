@@ -8,8 +8,8 @@ import threading
 import keras
 import numpy as np
 import pytest
-
 from helpers import REPO
+
 from runtime import InputError, Predictor, as_rows
 
 

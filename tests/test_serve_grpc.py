@@ -15,16 +15,17 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import decode, good_request_works, images, infer_body, metric, require_module
 from helpers import http_call as call
+
 from runtime import Predictor
 
 SERVE_EXTRA = "needs the serve extra: pip install '.[serve]'"
 require_module("uvicorn", "serve", SERVE_EXTRA)
 grpc = require_module("grpc", "serve", SERVE_EXTRA)
 triton_grpc = require_module("tritonclient.grpc", "serve", SERVE_EXTRA)
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc  # noqa: E402
+from tritonclient.grpc import service_pb2 as pb  # noqa: E402
+from tritonclient.grpc import service_pb2_grpc
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import assert_one_line_error, require_module, rowrnn
+
 from runtime import BUNDLED_MODEL, Predictor
 from runtime.repository import write_triton_repository
 
@@ -242,7 +242,8 @@ def test_rollout_under_load_loses_no_request(exported, weights, start_server, tm
     version that says it answered, and version 2 serves after the poll. Then a corrupt version 3
     is refused with a log line while version 2 keeps serving."""
     import grpc
-    from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
 
     repo = tmp_path / "repo"
     write_triton_repository(exported.onnx_path, repo, name="digits")

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from helpers import REPO, http_call as call, require_module, start_server_process
+from helpers import REPO, require_module, start_server_process
+from helpers import http_call as call
 
 require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")
 

@@ -7,12 +7,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import rowrnn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import export.step as step_module
-from helpers import rowrnn
 from export.api import ValidationSet, export_model, synthetic_rows
 from export.step import check_step_contract, step_layers
 from runtime.errors import CheckFailed, InputError

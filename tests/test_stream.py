@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from helpers import foreign_model, synthetic_digits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from helpers import foreign_model, synthetic_digits
 from runtime import EarlyPrediction, InputError, Predictor, StreamingPredictor
 
 
@@ -162,7 +162,7 @@ def test_one_stream_pushed_from_many_threads_takes_turns(streamer, digits):
 def check_early(result, believed, threshold):
     """Each image stopped at the first row whose top probability reached the threshold, else read all 28."""
     assert isinstance(result, EarlyPrediction)
-    assert result.rows.dtype == np.int64 and ((1 <= result.rows) & (result.rows <= 28)).all()
+    assert result.rows.dtype == np.int64 and ((result.rows >= 1) & (result.rows <= 28)).all()
     top = believed.max(axis=2)  # [N, 28]
     for i, rows in enumerate(result.rows):
         assert (top[i, : rows - 1] < threshold).all()
@@ -218,7 +218,7 @@ def test_early_exit_above_one_is_the_full_model(streamer, full, digits, threshol
 def test_early_exit_on_more_images_than_one_chunk(streamer):
     images, _ = synthetic_digits(600, 8)  # three chunks of 256
     result = early_at_a_biting_threshold(streamer, images)
-    assert 1 < len(set(result.rows.tolist()))
+    assert len(set(result.rows.tolist())) > 1
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from helpers import TINY_TRAIN, TINY_TRAIN_IMAGES, synthetic_digits
-from runtime.files import sha256_file, write_json_atomic
+
 from rowrnn_keras.config import TrainConfig
-from runtime.mnist import Mnist
 from rowrnn_keras.evaluate import evaluate_predictions, format_evaluation
 from rowrnn_keras.pipeline import augment_batch, make_splits, training_dataset, transform_batch
 from rowrnn_keras.train import run_training
 from runtime.contract import scale_pixels
 from runtime.errors import InputError
+from runtime.files import sha256_file, write_json_atomic
+from runtime.mnist import Mnist
 
 ARTIFACTS = ("model.keras", "history.csv", "curves.png", "metrics.json")
 
