@@ -519,7 +519,6 @@ def summarize(samples: dict[tuple[str, str, int, int], list[dict]]) -> list[dict
     Only answered requests count."""
     rows = []
     for (server, protocol, images, clients), results in samples.items():
-        median = lambda key: statistics.median(r[key] for r in results)  # noqa: E731
         batches = [r["mean_batch"] for r in results if r.get("mean_batch") is not None]
         rps = statistics.median(answered_per_second(r) for r in results)
         rows.append(
@@ -530,8 +529,8 @@ def summarize(samples: dict[tuple[str, str, int, int], list[dict]]) -> list[dict
                 "concurrency": clients,
                 "requests_per_s": rps,
                 "images_per_s": rps * images,
-                "p50_ms": median("p50_us") / 1000,
-                "p99_ms": median("p99_us") / 1000,
+                "p50_ms": statistics.median(r["p50_us"] for r in results) / 1000,
+                "p99_ms": statistics.median(r["p99_us"] for r in results) / 1000,
                 "non_2xx": sum(r["non_2xx"] for r in results),
                 "socket_errors": sum(r["socket_errors"] for r in results),
                 "mean_batch": statistics.median(batches) if batches else None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from runtime.contract import IMAGE_ROWS
 from runtime.errors import InputError
-from runtime.stream import StreamingPredictor
+from runtime.stream import Stream, StreamingPredictor
 
 DEFAULT_THRESHOLDS = (0.9, 0.99, 0.999)
 ROUNDS = 3  # timed passes per configuration
@@ -40,10 +40,11 @@ def labelled_test_set(data: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     return mnist.test_images, mnist.test_labels.astype(np.int64), describe_test_set(mnist.test_images)
 
 
-def timed_into(samples: list[float], function: Callable[[], object]) -> object:
-    """Run `function`, append its wall time in seconds to `samples`, return its result."""
+def timed_into(samples: list[float], function: Callable[..., object], *args: object) -> object:
+    """Run `function(*args)`, append its wall time in seconds to `samples`, return its result.
+    The arguments are passed, not captured, so a call inside a loop times that iteration's values."""
     start = time.perf_counter()
-    result = function()
+    result = function(*args)
     samples.append(time.perf_counter() - start)
     return result
 
@@ -113,11 +114,12 @@ def time_early_exit(
     """
     stream = predictor.stream()
 
-    def stream_until(image: np.ndarray, threshold: float) -> None:
-        stream.reset()
-        for r in range(IMAGE_ROWS):
-            if stream.push(image[r]).probabilities.max() >= threshold:
-                return
+    def stream_each(images: np.ndarray, threshold: float) -> None:
+        for image in images:
+            stream.reset()
+            for r in range(IMAGE_ROWS):
+                if stream.push(image[r]).probabilities.max() >= threshold:
+                    break
 
     names = list(configurations)
     batch: dict[str, list[float]] = {name: [] for name in names}
@@ -128,18 +130,11 @@ def time_early_exit(
         for block, start in enumerate(range(0, len(images), BATCH_BLOCK)):
             for name in names[block % len(names) :] + names[: block % len(names)]:
                 timed_into(
-                    batch[name],
-                    lambda: predictor.predict_early(images[start : start + BATCH_BLOCK], configurations[name]),
+                    batch[name], predictor.predict_early, images[start : start + BATCH_BLOCK], configurations[name]
                 )
         for block, start in enumerate(range(0, len(one_at_a_time), SINGLE_BLOCK)):
             for name in names[block % len(names) :] + names[: block % len(names)]:
-                timed_into(
-                    single[name],
-                    lambda: [
-                        stream_until(image, configurations[name])
-                        for image in one_at_a_time[start : start + SINGLE_BLOCK]
-                    ],
-                )
+                timed_into(single[name], stream_each, one_at_a_time[start : start + SINGLE_BLOCK], configurations[name])
     return (
         {name: sum(batch[name]) / ROUNDS for name in names},
         {name: sum(single[name]) / ROUNDS / len(one_at_a_time) for name in names},
@@ -177,6 +172,13 @@ def format_anytime(report: dict) -> str:
 # ---------------------------------------------------------------- `rowrnn bench`'s streaming section
 
 
+def push_image(stream: Stream, pixels: np.ndarray) -> None:
+    """Stream one image row by row from a fresh state."""
+    stream.reset()
+    for r in range(IMAGE_ROWS):
+        stream.push(pixels[r])
+
+
 def measure_streaming(step_path: Path, onnx_path: Path, rows: np.ndarray, calls: int, rounds: int = 10) -> dict:
     """p50 of one one-row push, of a streamed image (reset + 28 one-row pushes) and of one full-model
     call on the same images, interleaved round by round; {"skipped": why} if there is no step
@@ -195,18 +197,12 @@ def measure_streaming(step_path: Path, onnx_path: Path, rows: np.ndarray, calls:
             row = rows[(round_index * calls // rounds + i) % len(rows), i % IMAGE_ROWS]
             if i % IMAGE_ROWS == 0:
                 stream.reset()
-            timed_into(step, lambda: stream.push(row))
+            timed_into(step, stream.push, row)
         for i in range(images // rounds):
             pixels = rows[(round_index * images // rounds + i) % len(rows)]
-
-            def streamed() -> None:
-                stream.reset()
-                for r in range(IMAGE_ROWS):
-                    stream.push(pixels[r])
-
-            timed_into(image, streamed)
+            timed_into(image, push_image, stream, pixels)
             if full is not None:
-                timed_into(whole, lambda: full.predict(pixels[np.newaxis]))
+                timed_into(whole, full.predict, pixels[np.newaxis])
     p50 = lambda samples: statistics.median(samples) * 1e6 if samples else None  # noqa: E731
     report = {
         "step_model": str(step_path),
