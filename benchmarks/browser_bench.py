@@ -36,14 +36,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-from helpers import start_server_process  # noqa: E402
-from test_page import CHROMIUM, CHROMIUM_ARGS, ONE, ZERO  # noqa: E402
 from test_site import StaticServer, browser_engine_outputs, draw_and_read, function  # noqa: E402
 
+from helpers import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    start_server_process,  # noqa: E402
+)
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor  # noqa: E402
 from runtime.files import write_text_atomic  # noqa: E402
 from serve import web_runtime  # noqa: E402
 from serve.static_site import write_site  # noqa: E402
+from test_page import ONE, ZERO  # noqa: E402
 
 TRANSFERRED = """() => [performance.getEntriesByType("navigation")[0], ...performance.getEntriesByType("resource")]
     .reduce((total, entry) => total + entry.transferSize, 0)"""

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
     FIXTURE_SEED,
     QUICK_REAL,
     RunningServer,
@@ -20,6 +23,7 @@ from helpers import (
     require_module,
     start_server_process,
     synthetic_digits,
+    unavailable,
 )
 
 
@@ -151,3 +155,24 @@ def start_server(tmp_path):
     for server in servers:
         if server.process.poll() is None:
             server.stop(9)
+
+
+# ---------------------------------------------------------------- the browser tests' fixtures
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = require_module("playwright.sync_api", "browser", "needs playwright (test extra)")
+    if not Path(CHROMIUM).exists():
+        unavailable("browser", f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory) -> Path:
+    directory = Path(os.environ.get("ROWRNN_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory

@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -359,3 +360,20 @@ def metric(text: str, name: str, **labels: str) -> float:
             values.append(float(value))
     assert values, (name, labels)
     return sum(values)
+
+
+# ---------------------------------------------------------------- the browser (Debian's chromium)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# As the machine's notes say: without the background-networking flags Chromium tries to reach
+# Google's hosts at start, which this closed network refuses.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]

@@ -9,51 +9,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import require_module, unavailable
 
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
 
 STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# As the machine's notes say: without the background-networking flags Chromium tries to reach
-# Google's hosts at start, which this closed network refuses.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    sync_api = require_module("playwright.sync_api", "browser", "needs playwright (test extra)")
-    if not Path(CHROMIUM).exists():
-        unavailable("browser", f"no chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def screenshots(tmp_path_factory) -> Path:
-    directory = Path(os.environ.get("ROWRNN_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
 
 
 class PageWatch:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, SERVER_BOOT, assert_one_line_error, rowrnn, unavailable
-from test_page import ONE, ZERO, PageWatch, browser, mouse_strokes, screenshots  # noqa: F401  (fixtures)
 
+from helpers import REPO, SERVER_BOOT, assert_one_line_error, rowrnn, unavailable
 from runtime import BUNDLED_MODEL, Predictor, StreamingPredictor, preprocess_image
 from runtime.files import sha256_file
 from serve import web_runtime
+from test_page import ONE, ZERO, PageWatch, mouse_strokes
 
 STEP_MODEL = BUNDLED_MODEL.with_name("mnist.step.onnx")
 PARITY_IMAGES = 256
