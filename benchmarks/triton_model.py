@@ -29,7 +29,9 @@ class TritonPythonModel:
         responses, start = [], 0
         for rows in inputs:
             end = start + len(rows)
-            tensors = [pb_utils.Tensor(name, result[start:end]) for name, result in zip(self.outputs, results)]
+            tensors = [
+                pb_utils.Tensor(name, result[start:end]) for name, result in zip(self.outputs, results, strict=True)
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses

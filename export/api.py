@@ -229,7 +229,7 @@ def quantize_checked(
     int8 = quantize_int8(proto)
     check_contract(int8, quantized=True)
     report: dict = {"size_bytes": len(int8.SerializeToString()), "fp32_size_bytes": len(proto.SerializeToString())}
-    if fp32_accuracy is not None:
+    if fp32_accuracy is not None and inputs.labels is not None:
         int8_accuracy = accuracy(int8, inputs.rows, inputs.labels)
         drop = fp32_accuracy - int8_accuracy
         report.update(

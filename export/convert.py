@@ -177,7 +177,7 @@ def fold_input_layer(model: keras.Model) -> tuple[keras.Model, Rewrite]:
     rest = [type(layer).from_config(layer.get_config()) for layer in layers[2:]]
     folded = keras.Sequential([keras.Input(IMAGE_SHAPE, name=INPUT_NAME), folded_lstm, *rest], name=model.name)
     folded_lstm.set_weights(folded_lstm_weights(dense, lstm))
-    for source, target in zip(layers[2:], rest):
+    for source, target in zip(layers[2:], rest, strict=True):
         target.set_weights(source.get_weights())
 
     rows = np.random.default_rng(0).random((16, *IMAGE_SHAPE), dtype=np.float32)
@@ -260,7 +260,7 @@ def batch_shape(values: tuple[np.ndarray, ...]) -> list[int] | None:
     changes or more than one dimension does (see `probe_values` for what this can show)."""
     if len({v.ndim for v in values}) != 1:
         return None
-    shape = [sizes[0] if len(set(sizes)) == 1 else -1 for sizes in zip(*(v.shape for v in values))]
+    shape = [sizes[0] if len(set(sizes)) == 1 else -1 for sizes in zip(*(v.shape for v in values), strict=True)]
     return shape if shape.count(-1) <= 1 else None
 
 
@@ -328,7 +328,7 @@ def use_final_hidden_state(model: onnx.ModelProto, probes: dict) -> Rewrite:
         for tensor in node.output:
             if node is lstm or tensor in graph_outputs or tensor not in probes:
                 continue
-            if all(np.array_equal(a, b) for a, b in zip(probes[tensor], final)):
+            if all(np.array_equal(a, b) for a, b in zip(probes[tensor], final, strict=True)):
                 squeezed = f"{lstm.output[1]}__squeezed"
                 axes = f"{squeezed}_axes"
                 model.graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -133,9 +134,9 @@ def step_parity_report(
     """28 steps at batch sizes 1, 7 and all against the full ONNX model (<= 1e-5) and Keras (<= atol)."""
     full_logits = run_onnx(onnx_session(full_model), rows, len(rows))
     session = onnx_session(step_model)
-    by_batch = []
+    by_batch: list[dict[str, Any]] = []
     for b in STEP_PARITY_BATCH_SIZES:
-        logits = run_steps(session, rows, len(rows) if b == "full" else b)
+        logits = run_steps(session, rows, b if isinstance(b, int) else len(rows))
         by_batch.append(
             {
                 "batch_size": b,

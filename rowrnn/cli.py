@@ -280,7 +280,7 @@ def predict(
                 any_failed = True
                 print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
                 continue
-            for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
+            for index, (label, confidence) in enumerate(zip(result.labels, result.confidence, strict=True)):
                 if as_json:
                     typer.echo(
                         json.dumps(

@@ -20,7 +20,7 @@ def load_mnist_keras() -> Mnist:
 
     try:
         (train_x, train_y), (test_x, test_y) = keras.datasets.mnist.load_data()
-    except Exception as exc:  # network errors come in many types; all mean the same to the user
+    except Exception as exc:  # noqa: BLE001  network errors come in many types; all mean the same to the user
         raise InputError(
             f"no MNIST directory given (--data or ${DATA_ENV}) and Keras's download failed: {exc}"
         ) from None

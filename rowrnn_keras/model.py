@@ -57,13 +57,13 @@ def load_trained_model(path: str | os.PathLike) -> keras.Model:
         raise InputError(f"{path}: not a Keras model file (expected a .keras zip archive)")
     try:
         model = keras.models.load_model(path, compile=False)
-    except Exception as exc:  # Keras raises many types for a damaged archive
+    except Exception as exc:  # noqa: BLE001  Keras raises many types for a damaged archive
         raise InputError(f"{path}: cannot load Keras model ({one_line(exc, limit=300)})") from None
-    input_shape = tuple(model.inputs[0].shape) if model.inputs else None
-    output_shape = tuple(model.outputs[0].shape) if model.outputs else None
-    if len(model.inputs) != 1 or input_shape[1:] != IMAGE_SHAPE:
+    input_shape = tuple(model.inputs[0].shape) if len(model.inputs) == 1 else None
+    output_shape = tuple(model.outputs[0].shape) if len(model.outputs) == 1 else None
+    if input_shape is None or input_shape[1:] != IMAGE_SHAPE:
         raise InputError(f"{path}: model input shape {input_shape} is not (batch, 28, 28)")
-    if len(model.outputs) != 1 or output_shape[1:] != (NUM_CLASSES,):
+    if output_shape is None or output_shape[1:] != (NUM_CLASSES,):
         raise InputError(f"{path}: model output shape {output_shape} is not (batch, 10)")
     return model
 

@@ -15,7 +15,7 @@ def save_curves(history: dict[str, list[float]], path: Path) -> Path:
     """Loss and accuracy per epoch, train vs validation."""
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         ax.plot(epochs, history[metric], marker="o", label="train")
         ax.plot(epochs, history[f"val_{metric}"], marker="o", label="validation")
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
@@ -59,7 +59,7 @@ def save_anytime(report: dict, path: Path) -> Path:
         color="tab:blue",
         label="after k rows",
     )
-    for row, color in zip(report["early_exit"], ("tab:orange", "tab:green", "tab:red", "tab:purple")):
+    for row, color in zip(report["early_exit"], ("tab:orange", "tab:green", "tab:red", "tab:purple"), strict=False):
         left.scatter(
             row["mean_rows"],
             row["accuracy"] * 100,

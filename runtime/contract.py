@@ -32,7 +32,8 @@ def scale_pixels(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise InputError(f"expected uint8 pixels, got dtype {images.dtype}")
-    return np.divide(images, np.float32(255.0), dtype=np.float32)  # exact: uint8 -> float32, then /255
+    scaled: np.ndarray = np.divide(images, np.float32(255.0), dtype=np.float32)  # exact: uint8 -> float32, then /255
+    return scaled
 
 
 # The step model (`rowrnn export --step` -> OUT.step.onnx): one image row per call, the LSTM state

@@ -23,7 +23,7 @@ def one_line(message: object, limit: int | None = None) -> str:
     return text if limit is None or len(text) <= limit else text[:limit] + "..."
 
 
-def require_file(path: "str | os.PathLike", expected: str, hint: str = "") -> Path:
+def require_file(path: "str | os.PathLike[str]", expected: str, hint: str = "") -> Path:
     """`path` as a Path if it is an existing, non-empty regular file; else an InputError naming the problem."""
     path = Path(path)
     if not path.exists():

@@ -71,7 +71,7 @@ def check_directory_writable(directory: Path, output: Path | None = None) -> Non
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `target` (same suffix); rename it onto `target` on success.
 
     On any exception, or if nothing was written, the temporary file is removed and `target`
@@ -103,7 +103,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -111,15 +111,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
+def write_bytes_atomic(target: str | os.PathLike[str], data: bytes) -> Path:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
 
-def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
+def write_text_atomic(target: str | os.PathLike[str], text: str) -> Path:
     return write_bytes_atomic(target, text.encode("utf-8"))
 
 
-def write_json_atomic(target: str | os.PathLike, payload: object) -> Path:
+def write_json_atomic(target: str | os.PathLike[str], payload: object) -> Path:
     return write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=True) + "\n")

@@ -16,7 +16,7 @@ import numpy as np
 
 from runtime.errors import InputError, require_file
 
-_DTYPES = {
+_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -29,7 +29,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 MAX_IDX_BYTES = 1 << 31
 
 
-def read_idx_bytes(path: str | os.PathLike) -> bytes:
+def read_idx_bytes(path: str | os.PathLike[str]) -> bytes:
     """Return the decompressed bytes of an IDX file (gzip is detected by its magic, not its name)."""
     path = require_file(path, "an IDX file")
     try:
@@ -74,7 +74,7 @@ def parse_idx(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
-def read_idx(path: str | os.PathLike) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (`.gz` or raw) into a numpy array."""
     return parse_idx(read_idx_bytes(path), str(path))
 

@@ -5,27 +5,34 @@ from __future__ import annotations
 import collections
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
 from runtime.errors import InputError, require_file
 
+if TYPE_CHECKING:
+    import onnx
 
-def dims(value) -> list[int | str]:
+
+def dims(value: onnx.ValueInfoProto) -> list[int | str]:
     """A graph input's or output's dims, symbolic ones by name."""
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
-def describe_model(path: str | os.PathLike) -> dict:
+def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Inputs/outputs with shapes, opsets, op counts, size and metadata of an ONNX file."""
     import onnx  # only `info` needs it; the predictor does not
 
     path = require_file(path, "an .onnx model file")
     try:
         model = onnx.load(path)
-    except Exception as exc:  # protobuf's DecodeError and friends
+    except Exception as exc:  # noqa: BLE001  protobuf's DecodeError and friends: any of them means not ONNX
         raise InputError(f"{path}: not an ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise InputError(f"{path}: not an ONNX model (no graph)")
-    elem = lambda v: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()  # noqa: E731
+
+    def elem(value: onnx.ValueInfoProto) -> str:
+        return str(onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type)).lower()
+
     return {
         "path": str(path),
         "size_bytes": path.stat().st_size,
@@ -40,14 +47,14 @@ def describe_model(path: str | os.PathLike) -> dict:
     }
 
 
-def producer(model) -> str:
+def producer(model: onnx.ModelProto) -> str:
     """ "tf2onnx 1.17.0". tf2onnx writes its version as "<version> <git hash>", and a wheel has no
     hash: files exported before rowrnn cleaned that up say "1.17.0 None", and the "None" is dropped."""
     words = f"{model.producer_name} {model.producer_version}".split()
     return " ".join(word for word in words if word != "None")
 
 
-def format_description(info: dict) -> str:
+def format_description(info: dict[str, Any]) -> str:
     """The `rowrnn info` text: a header line, inputs, outputs, op counts, then the metadata."""
     lines = [
         f"{info['path']}  ({info['size_bytes']:,} bytes, {info['parameters']:,} parameters)",

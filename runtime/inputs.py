@@ -53,7 +53,7 @@ def load_idx_images(path: Path) -> np.ndarray:
     return as_rows(array, str(path))
 
 
-def load_input(path: str | os.PathLike) -> np.ndarray:
+def load_input(path: str | os.PathLike[str]) -> np.ndarray:
     """One input file -> float32 [N, 28, 28] rows ready for `Predictor.predict`."""
     path = require_file(path, "an image, .npy or IDX file")
     suffix = path.suffix.lower()

@@ -38,7 +38,7 @@ class Mnist:
     source: str
 
 
-def resolve_data_dir(option: str | os.PathLike | None) -> Path | None:
+def resolve_data_dir(option: str | os.PathLike[str] | None) -> Path | None:
     """The data directory: the CLI option, else $ROWRNN_DATA, else None (use Keras's download)."""
     chosen = option if option not in (None, "") else os.environ.get(DATA_ENV) or None
     return None if chosen is None else Path(chosen)
@@ -68,9 +68,16 @@ def check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     return labels
 
 
+def idx_file(data_dir: Path, stem: str) -> Path:
+    path = find_idx_file(data_dir, stem)
+    if path is None:
+        raise InputError(f"{data_dir}: missing MNIST file {stem}.gz")
+    return path
+
+
 def read_split(data_dir: Path, split: str, expected: int) -> tuple[np.ndarray, np.ndarray]:
-    image_path = find_idx_file(data_dir, FILES[f"{split}_images"])
-    label_path = find_idx_file(data_dir, FILES[f"{split}_labels"])
+    image_path = idx_file(data_dir, FILES[f"{split}_images"])
+    label_path = idx_file(data_dir, FILES[f"{split}_labels"])
     images = check_images(read_idx(image_path), str(image_path))
     labels = check_labels(read_idx(label_path), str(label_path))
     if len(images) != len(labels):
@@ -80,7 +87,7 @@ def read_split(data_dir: Path, split: str, expected: int) -> tuple[np.ndarray, n
     return images, labels
 
 
-def load_mnist_dir(data_dir: str | os.PathLike, sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> Mnist:
+def load_mnist_dir(data_dir: str | os.PathLike[str], sizes: tuple[int, int] = (TRAIN_SIZE, TEST_SIZE)) -> Mnist:
     """Read and validate the four MNIST IDX files in `data_dir` (`sizes`: train and test counts)."""
     data_dir = Path(data_dir)
     if not data_dir.exists():

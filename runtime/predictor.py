@@ -35,7 +35,8 @@ class Prediction:
     @property
     def confidence(self) -> np.ndarray:
         """Probability of the predicted label, float32 [N]."""
-        return self.probabilities[np.arange(len(self.labels)), self.labels]
+        confidence: np.ndarray = self.probabilities[np.arange(len(self.labels)), self.labels]
+        return confidence
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -111,7 +112,7 @@ class Predictor:
 
     def __init__(
         self,
-        path: str | os.PathLike | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         threads: int | None = None,
         intra_op_threads: int | None = None,
@@ -137,15 +138,17 @@ class Predictor:
 
     def _run(self, images: np.ndarray) -> list[np.ndarray]:
         if len(images) <= CHUNK:  # the common case, kept free of any overhead
-            return self.session.run(OUTPUTS, {INPUT_NAME: scaled(images)})
+            outputs: list[np.ndarray] = self.session.run(OUTPUTS, {INPUT_NAME: scaled(images)})
+            return outputs
 
         def run_chunk(start: int) -> list[np.ndarray]:
-            return self.session.run(OUTPUTS, {INPUT_NAME: scaled(images[start : start + CHUNK])})
+            chunk: list[np.ndarray] = self.session.run(OUTPUTS, {INPUT_NAME: scaled(images[start : start + CHUNK])})
+            return chunk
 
         starts = range(0, len(images), CHUNK)
         pool = self._workers()
         chunks = list(pool.map(run_chunk, starts) if pool else map(run_chunk, starts))
-        return [np.concatenate(parts) for parts in zip(*chunks)]
+        return [np.concatenate(parts) for parts in zip(*chunks, strict=True)]
 
     def _workers(self) -> ThreadPoolExecutor | None:
         """The pool that runs the chunks of large batches at once (made on first use); None runs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,11 +23,13 @@ INK_THRESHOLD = 0.25  # of full contrast: fainter pixels are paper texture or no
 MAX_IMAGE_PIXELS = 64_000_000  # refuse absurdly large images before decoding them
 
 
-def open_image(source: str | os.PathLike | bytes | Image.Image) -> Image.Image:
+def open_image(source: str | os.PathLike[str] | bytes | Image.Image) -> Image.Image:
     """Open an image file or the bytes of one (PNG, JPEG, BMP, ...) and decode it fully, or
     raise InputError."""
     if isinstance(source, Image.Image):
         return source
+    path: str | Path
+    stream: io.BytesIO | Path
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
             raise InputError("image: empty (0 bytes)")
@@ -102,7 +105,7 @@ def centre_by_mass(digit: np.ndarray, size: int = IMAGE_ROWS) -> np.ndarray:
     return field
 
 
-def preprocess_image(source: str | os.PathLike | bytes | Image.Image | np.ndarray) -> np.ndarray:
+def preprocess_image(source: str | os.PathLike[str] | bytes | Image.Image | np.ndarray) -> np.ndarray:
     """A photo, scan or drawing of one digit -> float32 (28, 28) in [0, 1], MNIST-style.
 
     `source` is a file path, the bytes of an image file, a PIL image, or a 2-D array (uint8

@@ -56,8 +56,8 @@ def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
 
 
 def write_triton_repository(
-    model: str | os.PathLike,
-    directory: str | os.PathLike,
+    model: str | os.PathLike[str],
+    directory: str | os.PathLike[str],
     *,
     name: str = "rowrnn",
     max_batch: int = DEFAULT_MAX_BATCH,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -52,17 +53,17 @@ def open_session(
         raise InputError(f"{path}: not a loadable ONNX model ({one_line(reason, limit=200)})") from None
 
 
-def session_inputs(session: ort.InferenceSession) -> list[tuple[str, str, list]]:
+def session_inputs(session: ort.InferenceSession) -> list[tuple[str, str, list[int | str | None]]]:
     """(name, type, dims after the batch dimension) of each input, in order."""
     return [(i.name, i.type, list(i.shape[1:])) for i in session.get_inputs()]
 
 
-def expected_inputs(io: ModelIO) -> list[tuple[str, str, list]]:
+def expected_inputs(io: ModelIO) -> list[tuple[str, str, list[int | str | None]]]:
     """`session_inputs` of a session on a model that `io` describes."""
     return [(spec.name, "tensor(float)", list(spec.dims)) for spec in io.inputs]
 
 
-def check_session(session: ort.InferenceSession, io: ModelIO, path: Path) -> None:
+def check_session(session: ort.InferenceSession, io: ModelIO, path: str | os.PathLike[str]) -> None:
     """Refuse a model whose inputs, outputs or metadata are not those `io` describes."""
     inputs = session_inputs(session)
     outputs = {o.name: (o.type, list(o.shape[1:])) for o in session.get_outputs()}

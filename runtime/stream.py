@@ -52,7 +52,7 @@ class EarlyPrediction(Prediction):
     rows: np.ndarray  # int64 [N]: rows each image was read to (1-28) before the answer was given
 
 
-def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
+def check_step_session(session: ort.InferenceSession, path: os.PathLike[str]) -> int:
     """Refuse a model that is not a rowrnn step model; return its hidden size."""
     inputs = session_inputs(session)
     if session.get_modelmeta().custom_metadata_map.get("format") != STEP_FORMAT and inputs[:1] == expected_inputs(
@@ -64,6 +64,8 @@ def check_step_session(session: ort.InferenceSession, path: os.PathLike) -> int:
     dims = inputs[1][2] if len(inputs) > 1 else []
     hidden = dims[0] if len(dims) == 1 and isinstance(dims[0], int) else "H"  # "H": refused below, named so
     check_session(session, step_model_io(hidden), path)
+    if not isinstance(hidden, int):  # check_session refuses "H" first, naming what differs
+        raise InputError(f"{path}: not a step model (its state has no fixed size)")
     return hidden
 
 
@@ -119,7 +121,7 @@ class StreamingPredictor:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike[str],
         *,
         intra_op_threads: int | None = None,
         providers: list[str] | None = None,
@@ -136,7 +138,8 @@ class StreamingPredictor:
 
     def step(self, rows: np.ndarray, h: np.ndarray, c: np.ndarray) -> list[np.ndarray]:
         """One step, unchecked: float32 rows [B, 28] and state [B, H] -> [h, c, logits, probabilities]."""
-        return self.session.run(OUTPUTS, {ROW_NAME: rows, STATE_NAMES[0]: h, STATE_NAMES[1]: c})
+        outputs: list[np.ndarray] = self.session.run(OUTPUTS, {ROW_NAME: rows, STATE_NAMES[0]: h, STATE_NAMES[1]: c})
+        return outputs
 
     def zero_state(self, batch: int) -> np.ndarray:
         return np.zeros((batch, self.hidden), np.float32)

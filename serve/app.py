@@ -73,12 +73,13 @@ def error(message: str, status: int, headers: dict[str, str] | None = None) -> R
     return Response(error_body(message), status, headers, media_type=JSON)
 
 
-def json_response(body: dict) -> Response:
+def json_response(body: dict | list) -> Response:
     return Response(orjson.dumps(body), media_type=JSON)
 
 
 def model_and_version(request: Request) -> tuple[str, str | None]:
-    return request.path_params.get("model"), request.path_params.get("version")
+    """The model (every route with this helper has one) and the version, if the path names one."""
+    return request.path_params["model"], request.path_params.get("version")
 
 
 def accepts_tensors(content_type: str) -> bool:
@@ -363,11 +364,10 @@ class Observe:
         started = time.perf_counter()
         status = 500  # if the app fails before it answers
         too_large = header_block_problem(scope["headers"], self.state.settings)
+        app: ASGIApp = self.app
         if too_large:
             scope["rowrnn.endpoint"] = "headers"
             app = error(too_large, 431, {"connection": "close"})
-        else:
-            app = self.app
 
         async def observed_send(message: Message) -> None:
             nonlocal status
@@ -395,8 +395,10 @@ class Observe:
                 )
 
 
-async def http_error(request: Request, exc: HTTPException) -> Response:
+async def http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 (no such route, wrong method) as protocol errors."""
+    if not isinstance(exc, HTTPException):  # registered for HTTPException only; typed as Starlette's handlers are
+        return await server_error(request, exc)
     message = {
         404: f"no such endpoint: {request.url.path}",
         405: f"{request.method} is not allowed on {request.url.path}",

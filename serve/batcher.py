@@ -11,6 +11,7 @@ wait: beyond that `submit` refuses at once (`QueueFull`), so memory and latency 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
@@ -66,9 +67,9 @@ class DynamicBatcher:
         if self.queued_images and self.queued_images + len(images) > self.max_queue:
             raise QueueFull(f"{self.queued_images} images are waiting (--max-queue {self.max_queue})")
         loop = asyncio.get_running_loop()
-        if self._task is None:  # started by the first request, in the server's own loop
+        if self._arrival is None:  # started by the first request, in the server's own loop
             self._arrival = asyncio.Event()
-            self._task = loop.create_task(self._run(), name="rowrnn-batcher")
+            self._task = loop.create_task(self._run(self._arrival), name="rowrnn-batcher")
         job = Job(images, loop.create_future())
         self._jobs.append(job)
         self.queued_images += len(images)
@@ -80,10 +81,10 @@ class DynamicBatcher:
         if self._arrival is not None:
             self._arrival.set()
 
-    async def _run(self) -> None:
+    async def _run(self, arrival: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._gather()
+            await self._gather(arrival)
             jobs = self._take()
             images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
             started = time.perf_counter()
@@ -113,21 +114,21 @@ class DynamicBatcher:
                     )
                 start = end
 
-    async def _gather(self) -> None:
+    async def _gather(self, arrival: asyncio.Event) -> None:
         """Wait until a batch is full, the oldest request has waited `max_delay_s`, or no other
         request is on its way in."""
         while not self._jobs:
-            self._arrival.clear()
-            await self._arrival.wait()
+            arrival.clear()
+            await arrival.wait()
         deadline = self._jobs[0].arrived + self.max_delay_s
         while self.queued_images < self.max_batch and self.arriving() > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self._arrival.clear()
+            arrival.clear()
             try:
                 async with asyncio.timeout(remaining):  # unlike wait_for, no task per wait
-                    await self._arrival.wait()
+                    await arrival.wait()
             except TimeoutError:
                 return
 
@@ -145,11 +146,10 @@ class DynamicBatcher:
         """Stop; requests still waiting (a drain that timed out) get BatcherClosed, never silence."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
+            self._arrival = None
         while self._jobs:
             job = self._jobs.popleft()
             if not job.future.done():

@@ -220,8 +220,7 @@ def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, boo
         return tuple((name, binary_default) for name in OUTPUT_NAMES)
     if not isinstance(outputs, list) or not outputs:
         raise ProtocolError("'outputs' must be a non-empty list of {\"name\": ...} objects")
-    names = [item.get("name") if isinstance(item, dict) else None for item in outputs]
-    check_output_names(names)
+    names = check_output_names([item.get("name") if isinstance(item, dict) else None for item in outputs])
     return tuple(
         (
             name,
@@ -232,16 +231,20 @@ def parse_outputs(outputs: object, binary_default: bool) -> tuple[tuple[str, boo
                 "'binary_data'",
             ),
         )
-        for name, item in zip(names, outputs)
+        for name, item in zip(names, outputs, strict=True)
     )
 
 
-def check_output_names(names: list) -> None:
+def check_output_names(names: list[object]) -> list[str]:
+    """The requested output names, each one of the model's, none twice."""
+    checked = []
     for name in names:
-        if name not in OUTPUT_NAMES:
+        if not isinstance(name, str) or name not in OUTPUT_NAMES:
             raise ProtocolError(f"unknown output {name!r}; this model has {', '.join(map(repr, OUTPUT_NAMES))}")
-    if len(set(names)) != len(names):
+        checked.append(name)
+    if len(set(checked)) != len(checked):
         raise ProtocolError("an output is asked for twice")
+    return checked
 
 
 def as_object(value: object, what: str) -> dict:

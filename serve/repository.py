@@ -19,7 +19,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +52,7 @@ class ModelSource:
     """What the repository directory says one model should serve."""
 
     name: str
-    batching: Batching | None = None
+    batching: Batching | None = None  # None exactly when `error` says why
     versions: dict[int, Path] = field(default_factory=dict)  # chosen by the version policy -> model file
     error: str | None = None  # the model directory or its config is unusable
 
@@ -261,8 +261,8 @@ class ModelRepository:
             raise InputError(f"{root}: no model directories (expected NAME/config.pbtxt and NAME/1/model.onnx)")
         try:
             for source in sources.values():
-                if source.error:
-                    raise InputError(source.error)
+                if source.error or source.batching is None:
+                    raise InputError(source.error or f"{source.name}: unusable")
                 if not source.versions:
                     raise InputError(
                         f"{root / source.name}: no version to serve (NAME/VERSION/model.onnx, "
@@ -323,7 +323,7 @@ class ModelRepository:
         return [entry for entry in entries if name is None or entry["name"] == name]
 
     # -- keeping in step with the directory --------------------------------------------------------
-    async def sync(self, names: set[str] | None = None, unload: set[str] = frozenset()) -> None:
+    async def sync(self, names: Collection[str] | None = None, unload: Collection[str] = frozenset()) -> None:
         """Load what the directory now says to serve, and retire what it no longer does (`names`:
         only these models; `unload`: retire these models whatever the directory says)."""
         if self.root is None:
@@ -354,7 +354,7 @@ class ModelRepository:
                 log.warning("polling %s failed: %s; the models loaded keep serving", self.root, one_line(exc))
 
     async def _follow(self, source: ModelSource) -> None:
-        if source.error:
+        if source.error or source.batching is None:
             if self.unusable.get(source.name) != source.error:
                 log.warning(
                     "model %r: %s; %s",
@@ -362,13 +362,13 @@ class ModelRepository:
                     source.error,
                     "the versions loaded keep serving" if source.name in self.models else "not loaded",
                 )
-            self.unusable[source.name] = source.error
+            self.unusable[source.name] = source.error or "unusable"
             return
         self.unusable.pop(source.name, None)
         for key in [key for key in self.refused if key[0] == source.name and key[1] not in source.versions]:
             del self.refused[key]  # a refused version that left the directory is no longer news
         for version, path in source.versions.items():
-            await self._load(source, version, path)
+            await self._load(source, source.batching, version, path)
         loaded = self.models.get(source.name, {})
         leaving = [version for version in loaded if version not in source.versions]
         if leaving and not any(version in loaded for version in source.versions):
@@ -377,7 +377,7 @@ class ModelRepository:
         for version in leaving:
             await self._retire(source.name, version, "no longer chosen by the version policy")
 
-    async def _load(self, source: ModelSource, version: int, path: Path) -> None:
+    async def _load(self, source: ModelSource, batching: Batching, version: int, path: Path) -> None:
         """Load a version that is new, or whose file changed (then the new one replaces the old
         once it is warmed up)."""
         try:
@@ -393,7 +393,7 @@ class ModelRepository:
         started = time.perf_counter()
         try:
             loaded = await asyncio.get_running_loop().run_in_executor(
-                None, open_version, source.name, version, path, source.batching, self.make_batcher
+                None, open_version, source.name, version, path, batching, self.make_batcher
             )
         except Exception as exc:  # noqa: BLE001  (any failure refuses the version; the server goes on)
             reason = one_line(exc, limit=300)

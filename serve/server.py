@@ -140,7 +140,7 @@ def guarded_protocol(settings: ServeSettings) -> type[HttpToolsProtocol]:
             if not self.transport.is_closing():
                 log.info(
                     "%s: request headers not received within %g s: 408, closed",
-                    "%s:%d" % self.client if self.client else "-",
+                    f"{self.client[0]}:{self.client[1]}" if self.client else "-",
                     timeout_s,
                 )
                 self.transport.write(too_slow)

@@ -50,14 +50,14 @@ class ServeSettings:
         ):
             if value < 1:
                 raise InputError(f"{option} must be at least 1, got {value}")
-        for option, value in (
+        for option, amount in (
             ("--max-delay-ms", self.max_delay_ms),
             ("--max-body-mb", self.max_body_mb),
             ("--body-timeout-s", self.body_timeout_s),
             ("--drain-timeout-s", self.drain_timeout_s),
         ):
-            if not value >= 0:  # also refuses NaN
-                raise InputError(f"{option} must be a non-negative number, got {value}")
+            if not amount >= 0:  # also refuses NaN
+                raise InputError(f"{option} must be a non-negative number, got {amount}")
         if not self.header_timeout_s > 0:
             raise InputError(f"--header-timeout-s must be above 0, got {self.header_timeout_s}")
         if not self.poll_s >= 0:

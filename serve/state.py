@@ -58,7 +58,7 @@ class ServerState:
         self.draining = False
         self.in_flight = 0  # inference requests between arrival and response, both protocols
         self.receiving = 0  # inference requests not yet handed to a batcher (body, parsing)
-        self.repository: ModelRepository | None = None
+        self._repository: ModelRepository | None = None
         # onnxruntime-web from the cache `rowrnn site` fills: with it the page runs the model in
         # the browser; without it (never fetched here), the page uses /v1/classify
         self.ort_dir: Path | None = cached_files()
@@ -69,15 +69,22 @@ class ServerState:
         settings = self.settings
         batching = Batching(settings.max_batch, settings.max_delay_ms / 1000)
         if settings.model_repository is not None:
-            self.repository = ModelRepository.of_directory(
+            self._repository = ModelRepository.of_directory(
                 Path(settings.model_repository), self.make_batcher, batching, settings.drain_timeout_s
             )
         else:
             model = model if isinstance(model, Predictor) else Predictor(model)
-            self.repository = ModelRepository.of_one(
+            self._repository = ModelRepository.of_one(
                 settings.name, model, batching, self.make_batcher, settings.drain_timeout_s
             )
         self.ready = True
+
+    @property
+    def repository(self) -> ModelRepository:
+        """The models being served; `load` sets them before the server takes a request."""
+        if self._repository is None:
+            raise RuntimeError("ServerState.load has not run")
+        return self._repository
 
     def make_batcher(self, name: str, version: int, predictor: Predictor, batching: Batching) -> DynamicBatcher:
         def observe(images: int, seconds: float) -> None:

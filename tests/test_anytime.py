@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 
+from helpers import assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 from rowrnn.anytime import format_anytime, format_streaming, measure_streaming, run_anytime
 from runtime import Predictor, StreamingPredictor
 from runtime.contract import scale_pixels
@@ -120,7 +120,7 @@ def test_cli_anytime_prints_json_and_writes_the_plot(exported_step, mnist_dir, t
 def test_cli_anytime_bad_input_is_one_line(exported_step, tmp_path, args, needles):
     write_mnist_dir(tmp_path / "mnist")  # a directory of the right files, too few images
     defaults = {"--model": str(exported_step.step_path), "--data": "mnist"}
-    options = dict(zip(args[::2], args[1::2]))
+    options = dict(zip(args[::2], args[1::2], strict=True))
     merged = [item for key, value in {**defaults, **options}.items() for item in (key, str(tmp_path / value))]
     result = rowrnn("anytime", *merged)
     assert_one_line_error(result, *needles)

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, foreign_model, idx_bytes, rowrnn, synthetic_digits, write_mnist_dir
 from PIL import Image
 
+from helpers import assert_one_line_error, foreign_model, idx_bytes, rowrnn, synthetic_digits, write_mnist_dir
 from rowrnn import cli
 from runtime import InputError, Predictor, preprocess_image
 from runtime.idx import read_idx

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, assert_one_line_error, foreign_model, rowrnn, synthetic_digits, write_idx, write_mnist_dir
 
+from helpers import REPO, assert_one_line_error, foreign_model, rowrnn, synthetic_digits, write_idx, write_mnist_dir
 from rowrnn.bench import metadata_architecture, model_flops, onnx_flops, percentiles
 from runtime import Predictor
 from runtime.contract import scale_pixels
@@ -186,7 +186,7 @@ def test_bench_refuses_what_it_was_given_and_cannot_read(tmp_path, exported, giv
         "--onnx": exported.onnx_path,
         "--keras": tmp_path / "none.keras",
         "--int8": tmp_path / "none.onnx",
-        **dict(zip(*[iter(given(tmp_path, exported))] * 2)),
+        **dict(zip(*[iter(given(tmp_path, exported))] * 2, strict=True)),
     }
     before = sorted(tmp_path.iterdir())
     result = rowrnn(

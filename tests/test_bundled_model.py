@@ -116,6 +116,7 @@ def test_fresh_venv_plain_install_predicts_with_no_model_argument(tmp_path):
         cwd=tmp_path,
     )
     assert install.returncode == 0, install.stderr
+    assert (site / "runtime" / "py.typed").is_file()  # users' type checkers see the runtime's types
     assert (
         subprocess.run(
             [str(python), "-c", "import tensorflow"], capture_output=True, cwd=tmp_path, timeout=60

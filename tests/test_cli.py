@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from helpers import REPO, assert_one_line_error, rowrnn
 
+from helpers import REPO, assert_one_line_error, rowrnn
 from rowrnn import cli
 
 COMMANDS = ("train", "evaluate", "export", "info", "predict", "bench", "serve", "site", "triton-repo", "anytime")
@@ -205,6 +205,7 @@ def test_export_writes_a_checked_model(tmp_path, tiny_keras_model):
 def test_info_names_the_producer_without_a_missing_git_hash(tmp_path, capsys):
     """Files exported before the fix carry tf2onnx's "1.17.0 None" (no git hash in a wheel)."""
     import onnx
+
     from helpers import foreign_model
 
     model = onnx.load(foreign_model(tmp_path / "old.onnx", metadata={"format_version": "1"}))
@@ -219,8 +220,9 @@ def test_info_names_the_producer_without_a_missing_git_hash(tmp_path, capsys):
 
 def test_predict_mixed_inputs_reports_bad_ones(tmp_path, exported):
     import numpy as np
-    from helpers import idx_bytes, synthetic_digits
     from PIL import Image, ImageDraw
+
+    from helpers import idx_bytes, synthetic_digits
 
     image = Image.new("L", (120, 160), 240)
     ImageDraw.Draw(image).line([(60, 20), (60, 140)], fill=10, width=12)

@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 import pytest
-from helpers import synthetic_digits, write_idx, write_mnist_dir
 
+from helpers import synthetic_digits, write_idx, write_mnist_dir
 from rowrnn_keras.data import load_mnist, split_validation
 from runtime.contract import scale_pixels
 from runtime.errors import InputError

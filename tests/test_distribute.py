@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import REPO, assert_one_line_error, rowrnn, write_mnist_dir
 
 from export.api import ValidationSet, export_model, synthetic_rows
+from helpers import REPO, assert_one_line_error, rowrnn, write_mnist_dir
 from rowrnn_keras.model import load_trained_model
 
 # Two logical CPU devices, then a tiny run of the library on synthetic digits (bars: no augmentation).
@@ -173,7 +173,7 @@ def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
                 worker.wait(30)
     errors = [stderr for _, stderr in results]
     if any("PerReplica" in stderr for stderr in errors):
-        for worker, stderr in zip(workers, errors):  # the known failure, reported as one line
+        for worker, stderr in zip(workers, errors, strict=True):  # the known failure, reported as one line
             assert_one_line_error(
                 subprocess.CompletedProcess(worker.args, worker.returncode, "", stderr), "keras-team/keras#20585"
             )

@@ -15,6 +15,7 @@ import re
 
 import onnx
 import pytest
+
 from helpers import REPO
 
 MODELS = REPO / "runtime" / "models"

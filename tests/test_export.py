@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import synthetic_digits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -21,6 +20,7 @@ import export.api as api
 from export.api import ValidationSet, export_model, quantize_checked, quantize_int8, synthetic_rows
 from export.convert import PROBE_BATCH_SIZES, Conversion, batch_shape, convert, fold_input_layer, probe_values, simplify
 from export.validate import check_contract, op_counts
+from helpers import synthetic_digits
 from runtime.contract import scale_pixels
 from runtime.errors import CheckFailed
 from runtime.files import sha256_file
@@ -368,7 +368,7 @@ def simplified_and_checked(original: onnx.ModelProto) -> tuple[onnx.ModelProto, 
     onnx.checker.check_model(simplified, full_check=True)
     for batch in (2, 5, 64):
         rows = np.random.default_rng(batch).random((batch, 28, 28), dtype=np.float32)
-        for before, after in zip(run_graph(original, rows), run_graph(simplified, rows)):
+        for before, after in zip(run_graph(original, rows), run_graph(simplified, rows), strict=True):
             np.testing.assert_allclose(after, before, atol=1e-5, rtol=1e-5)
     return simplified, {r.name: r for r in rewrites}
 

@@ -7,8 +7,8 @@ import gzip
 
 import numpy as np
 import pytest
-from helpers import idx_bytes, write_idx
 
+from helpers import idx_bytes, write_idx
 from runtime.errors import InputError
 from runtime.idx import encode_idx, parse_idx, read_idx
 

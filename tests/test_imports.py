@@ -10,8 +10,8 @@ import ast
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from rowrnn.extras import SERVE_EXTRA, TRAINING_EXTRA
 
 OURS = {"runtime", "serve", "export", "rowrnn_keras", "rowrnn"}

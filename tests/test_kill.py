@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from runtime import Predictor
 from runtime.files import sha256_file
 

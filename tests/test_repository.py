@@ -3,8 +3,8 @@ whose inputs and outputs are the ONNX file's."""
 
 import onnx
 import pytest
-from helpers import assert_one_line_error, require_module, rowrnn
 
+from helpers import assert_one_line_error, require_module, rowrnn
 from runtime.errors import InputError
 from runtime.repository import write_triton_repository
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helpers import REPO, REQUIREMENTS
 
 REAL_DATA_TEST = "tests/test_data.py::test_real_mnist_matches_the_published_checksums"

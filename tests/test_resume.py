@@ -20,10 +20,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from helpers import FIXTURE_SEED, REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 from test_train import event_scalars
 
 import rowrnn_keras.train as train_module
+from helpers import FIXTURE_SEED, REPO, assert_one_line_error, rowrnn, synthetic_digits, write_mnist_dir
 from rowrnn_keras.backup import (
     BACKUP_DIR,
     OLD_SUFFIX,

@@ -8,8 +8,8 @@ import threading
 import keras
 import numpy as np
 import pytest
-from helpers import REPO
 
+from helpers import REPO
 from runtime import InputError, Predictor, as_rows
 
 
@@ -140,7 +140,7 @@ def test_shared_predictor_is_thread_safe(predictor):
             for index in order:
                 if not np.array_equal(predictor.predict(batches[index]).probabilities, expected[index]):
                     mismatches.append(index)
-        except Exception as exc:  # a thread's exception would otherwise vanish
+        except Exception as exc:  # noqa: BLE001  a thread's exception would otherwise vanish
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(8)]

@@ -19,9 +19,9 @@ import types
 
 import numpy as np
 import pytest
+
 from helpers import INFER, decode, good_request_works, images, infer_body, metric, require_module
 from helpers import http_call as call
-
 from runtime import Predictor
 
 require_module("uvicorn", "serve", "needs the serve extra: pip install '.[serve]'")

@@ -15,17 +15,17 @@ import time
 
 import numpy as np
 import pytest
+
 from helpers import decode, good_request_works, images, infer_body, metric, require_module
 from helpers import http_call as call
-
 from runtime import Predictor
 
 SERVE_EXTRA = "needs the serve extra: pip install '.[serve]'"
 require_module("uvicorn", "serve", SERVE_EXTRA)
 grpc = require_module("grpc", "serve", SERVE_EXTRA)
 triton_grpc = require_module("tritonclient.grpc", "serve", SERVE_EXTRA)
-from tritonclient.grpc import service_pb2 as pb  # noqa: E402
-from tritonclient.grpc import service_pb2_grpc
+pb = triton_grpc.service_pb2
+service_pb2_grpc = triton_grpc.service_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def infer_request(rows: np.ndarray, typed: bool = False, model: str = "rowrnn", 
 def outputs_of(response: pb.ModelInferResponse) -> dict[str, np.ndarray]:
     return {
         tensor.name: np.frombuffer(raw, "<f4").reshape(tensor.shape)
-        for tensor, raw in zip(response.outputs, response.raw_output_contents)
+        for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True)
     }
 
 

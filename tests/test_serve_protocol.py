@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+
 from helpers import require_module
 
 require_module("orjson", "serve", "needs the serve extra: pip install '.[serve]'")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import assert_one_line_error, require_module, rowrnn
 
+from helpers import assert_one_line_error, require_module, rowrnn
 from runtime import BUNDLED_MODEL, Predictor
 from runtime.repository import write_triton_repository
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import REPO, require_module, start_server_process
 from helpers import http_call as call
 

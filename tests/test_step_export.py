@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from helpers import rowrnn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -15,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 import export.step as step_module
 from export.api import ValidationSet, export_model, synthetic_rows
 from export.step import check_step_contract, step_layers
+from helpers import rowrnn
 from runtime.errors import CheckFailed, InputError
 
 HIDDEN = 32  # the tiny model's LSTM

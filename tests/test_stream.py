@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
-from helpers import foreign_model, synthetic_digits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from helpers import foreign_model, synthetic_digits
 from runtime import EarlyPrediction, InputError, Predictor, StreamingPredictor
 
 
@@ -36,7 +36,7 @@ def in_threads(worker, arguments: list[tuple]) -> list[Exception]:
     def guarded(*args) -> None:
         try:
             worker(*args)
-        except Exception as exc:  # a thread's exception would otherwise vanish
+        except Exception as exc:  # noqa: BLE001  a thread's exception would otherwise vanish
             errors.append(exc)
 
     threads = [threading.Thread(target=guarded, args=args) for args in arguments]

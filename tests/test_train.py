@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import TINY_TRAIN, TINY_TRAIN_IMAGES, synthetic_digits
 
+from helpers import TINY_TRAIN, TINY_TRAIN_IMAGES, synthetic_digits
 from rowrnn_keras.config import TrainConfig
 from rowrnn_keras.evaluate import evaluate_predictions, format_evaluation
 from rowrnn_keras.pipeline import augment_batch, make_splits, training_dataset, transform_batch
@@ -207,7 +207,7 @@ def test_each_epoch_has_its_own_order_and_a_resumed_dataset_continues_the_same_b
     batches = lambda first: [(a.numpy(), b.numpy()) for a, b in training_dataset(config, x, y, first_epoch=first)]  # noqa: E731
     full, from_second = batches(0), batches(1)
     assert len(full) == 3 * 3 and len(from_second) == 2 * 3  # ceil(40 / 16) batches per epoch, last one short
-    for (xa, ya), (xb, yb) in zip(full[3:], from_second):
+    for (xa, ya), (xb, yb) in zip(full[3:], from_second, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     epoch_labels = [np.concatenate([b[1] for b in full[e * 3 : (e + 1) * 3]]) for e in range(3)]
