@@ -280,7 +280,7 @@ def predict(
                 any_failed = True
                 print(f"rowrnn: error: {one_line(exc)}", file=sys.stderr)
                 continue
-            for index, (label, confidence) in enumerate(zip(result.labels, result.confidence)):
+            for index, (label, confidence) in enumerate(zip(result.labels, result.confidence, strict=True)):
                 if as_json:
                     typer.echo(
                         json.dumps(
@@ -394,8 +394,18 @@ def serve(
         float, typer.Option(help="A body not received within this: 408.")
     ] = ServeSettings.body_timeout_s,
     drain_timeout_s: Annotated[
-        float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")
+        float,
+        typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight and live sequences may take to finish."),
     ] = ServeSettings.drain_timeout_s,
+    max_sequences: Annotated[
+        int,
+        typer.Option(
+            help="Live sequences of the stream models (NAME-stream) at once; a new one beyond it: 503 / RESOURCE_EXHAUSTED."
+        ),
+    ] = ServeSettings.max_sequences,
+    sequence_idle_s: Annotated[
+        float, typer.Option(help="A sequence without a row for this long is dropped (its next row: 400, expired).")
+    ] = ServeSettings.sequence_idle_s,
     header_timeout_s: Annotated[
         float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")
     ] = ServeSettings.header_timeout_s,
@@ -438,6 +448,8 @@ def serve(
         max_body_mb=max_body_mb,
         body_timeout_s=body_timeout_s,
         drain_timeout_s=drain_timeout_s,
+        max_sequences=max_sequences,
+        sequence_idle_s=sequence_idle_s,
         header_timeout_s=header_timeout_s,
         max_connections=max_connections,
         api_key=api_key,

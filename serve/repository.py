@@ -32,6 +32,7 @@ from runtime.repository import PLATFORM
 from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher
 from serve.protocol import ProtocolError
+from serve.sequences import STREAM_SUFFIX, SequenceBatcher
 
 log = logging.getLogger("rowrnn.serve.repository")
 CONFIG = "config.pbtxt"
@@ -73,6 +74,12 @@ class ModelVersion:
     # this version runs, even after the files on disk change (a refused reload keeps the old one).
     model_bytes: bytes = b""
     step_bytes: bytes | None = None
+    step_batcher: SequenceBatcher | None = None  # NAME-stream's batcher, made on its first row (serve.state)
+
+    async def close_batchers(self) -> None:
+        await self.batcher.close()
+        if self.step_batcher is not None:
+            await self.step_batcher.close()
 
     def close(self) -> None:
         self.predictor.close()
@@ -205,6 +212,8 @@ def open_version(
         step_path = step_path_for(predictor.path)
         step_bytes = step_path.read_bytes() if step_path.is_file() else None
         streaming = StreamingPredictor(step_path) if step_bytes is not None else None
+        for size in sorted({1, batching.max_batch}) if streaming is not None else ():
+            streaming.step(np.zeros((size, IMAGE_COLS), np.float32), *[streaming.zero_state(size)] * 2)
     except BaseException:
         predictor.close()
         raise
@@ -302,6 +311,12 @@ class ModelRepository:
             {"name": name, "version": str(version), "state": "READY", "reason": ""}
             for name, versions in self.models.items()
             for version in versions
+        ]
+        entries += [  # NAME-stream beside a version with a step model (serve.sequences)
+            {"name": name + STREAM_SUFFIX, "version": str(version), "state": "READY", "reason": ""}
+            for name, versions in self.models.items()
+            for version, loaded in versions.items()
+            if loaded.streaming is not None and name + STREAM_SUFFIX not in self.models
         ]
         entries += [
             entry
@@ -444,14 +459,14 @@ class ModelRepository:
                 leaving.in_flight,
                 self.drain_timeout_s,
             )
-        await leaving.batcher.close()
+        await leaving.close_batchers()
         await asyncio.get_running_loop().run_in_executor(None, leaving.close)
         log.info("model %r version %d unloaded", name, version)
 
     async def close(self) -> None:
         for versions in self.models.values():
             for loaded in versions.values():
-                await loaded.batcher.close()
+                await loaded.close_batchers()
         self.close_all()
 
     def close_all(self) -> None:
