@@ -28,11 +28,11 @@ import numpy as np
 from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, step_path_for
 from runtime.errors import InputError, one_line
 from runtime.predictor import Predictor
-from runtime.repository import PLATFORM
+from runtime.repository import PLATFORM, STREAM_SUFFIX
 from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher
 from serve.protocol import ProtocolError
-from serve.sequences import STREAM_SUFFIX, SequenceBatcher
+from serve.sequences import SequenceBatcher
 
 log = logging.getLogger("rowrnn.serve.repository")
 CONFIG = "config.pbtxt"
@@ -100,8 +100,15 @@ def read_config(model_dir: Path):
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a Triton model configuration: {one_line(exc, limit=200)}") from None
-    check_config(config, model_dir.name, path)
+    if not is_stream_config(config):
+        check_config(config, model_dir.name, path)
     return config
+
+
+def is_stream_config(config) -> bool:
+    """NAME-stream's directory as `rowrnn triton-repo --step` writes it for Triton: a sequence-batched
+    step model. rowrnn serve serves NAME-stream from NAME/VERSION/model.step.onnx, so it skips it."""
+    return config.HasField("sequence_batching") and config.name.endswith(STREAM_SUFFIX)
 
 
 def check_config(config, name: str, path: Path) -> None:
@@ -174,6 +181,8 @@ def scan(root: Path, max_delay_s: float) -> dict[str, ModelSource]:
             versions = available_versions(model_dir, config.default_model_filename or MODEL_FILE)
         except (InputError, OSError) as exc:
             sources[name] = ModelSource(name, error=one_line(exc))
+            continue
+        if is_stream_config(config):
             continue
         delay_s = (
             config.dynamic_batching.max_queue_delay_microseconds / 1e6

@@ -30,11 +30,11 @@ import numpy as np
 
 from runtime.contract import IMAGE_ROWS
 from runtime.predictor import Prediction
+from runtime.repository import STREAM_SUFFIX
 from runtime.stream import StreamingPredictor
 from serve.batcher import BatcherClosed
 from serve.protocol import ProtocolError, as_bool
 
-STREAM_SUFFIX = "-stream"  # NAME-stream: the stream model of NAME
 MAX_SEQUENCE_ID = 2**64 - 1  # Triton's correlation ids are uint64 (or strings)
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from runtime.predictor import Prediction, Predictor
+from runtime.repository import STREAM_SUFFIX
 from serve.batcher import BatcherClosed, DynamicBatcher, QueueFull
 from serve.metrics import Metrics
 from serve.protocol import ProtocolError
 from serve.repository import Batching, ModelRepository, ModelVersion, version_number
-from serve.sequences import STREAM_SUFFIX, SequenceBatcher, SequenceControl, SequenceStore, describe
+from serve.sequences import SequenceBatcher, SequenceControl, SequenceStore, describe
 from serve.settings import ServeSettings
 from serve.web_runtime import cached_files
 

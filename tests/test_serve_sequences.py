@@ -412,3 +412,26 @@ def test_sigterm_lets_live_sequences_finish(start_server, streaming):
     assert 5.5 < waited < 30, waited  # ... until the drain timeout
     log = server.log.read_text()
     assert "drain timeout: 0 requests still in flight, 1 sequences live" in log
+
+
+def test_a_repository_written_with_step_serves_the_stream_model(start_server, streaming, full, tmp_path):
+    """`rowrnn triton-repo --step` writes NAME-stream for Triton beside NAME; rowrnn serve serves
+    NAME-stream from NAME's version (model.step.onnx beside model.onnx) and does not load Triton's
+    stream directory as a model of its own."""
+    from runtime.repository import write_triton_repository
+
+    write_triton_repository(BUNDLED_MODEL, tmp_path / "repo", step=True)
+    server = start_server(None, "--model-repository", tmp_path / "repo", "--log-level", "warning")
+    client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
+    index = [(entry["name"], entry["version"], entry["state"]) for entry in client.get_model_repository_index()]
+    assert index == [("rowrnn", "1", "READY"), (STREAM, "1", "READY")]
+    image = digits(1, 6)[0]
+    got = [
+        client.infer(
+            STREAM, [row_input(triton_http, row)], sequence_id=3, sequence_start=r == 0, sequence_end=r == ROWS - 1
+        ).as_numpy("probabilities")[0]
+        for r, row in enumerate(image)
+    ]
+    np.testing.assert_array_equal(np.array(got), expected_rows(streaming, image)[1])
+    np.testing.assert_array_equal(got[-1], full.predict(image[None]).probabilities[0])
+    client.close()
