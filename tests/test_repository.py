@@ -89,11 +89,15 @@ def test_export_writes_the_repository_too(tiny_keras_model, tmp_path):
         tiny_keras_model,
         "--triton-repo",
         tmp_path / "repo",
+        "--step",
         env={"ROWRNN_DATA": ""},
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "repo" / "rowrnn" / "1" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert parse_config(tmp_path / "repo" / "rowrnn" / "config.pbtxt").platform == "onnxruntime_onnx"
+    step_bytes = (tmp_path / "m.step.onnx").read_bytes()  # with --step, the step model as rowrnn-stream too
+    assert (tmp_path / "repo" / "rowrnn-stream" / "1" / "model.onnx").read_bytes() == step_bytes
+    assert parse_config(tmp_path / "repo" / "rowrnn-stream" / "config.pbtxt").HasField("sequence_batching")
 
 
 def test_step_repository_is_the_step_models_triton_config(exported_step, tmp_path):
