@@ -119,8 +119,20 @@ class ServerState:
 
     def busy(self) -> bool:
         """Requests in flight or live sequences: what a drain waits for (at most its timeout)."""
+        self.drop_unloaded_sequences()
         self.sweep_sequences()
         return bool(self.in_flight or self.sequences.live)
+
+    def served(self, model: ModelVersion) -> bool:
+        """Whether the version still serves (a retired one is closed, or closing)."""
+        return self.repository.models.get(model.name, {}).get(model.version) is model
+
+    def drop_unloaded_sequences(self) -> None:
+        """Drop the live sequences whose version was unloaded: they can never read on. A look at
+        every live sequence, so only on drain ticks and when the store is full, not per row."""
+        for key, sequence in list(self.sequences.live.items()):
+            if not self.served(sequence.model):
+                del self.sequences.live[key]
 
     @contextlib.contextmanager
     def inference_request(self, refuse_when_draining: bool = True) -> Iterator[None]:
@@ -215,6 +227,8 @@ class ServerState:
         self.sweep_sequences()
         if control.start:
             model = self.resolve_stream(name, version)
+            if len(sequences.live) >= sequences.max_sequences:
+                self.drop_unloaded_sequences()
             batcher = self.step_batcher(model)
             sequence = sequences.begin(name, control, model, batcher.zero_state(), self.draining)
         else:
@@ -222,7 +236,7 @@ class ServerState:
             model = sequence.model
             if version and version_number(version) != model.version:
                 raise ProtocolError(f"{describe(control.id)} runs on version {model.version}, not {version[:40]!r}")
-            if self.repository.models.get(model.name, {}).get(model.version) is not model:
+            if not self.served(model):
                 sequences.live.pop((name, control.id), None)
                 raise ProtocolError(
                     f"{describe(control.id)}: its model version {model.version} was unloaded; start it again "

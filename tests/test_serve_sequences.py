@@ -87,7 +87,7 @@ def check_answers(answers, images, streaming, full) -> None:
         np.testing.assert_array_equal(answers["probabilities"][index, -1], full.predict(image[None]).probabilities[0])
 
 
-def test_the_stream_model_is_served_beside_the_model(start_server):
+def test_the_stream_model_is_served_beside_the_model(start_server, full):
     """NAME-stream is in the repository index, ready, with its own metadata (REST and gRPC)."""
     server = start_server(None, "--log-level", "warning")
     client = triton_http.InferenceServerClient(f"127.0.0.1:{server.port}")
@@ -104,6 +104,17 @@ def test_the_stream_model_is_served_beside_the_model(start_server):
     assert grpc_client.is_model_ready(STREAM) and not grpc_client.is_model_ready("rowrnn-stream-stream")
     grpc_metadata = grpc_client.get_model_metadata(STREAM, as_json=True)
     assert grpc_metadata["inputs"] == [{"name": "row", "datatype": "FP32", "shape": ["-1", "28"]}]
+    # a gRPC stream carries the full model's requests too, answered as ModelInfer's
+    results: queue.Queue = queue.Queue()
+    grpc_client.start_stream(lambda result, error: results.put((result, error)))
+    images = digits(3, 9)
+    tensor = triton_grpc.InferInput("rows", [3, 28, 28], "FP32")
+    tensor.set_data_from_numpy(images)
+    grpc_client.async_stream_infer("rowrnn", [tensor])
+    result, error = results.get(timeout=30)
+    assert error is None
+    np.testing.assert_array_equal(result.as_numpy("probabilities"), full.predict(images).probabilities)
+    grpc_client.stop_stream()
     grpc_client.close()
 
 
@@ -435,3 +446,78 @@ def test_a_repository_written_with_step_serves_the_stream_model(start_server, st
     np.testing.assert_array_equal(np.array(got), expected_rows(streaming, image)[1])
     np.testing.assert_array_equal(got[-1], full.predict(image[None]).probabilities[0])
     client.close()
+
+
+def test_a_sequence_stays_on_its_version_until_that_version_is_unloaded(start_server, streaming, tmp_path):
+    """A sequence started on version 1 reads on from version 1 after version 2 loads (new sequences
+    go to 2); once version 1 is unloaded, its next row is refused with the reason, and a drain does
+    not wait for it."""
+    import shutil
+
+    from runtime.repository import write_triton_repository
+
+    repo = tmp_path / "repo"
+    write_triton_repository(BUNDLED_MODEL, repo, name="digits", step=True)
+    config = repo / "digits" / "config.pbtxt"
+    config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "all: {}"))
+    server = start_server(None, "--model-repository", repo, "--log-level", "warning", "--drain-timeout-s", "20")
+    stream = "digits-stream"
+    image = digits(1, 7)[0]
+    _, probabilities = expected_rows(streaming, image)
+
+    def row(r: int, sequence_id: int, start: bool = False) -> tuple[int, dict]:
+        body = {
+            "inputs": [{"name": "row", "datatype": "FP32", "shape": [1, 28], "data": image[r].tolist()}],
+            "parameters": {"sequence_id": sequence_id, "sequence_start": start},
+        }
+        response, data = http_call(
+            server.port,
+            "POST",
+            f"/v2/models/{stream}/infer",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        return response.status, json.loads(data)
+
+    status, body = row(0, 1, start=True)
+    assert status == 200 and body["model_version"] == "1"
+    write_triton_repository(BUNDLED_MODEL, repo, name="digits", version=2, step=True)
+    config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "all: {}"))
+    assert http_call(server.port, "POST", "/v2/repository/models/digits/load")[0].status == 200
+    status, body = row(1, 1)
+    assert status == 200 and body["model_version"] == "1"  # its own version, not the latest
+    np.testing.assert_array_equal(answer(body), probabilities[1])
+    status, body = row(0, 2, start=True)
+    assert status == 200 and body["model_version"] == "2"  # a new sequence starts on the latest
+
+    shutil.rmtree(repo / "digits" / "1")
+    assert http_call(server.port, "POST", "/v2/repository/models/digits/load")[0].status == 200
+    status, body = row(2, 1)
+    assert status == 400 and "its model version 1 was unloaded" in body["error"], body
+    status, body = row(0, 3, start=True)  # version 1 left no other mark
+    assert status == 200 and body["model_version"] == "2"
+    np.testing.assert_array_equal(answer(body), probabilities[0])
+    # live now: 2 and 3 on version 2 ... and a sequence on a version that leaves
+    write_triton_repository(BUNDLED_MODEL, repo, name="digits", version=3, step=True)
+    config.write_text(config.read_text().replace("latest: { num_versions: 1 }", "all: {}"))
+    assert http_call(server.port, "POST", "/v2/repository/models/digits/load")[0].status == 200
+    assert row(0, 4, start=True)[1]["model_version"] == "3"
+    shutil.rmtree(repo / "digits" / "3")
+    assert http_call(server.port, "POST", "/v2/repository/models/digits/load")[0].status == 200
+    for sequence_id in (2, 3):  # end the sequences that can: the one on version 3 cannot hold the drain
+        body = {
+            "inputs": [{"name": "row", "datatype": "FP32", "shape": [1, 28], "data": image[1].tolist()}],
+            "parameters": {"sequence_id": sequence_id, "sequence_end": True},
+        }
+        response, _ = http_call(
+            server.port,
+            "POST",
+            f"/v2/models/{stream}/infer",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        assert response.status == 200
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(DEADLINE_S) == 0
+    assert time.monotonic() - signalled < 10  # not the 20 s drain timeout
