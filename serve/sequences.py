@@ -30,16 +30,14 @@ import numpy as np
 
 from runtime.contract import IMAGE_ROWS
 from runtime.predictor import Prediction
-from runtime.repository import STREAM_SUFFIX
 from runtime.stream import StreamingPredictor
 from serve.batcher import BatcherClosed
 from serve.protocol import ProtocolError, as_bool
 
 MAX_SEQUENCE_ID = 2**64 - 1  # Triton's correlation ids are uint64 (or strings)
-
-
-def stream_model_name(name: str) -> str:
-    return name + STREAM_SUFFIX
+# A string id is kept while its sequence lives (and a while after it expires): bounded, so that
+# --max-sequences ids cannot hold --max-body-mb each.
+MAX_SEQUENCE_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,10 @@ def sequence_control(parameters: dict) -> SequenceControl:
     sequence_id = parameters.get("sequence_id", 0)
     if isinstance(sequence_id, bool) or not isinstance(sequence_id, int | str):
         raise ProtocolError(f"'sequence_id' must be an unsigned integer or a string, got {sequence_id!r}"[:200])
+    if isinstance(sequence_id, str) and len(sequence_id) > MAX_SEQUENCE_ID_CHARS:
+        raise ProtocolError(
+            f"'sequence_id' is a string of {len(sequence_id)} characters; at most {MAX_SEQUENCE_ID_CHARS}"
+        )
     if isinstance(sequence_id, int) and not 0 <= sequence_id <= MAX_SEQUENCE_ID:
         raise ProtocolError(f"'sequence_id' {sequence_id} is not an unsigned 64-bit integer"[:200])
     if sequence_id in (0, ""):

@@ -205,7 +205,6 @@ class ServerState:
     def step_batcher(self, model: ModelVersion) -> SequenceBatcher:
         if model.step_batcher is None:
             stream, version = model.name + STREAM_SUFFIX, str(model.version)
-
             self.metrics.sequence_expirations.labels(stream)  # shown at 0 from the first row on
 
             def observe(rows: int, seconds: float) -> None:

@@ -306,7 +306,7 @@ def test_every_limit_is_a_clear_error_and_disturbs_nothing(start_server, streami
     assert rest_row(server, row, sequence_id="7")[0] == 400  # "7" is not 7: Triton's ids are typed
     status, body = rest_row(server, row)
     assert status == 400 and "send 'sequence_id'" in body["error"]
-    for bad in (-1, 2**64, 1.5, True, [1]):
+    for bad in (-1, 2**64, 1.5, True, [1], "x" * 257):
         status, body = rest_row(server, row, sequence_id=bad, sequence_start=True)
         assert status == 400 and "'sequence_id'" in body["error"], (bad, body)
     status, body = rest_row(server, row, sequence_id=9, sequence_start="yes")
