@@ -238,6 +238,9 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
         does) and the stream goes on."""
         state, started, code = self.state, time.perf_counter(), "OK"
         answers: asyncio.Queue = asyncio.Queue()
+        # At most --max-queue answers wait on a stream: beyond, it is not read further until the
+        # client reads its answers (HTTP/2 flow control then holds the client back).
+        room = asyncio.Semaphore(state.settings.max_queue)
 
         async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
@@ -250,11 +253,14 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
                 return pb.ModelStreamInferResponse(error_message=f"internal server error ({type(exc).__name__})")
 
         async def read() -> None:
-            async for request in request_iterator:
-                # A task per request, created in arrival order: asyncio runs their first steps in
-                # that order, and each puts its row in line before it first waits.
-                answers.put_nowait(asyncio.ensure_future(answer(request)))
-            answers.put_nowait(None)
+            try:
+                async for request in request_iterator:
+                    await room.acquire()
+                    # A task per request, created in arrival order: asyncio runs their first steps
+                    # in that order, and each puts its row in line before it first waits.
+                    answers.put_nowait(asyncio.ensure_future(answer(request)))
+            finally:
+                answers.put_nowait(None)  # the end of the requests, however it came
 
         reader = None
         try:
@@ -263,6 +269,7 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
             reader = asyncio.create_task(read())
             while (pending := await answers.get()) is not None:
                 yield await pending
+                room.release()
             await reader
         except ProtocolError as exc:
             code = exc.grpc_code

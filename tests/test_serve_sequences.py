@@ -521,3 +521,33 @@ def test_a_sequence_stays_on_its_version_until_that_version_is_unloaded(start_se
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(DEADLINE_S) == 0
     assert time.monotonic() - signalled < 10  # not the 20 s drain timeout
+
+
+def test_a_grpc_stream_past_max_queue_is_read_as_its_answers_are_taken(start_server, streaming):
+    """With --max-queue 2 at most two answers wait on a stream; a client that sends 3 images' rows
+    at once (84 requests) still gets every answer, in order, bit-exact: the stream is held back,
+    never dropped or stuck."""
+    server = start_server(None, "--log-level", "warning", "--max-queue", "2")
+    images = digits(3, 8)
+    results: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    client.start_stream(lambda result, error: results.put((result, error)))
+    for index, image in enumerate(images):
+        for r, row in enumerate(image):
+            client.async_stream_infer(
+                STREAM,
+                [row_input(triton_grpc, row)],
+                request_id=f"{index}:{r}",
+                sequence_id=index + 1,
+                sequence_start=r == 0,
+                sequence_end=r == ROWS - 1,
+            )
+    for index, image in enumerate(images):
+        expected = expected_rows(streaming, image)[1]
+        for r in range(ROWS):
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            assert result.get_response().id == f"{index}:{r}"  # the order the requests came in
+            np.testing.assert_array_equal(result.as_numpy("probabilities")[0], expected[r])
+    client.stop_stream()
+    client.close()
