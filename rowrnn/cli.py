@@ -224,8 +224,10 @@ def export(
     if triton_repo is not None:
         from runtime.repository import write_triton_repository
 
-        written = write_triton_repository(result.onnx_path, triton_repo)
+        written = write_triton_repository(result.onnx_path, triton_repo, step=step)
         typer.echo(f"wrote {written}/config.pbtxt and {written}/1/model.onnx")
+        if step:
+            typer.echo(f"wrote the step model as {written.name}-stream beside it (see rowrnn triton-repo --step)")
 
 
 @app.command()
@@ -394,8 +396,18 @@ def serve(
         float, typer.Option(help="A body not received within this: 408.")
     ] = ServeSettings.body_timeout_s,
     drain_timeout_s: Annotated[
-        float, typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight may take.")
+        float,
+        typer.Option(help="On SIGTERM/Ctrl-C, how long requests in flight and live sequences may take to finish."),
     ] = ServeSettings.drain_timeout_s,
+    max_sequences: Annotated[
+        int,
+        typer.Option(
+            help="Live sequences of the stream models (NAME-stream) at once; a new one beyond it: 503 / RESOURCE_EXHAUSTED."
+        ),
+    ] = ServeSettings.max_sequences,
+    sequence_idle_s: Annotated[
+        float, typer.Option(help="A sequence without a row for this long is dropped (its next row: 400, expired).")
+    ] = ServeSettings.sequence_idle_s,
     header_timeout_s: Annotated[
         float, typer.Option(help="A client must send its request headers within this, in all: else 408 and closed.")
     ] = ServeSettings.header_timeout_s,
@@ -438,6 +450,8 @@ def serve(
         max_body_mb=max_body_mb,
         body_timeout_s=body_timeout_s,
         drain_timeout_s=drain_timeout_s,
+        max_sequences=max_sequences,
+        sequence_idle_s=sequence_idle_s,
         header_timeout_s=header_timeout_s,
         max_connections=max_connections,
         api_key=api_key,
@@ -492,14 +506,40 @@ def triton_repo(
             help="The version directory to write (another version of a model already there: a server polling the repository rolls it out)."
         ),
     ] = int(MODEL_VERSION),
+    step: Annotated[
+        bool,
+        typer.Option(
+            "--step",
+            help="Also the step model (MODEL.step.onnx beside MODEL) as NAME-stream: Triton's sequence batching with implicit state.",
+        ),
+    ] = False,
+    max_sequences: Annotated[
+        int, typer.Option(help="With --step: Triton's max_candidate_sequences (default: as rowrnn serve).")
+    ] = ServeSettings.max_sequences,
+    sequence_idle_s: Annotated[
+        float, typer.Option(help="With --step: Triton's max_sequence_idle (default: as rowrnn serve).")
+    ] = ServeSettings.sequence_idle_s,
 ) -> None:
     """Write a Triton Inference Server model repository (config.pbtxt + VERSION/model.onnx) for a model."""
-    from runtime.repository import write_triton_repository
+    from runtime.repository import STREAM_SUFFIX, write_triton_repository
 
     written = write_triton_repository(
-        model, directory, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms, version=version
+        model,
+        directory,
+        name=name,
+        max_batch=max_batch,
+        max_delay_ms=max_delay_ms,
+        version=version,
+        step=step,
+        max_sequences=max_sequences,
+        sequence_idle_s=sequence_idle_s,
     )
     typer.echo(f"wrote {written}/config.pbtxt and {written}/{version}/model.onnx")
+    if step:
+        stream = written.with_name(written.name + STREAM_SUFFIX)
+        typer.echo(
+            f"wrote {written}/{version}/model.step.onnx, {stream}/config.pbtxt and {stream}/{version}/model.onnx"
+        )
 
 
 @app.command()

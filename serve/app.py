@@ -32,6 +32,7 @@ from runtime.predictor import Predictor
 from runtime.preprocess import preprocess_image
 from serve.protocol import (
     HEADER_LENGTH,
+    STREAM_MODEL,
     ProtocolError,
     as_bool,
     as_object,
@@ -40,8 +41,10 @@ from serve.protocol import (
     model_metadata,
     parse_infer_request,
     parse_json,
+    parse_row_request,
     server_metadata,
 )
+from serve.sequences import sequence_control
 from serve.settings import ServeSettings
 from serve.state import ServerState
 from serve.static_site import (
@@ -151,7 +154,8 @@ def endpoint(name: str, inference: bool = False, public: bool = False):
                 if not public:
                     state.check_key(request.headers.get("authorization"))
                 if inference:
-                    with state.inference_request():
+                    stream = state.is_stream(request.path_params.get("model", ""))
+                    with state.inference_request(refuse_when_draining=not stream):
                         return await handler(request, state)
                 return await handler(request, state)
             except InputError as exc:  # bad input the runtime found (an image it cannot read, ...)
@@ -192,21 +196,50 @@ async def server_info(request: Request, state: ServerState) -> Response:
 
 @endpoint("model_metadata")
 async def model_info(request: Request, state: ServerState) -> Response:
-    model = state.repository.resolve(*model_and_version(request))
+    name, version = model_and_version(request)
+    if state.is_stream(name):
+        return json_response(stream_metadata(state, name, version))
+    model = state.repository.resolve(name, version)
     return json_response(model_metadata(model.name, state.repository.versions(model.name), model.parameters))
+
+
+def stream_metadata(state: ServerState, name: str, version: str | None) -> dict:
+    """NAME-stream's metadata: one row in, the answer out; its parameters are the step model's."""
+    model = state.resolve_stream(name, version)
+    parameters = {**model.step_model.metadata, "size_bytes": str(len(model.step_bytes or b""))}
+    return model_metadata(name, state.stream_versions(name), parameters, STREAM_MODEL)
 
 
 @endpoint("model_ready")
 async def model_ready(request: Request, state: ServerState) -> Response:
-    model = state.repository.resolve(*model_and_version(request))
+    name, version = model_and_version(request)
+    model = state.resolve_stream(name, version) if state.is_stream(name) else state.repository.resolve(name, version)
     if state.serving():
-        return json_response({"name": model.name, "ready": True})
+        return json_response({"name": name, "ready": True})
     return Response(error_body(f"model {model.name!r} is not ready"), 503, media_type=JSON)
+
+
+async def infer_row(request: Request, state: ServerState, name: str, version: str | None) -> Response:
+    """A row of a sequence of NAME-stream (serve.sequences)."""
+    if version:
+        state.resolve_stream(name, version)  # an unknown version: 404 before reading the body
+    with state.arriving():
+        header_length = request.headers.get(HEADER_LENGTH)
+        check_tensor_media_type(media_type(request), header_length)
+        body = await read_body(request, state.settings)
+        parsed, parameters = parse_row_request(body, header_length)
+        control = sequence_control(parameters)
+    request.scope["rowrnn.images"] = 1
+    model, prediction = await state.infer_row(name, version, parsed.images, control)
+    content, headers = encode_infer_response(parsed, prediction, name, str(model.version))
+    return Response(content, headers=headers)
 
 
 @endpoint("infer", inference=True)
 async def infer(request: Request, state: ServerState) -> Response:
     name, version = model_and_version(request)
+    if state.is_stream(name):
+        return await infer_row(request, state, name, version)
     state.repository.resolve(name, version)  # an unknown model or version: 404 before reading the body
     with state.arriving():
         header_length = request.headers.get(HEADER_LENGTH)
@@ -339,6 +372,7 @@ async def page_model(request: Request, state: ServerState) -> Response:
 
 @endpoint("metrics")
 async def metrics(request: Request, state: ServerState) -> Response:
+    state.sweep_sequences()  # the live sequences as of now
     return Response(state.metrics.render(), media_type=state.metrics.content_type)
 
 

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -42,86 +43,86 @@ class Job:
 BatchObserver = Callable[[int, float], None]
 
 
-class DynamicBatcher:
+class Queued(Protocol):
+    """A job in a batcher's line."""
+
+    future: asyncio.Future
+    arrived: float  # time.monotonic() when it was put in line
+
+
+J = TypeVar("J", bound=Queued)
+R = TypeVar("R")
+
+
+class CallBatcher(Generic[J, R]):
+    """What both batchers share: a line of jobs, a batch gathered by the rule of the module's
+    docstring, one model call per batch on one worker thread, every job answered or failed, and a
+    close that fails whatever still waits. Subclasses say what a batch is (`_take`, `_queued`), how
+    it runs (`_call`, on the worker thread) and how its result is handed out (`_deliver`)."""
+
+    unit = "request"  # what a job is, in the errors its client reads
+
     def __init__(
-        self,
-        predictor: Predictor,
-        max_batch: int,
-        max_delay_s: float,
-        max_queue: int,
-        on_batch: BatchObserver | None = None,
-        arriving: Callable[[], int] | None = None,
+        self, max_batch: int, max_delay_s: float, arriving: Callable[[], int] | None, thread_name: str
     ) -> None:
-        self.predictor = predictor
-        self.max_batch, self.max_delay_s, self.max_queue = max_batch, max_delay_s, max_queue
-        self.on_batch = on_batch or (lambda images, seconds: None)
+        self.max_batch, self.max_delay_s = max_batch, max_delay_s
         self.arriving = arriving or (lambda: 1)  # unknown: always wait, as Triton does
-        self.queued_images = 0
-        self._jobs: deque[Job] = deque()
+        self._jobs: deque[J] = deque()
         self._arrival: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="rowrnn-batcher")
+        self.name = thread_name
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=thread_name)
 
-    async def predict(self, images: np.ndarray) -> Prediction:
-        """The prediction for `images`, computed in a batch with whatever else is waiting."""
-        if self.queued_images and self.queued_images + len(images) > self.max_queue:
-            raise QueueFull(f"{self.queued_images} images are waiting (--max-queue {self.max_queue})")
-        loop = asyncio.get_running_loop()
-        if self._arrival is None:  # started by the first request, in the server's own loop
+    def _enqueue(self, job: J) -> None:
+        """Put `job` in line (not a coroutine: it is in line when this returns)."""
+        if self._arrival is None:  # started by the first job, in the server's own loop
             self._arrival = asyncio.Event()
-            self._task = loop.create_task(self._run(self._arrival), name="rowrnn-batcher")
-        job = Job(images, loop.create_future())
+            self._task = asyncio.get_running_loop().create_task(self._run(self._arrival), name=self.name)
         self._jobs.append(job)
-        self.queued_images += len(images)
         self._arrival.set()
-        return await job.future
 
     def wake(self) -> None:
         """A request on its way in will not come (it was refused): stop waiting for it."""
         if self._arrival is not None:
             self._arrival.set()
 
+    def _queued(self) -> int:
+        """How much of a batch is waiting, in the unit of `max_batch`."""
+        return len(self._jobs)
+
+    def _take(self) -> list[J]:
+        raise NotImplementedError
+
+    def _call(self, jobs: list[J]) -> R:
+        raise NotImplementedError
+
+    def _deliver(self, jobs: list[J], result: R, seconds: float) -> None:
+        raise NotImplementedError
+
     async def _run(self, arrival: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._gather(arrival)
             jobs = self._take()
-            images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
             started = time.perf_counter()
             try:
-                prediction = await loop.run_in_executor(self._executor, self.predictor.predict, images)
+                result = await loop.run_in_executor(self._executor, self._call, jobs)
             except asyncio.CancelledError:  # closed while this batch ran
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(BatcherClosed("the model version was unloaded during this request"))
+                fail(jobs, BatcherClosed(f"the model version was unloaded during this {self.unit}"))
                 raise
-            except Exception as exc:  # noqa: BLE001  (each waiting request gets the error)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+            except Exception as exc:  # noqa: BLE001  (each job of the batch gets the error)
+                fail(jobs, exc)
                 continue
-            self.on_batch(len(images), time.perf_counter() - started)
-            start = 0
-            for job in jobs:
-                end = start + len(job.images)
-                if not job.future.done():  # its client may have gone away
-                    job.future.set_result(
-                        Prediction(
-                            prediction.labels[start:end],
-                            prediction.probabilities[start:end],
-                            prediction.logits[start:end],
-                        )
-                    )
-                start = end
+            self._deliver(jobs, result, time.perf_counter() - started)
 
     async def _gather(self, arrival: asyncio.Event) -> None:
-        """Wait until a batch is full, the oldest request has waited `max_delay_s`, or no other
+        """Wait until a batch is full, the oldest job has waited `max_delay_s`, or no other
         request is on its way in."""
         while not self._jobs:
             arrival.clear()
             await arrival.wait()
         deadline = self._jobs[0].arrived + self.max_delay_s
-        while self.queued_images < self.max_batch and self.arriving() > 0:
+        while self._queued() < self.max_batch and self.arriving() > 0:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -131,6 +132,52 @@ class DynamicBatcher:
                     await arrival.wait()
             except TimeoutError:
                 return
+
+    async def close(self) -> None:
+        """Stop; jobs still waiting (a drain that timed out) get BatcherClosed, never silence."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+            self._arrival = None
+        fail(list(self._jobs), BatcherClosed(f"the model version was unloaded before this {self.unit}'s turn"))
+        self._jobs.clear()
+        self._executor.shutdown(wait=True)
+
+
+def fail(jobs: list[J], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():  # its client may have gone away
+            job.future.set_exception(exc)
+
+
+class DynamicBatcher(CallBatcher[Job, Prediction]):
+    def __init__(
+        self,
+        predictor: Predictor,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        on_batch: BatchObserver | None = None,
+        arriving: Callable[[], int] | None = None,
+    ) -> None:
+        super().__init__(max_batch, max_delay_s, arriving, "rowrnn-batcher")
+        self.predictor, self.max_queue = predictor, max_queue
+        self.on_batch = on_batch or (lambda images, seconds: None)
+        self.queued_images = 0
+
+    async def predict(self, images: np.ndarray) -> Prediction:
+        """The prediction for `images`, computed in a batch with whatever else is waiting."""
+        if self.queued_images and self.queued_images + len(images) > self.max_queue:
+            raise QueueFull(f"{self.queued_images} images are waiting (--max-queue {self.max_queue})")
+        job = Job(images, asyncio.get_running_loop().create_future())
+        self._enqueue(job)
+        self.queued_images += len(images)
+        return await job.future
+
+    def _queued(self) -> int:
+        return self.queued_images
 
     def _take(self) -> list[Job]:
         """The oldest jobs that fit in `max_batch` images (always at least one)."""
@@ -142,17 +189,21 @@ class DynamicBatcher:
         self.queued_images -= size
         return jobs
 
+    def _call(self, jobs: list[Job]) -> Prediction:
+        images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
+        return self.predictor.predict(images)
+
+    def _deliver(self, jobs: list[Job], result: Prediction, seconds: float) -> None:
+        self.on_batch(len(result.labels), seconds)
+        start = 0
+        for job in jobs:
+            end = start + len(job.images)
+            if not job.future.done():  # its client may have gone away
+                job.future.set_result(
+                    Prediction(result.labels[start:end], result.probabilities[start:end], result.logits[start:end])
+                )
+            start = end
+
     async def close(self) -> None:
-        """Stop; requests still waiting (a drain that timed out) get BatcherClosed, never silence."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-            self._arrival = None
-        while self._jobs:
-            job = self._jobs.popleft()
-            if not job.future.done():
-                job.future.set_exception(BatcherClosed("the model version was unloaded before this request's turn"))
+        await super().close()
         self.queued_images = 0
-        self._executor.shutdown(wait=True)

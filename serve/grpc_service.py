@@ -20,13 +20,15 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
-from runtime.contract import INPUT_NAME
+from runtime.contract import FULL_MODEL, INPUT_NAME, ROW_NAME, ModelIO
 from runtime.errors import InputError, one_line
 from runtime.predictor import Prediction
 from serve.protocol import (
     DATATYPE,
     EXTENSIONS,
     OUTPUT_NAMES,
+    ROW_BYTES,
+    STREAM_MODEL,
     InferRequest,
     ProtocolError,
     binary_images,
@@ -34,12 +36,15 @@ from serve.protocol import (
     check_datatype,
     check_input_names,
     check_output_names,
+    check_row_tensor,
     check_value_count,
     checked_images,
+    checked_row,
     image_count,
     model_metadata,
     output_array,
 )
+from serve.sequences import grpc_parameters, sequence_control
 from serve.settings import ServeSettings
 from serve.state import ServerState
 
@@ -72,9 +77,33 @@ def parse_grpc_infer_request(request: pb.ModelInferRequest) -> InferRequest:
         values = tensor.contents.fp32_contents
         check_value_count(len(values), count)
         images = checked_images(np.asarray(values, np.float32), count)
+    return InferRequest(request.id or None, images, requested_outputs(request))
+
+
+def requested_outputs(request: pb.ModelInferRequest) -> tuple[tuple[str, bool], ...]:
     names = [output.name for output in request.outputs] or list(OUTPUT_NAMES)
     check_output_names(names)
-    return InferRequest(request.id or None, images, tuple((name, True) for name in names))
+    return tuple((name, True) for name in names)
+
+
+def parse_grpc_row_request(request: pb.ModelInferRequest) -> InferRequest:
+    """Check a stream model's ModelInferRequest: one row FP32 [1, 28], raw or typed."""
+    if not request.inputs:
+        raise ProtocolError(f"'inputs' must hold the one input '{ROW_NAME}'")
+    check_input_names([tensor.name for tensor in request.inputs], ROW_NAME)
+    tensor = request.inputs[0]
+    check_row_tensor(tensor.datatype, list(tensor.shape))
+    raw = request.raw_input_contents
+    if raw:
+        if len(raw) != 1 or len(raw[0]) != ROW_BYTES or tensor.HasField("contents"):
+            raise ProtocolError(
+                f"input '{ROW_NAME}': one FP32 row [1, 28] is one raw_input_contents of {ROW_BYTES} bytes, "
+                "and no contents"
+            )
+        row = np.frombuffer(raw[0], "<f4")
+    else:
+        row = np.asarray(tensor.contents.fp32_contents, np.float32)
+    return InferRequest(request.id or None, checked_row(row), requested_outputs(request))
 
 
 def encode_grpc_infer_response(
@@ -89,9 +118,9 @@ def encode_grpc_infer_response(
     return response
 
 
-def model_metadata_response(name: str, versions: list[str]) -> pb.ModelMetadataResponse:
+def model_metadata_response(name: str, versions: list[str], io: ModelIO = FULL_MODEL) -> pb.ModelMetadataResponse:
     """REST's model metadata (serve.protocol), as the gRPC message: one description for both."""
-    described = model_metadata(name, versions, {})
+    described = model_metadata(name, versions, {}, io)
     tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
         name=name,
@@ -118,7 +147,8 @@ def rpc(public: bool = False, inference: bool = False):
                 if not public and state.settings.api_key is not None:  # no metadata to read without a key
                     state.check_key(dict(context.invocation_metadata()).get("authorization"))
                 if inference:
-                    with state.inference_request():
+                    stream = state.is_stream(request.model_name)
+                    with state.inference_request(refuse_when_draining=not stream):
                         return await method(self, request, context)
                 return await method(self, request, context)
             except (ProtocolError, InputError) as exc:
@@ -157,11 +187,15 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc()
     async def ModelReady(self, request, context):  # noqa: N802
+        state = self.state
         try:
-            self.state.repository.resolve(request.name, request.version)
+            if state.is_stream(request.name):
+                state.resolve_stream(request.name, request.version)
+            else:
+                state.repository.resolve(request.name, request.version)
         except ProtocolError:  # as Triton: an unknown model or version is simply not ready
             return pb.ModelReadyResponse(ready=False)
-        return pb.ModelReadyResponse(ready=self.state.serving())
+        return pb.ModelReadyResponse(ready=state.serving())
 
     @rpc()
     async def ServerMetadata(self, request, context):  # noqa: N802
@@ -169,17 +203,91 @@ class InferenceService(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @rpc()
     async def ModelMetadata(self, request, context):  # noqa: N802
-        model = self.state.repository.resolve(request.name, request.version)
-        return model_metadata_response(model.name, self.state.repository.versions(model.name))
+        state = self.state
+        if state.is_stream(request.name):
+            state.resolve_stream(request.name, request.version)
+            return model_metadata_response(request.name, state.stream_versions(request.name), STREAM_MODEL)
+        model = state.repository.resolve(request.name, request.version)
+        return model_metadata_response(model.name, state.repository.versions(model.name))
 
     @rpc(inference=True)
     async def ModelInfer(self, request, context):  # noqa: N802
-        state = self.state
-        state.repository.resolve(request.model_name, request.model_version)  # NOT_FOUND before any parsing
+        return await self.infer(request)
+
+    async def infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """One inference: of a model, or a row of a sequence of its stream model (NAME-stream)."""
+        state, name, version = self.state, request.model_name, request.model_version
+        if state.is_stream(name):
+            if version:
+                state.resolve_stream(name, version)  # NOT_FOUND before any parsing
+            with state.arriving():
+                parsed = parse_grpc_row_request(request)
+                control = sequence_control(grpc_parameters(request.parameters))
+            model, prediction = await state.infer_row(name, version, parsed.images, control)
+            return encode_grpc_infer_response(parsed, prediction, name, str(model.version))
+        state.repository.resolve(name, version)  # NOT_FOUND before any parsing
         with state.arriving():
             parsed = parse_grpc_infer_request(request)
-        model, prediction = await state.infer(request.model_name, request.model_version, parsed.images)
+        model, prediction = await state.infer(name, version, parsed.images)
         return encode_grpc_infer_response(parsed, prediction, model.name, str(model.version))
+
+    async def ModelStreamInfer(self, request_iterator, context):  # noqa: N802
+        """Triton's bidirectional stream (tritonclient's start_stream / async_stream_infer): each
+        request is answered on the stream, in the order the requests came, so a sequence's answers
+        come in its rows' order; a refused request is answered with its error_message (as Triton
+        does) and the stream goes on."""
+        state, started, code = self.state, time.perf_counter(), "OK"
+        answers: asyncio.Queue = asyncio.Queue()
+        # At most --max-queue answers wait on a stream: beyond, it is not read further until the
+        # client reads its answers (HTTP/2 flow control then holds the client back).
+        room = asyncio.Semaphore(state.settings.max_queue)
+
+        async def answer(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
+            try:
+                with state.inference_request(refuse_when_draining=not state.is_stream(request.model_name)):
+                    return pb.ModelStreamInferResponse(infer_response=await self.infer(request))
+            except (ProtocolError, InputError) as exc:
+                return pb.ModelStreamInferResponse(error_message=str(exc))
+            except Exception as exc:  # noqa: BLE001  (a bug of ours: said on the stream, which goes on)
+                log.exception("internal error in gRPC ModelStreamInfer")
+                return pb.ModelStreamInferResponse(error_message=f"internal server error ({type(exc).__name__})")
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    await room.acquire()
+                    # A task per request, created in arrival order: asyncio runs their first steps
+                    # in that order, and each puts its row in line before it first waits.
+                    answers.put_nowait(asyncio.ensure_future(answer(request)))
+            finally:
+                answers.put_nowait(None)  # the end of the requests, however it came
+
+        reader = None
+        try:
+            if state.settings.api_key is not None:
+                state.check_key(dict(context.invocation_metadata()).get("authorization"))
+            reader = asyncio.create_task(read())
+            while (pending := await answers.get()) is not None:
+                yield await pending
+                room.release()
+            await reader
+        except ProtocolError as exc:
+            code = exc.grpc_code
+            await context.abort(grpc.StatusCode[code], str(exc))
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            if reader is not None:
+                reader.cancel()
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if pending is not None:
+                    pending.cancel()
+            seconds = time.perf_counter() - started
+            state.metrics.observe_grpc("ModelStreamInfer", code, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info('%s "gRPC ModelStreamInfer" %s %.2f ms', context.peer(), code, seconds * 1000)
 
     @rpc()
     async def RepositoryIndex(self, request, context):  # noqa: N802

@@ -57,6 +57,23 @@ class Metrics:
             "rowrnn_queue_images", "Images waiting for the batcher.", MODEL_LABELS, registry=self.registry
         )
 
+        self.live_sequences = Gauge(
+            "rowrnn_sequences_live", "Live sequences of the stream models.", registry=self.registry
+        )
+        self.step_rows = Histogram(
+            "rowrnn_sequence_step_rows",
+            "Rows (one per live sequence) per call of a step model, by stream model and version.",
+            MODEL_LABELS,
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.sequence_expirations = Counter(
+            "rowrnn_sequence_expirations",
+            "Sequences dropped after --sequence-idle-s without a row, by stream model.",
+            ["model"],
+            registry=self.registry,
+        )
+
     def observe_request(self, endpoint: str, code: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(code)).inc()
         self.latency.labels(endpoint).observe(seconds)

@@ -14,14 +14,29 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, INPUT_NAME, LOGITS_NAME, PIXELS
+from runtime.contract import (
+    FULL_MODEL,
+    IMAGE_COLS,
+    IMAGE_ROWS,
+    INPUT_NAME,
+    LOGITS_NAME,
+    PIXELS,
+    ROW_NAME,
+    ModelIO,
+    TensorSpec,
+    output_specs,
+)
 from runtime.errors import InputError, one_line
-from runtime.predictor import Prediction, validate_images
+from runtime.predictor import Prediction, checked_values, validate_images
 from runtime.repository import PLATFORM
 
 PROTOCOL_VERSION = "2"
 DATATYPE = "FP32"
 OUTPUT_NAMES = tuple(spec.name for spec in FULL_MODEL.outputs)
+# The stream model a server serves beside a model with a step model (serve.sequences): one pixel
+# row per request, the LSTM state kept in the server per sequence (Triton's implicit state).
+STREAM_MODEL = ModelIO("rowrnn stream model", (TensorSpec(ROW_NAME, (IMAGE_COLS,)),), output_specs())
+ROW_BYTES = IMAGE_COLS * 4  # one FP32 row
 EXTENSIONS = ("binary_tensor_data",)
 HEADER_LENGTH = "inference-header-content-length"
 FLOAT32_LE = np.dtype("<f4")
@@ -61,15 +76,16 @@ def server_metadata(name: str, version: str) -> dict:
     return {"name": name, "version": version, "extensions": list(EXTENSIONS)}
 
 
-def model_metadata(name: str, versions: list[str], parameters: dict[str, str]) -> dict:
-    """The model's metadata; `versions`: the versions loaded (the protocol's field)."""
+def model_metadata(name: str, versions: list[str], parameters: dict[str, str], io: ModelIO = FULL_MODEL) -> dict:
+    """The model's metadata; `versions`: the versions loaded (the protocol's field); `io`: the full
+    model's I/O, or the stream model's (STREAM_MODEL: one row in, the state kept by the server)."""
     tensor = lambda spec: {"name": spec.name, "datatype": DATATYPE, "shape": [-1, *spec.dims]}  # noqa: E731
     return {
         "name": name,
         "versions": versions,
         "platform": PLATFORM,
-        "inputs": [tensor(spec) for spec in FULL_MODEL.inputs],
-        "outputs": [tensor(spec) for spec in FULL_MODEL.outputs],
+        "inputs": [tensor(spec) for spec in io.inputs],
+        "outputs": [tensor(spec) for spec in io.outputs],
         "parameters": parameters,  # the model file's own metadata: architecture, accuracy, ...
     }
 
@@ -148,17 +164,17 @@ def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
 # gets the same message for the same mistake whichever way it speaks.
 
 
-def check_input_names(names: list) -> None:
-    unknown = [name for name in names if name != INPUT_NAME]
+def check_input_names(names: list, expected: str = INPUT_NAME) -> None:
+    unknown = [name for name in names if name != expected]
     if unknown:
-        raise ProtocolError(f"unknown input {unknown[0]!r}; this model has one input, '{INPUT_NAME}'")
+        raise ProtocolError(f"unknown input {unknown[0]!r}; this model has one input, '{expected}'")
     if len(names) > 1:
-        raise ProtocolError(f"input '{INPUT_NAME}' is given {len(names)} times")
+        raise ProtocolError(f"input '{expected}' is given {len(names)} times")
 
 
-def check_datatype(datatype: object) -> None:
+def check_datatype(datatype: object, name: str = INPUT_NAME) -> None:
     if datatype != DATATYPE:
-        raise ProtocolError(f"input '{INPUT_NAME}' has datatype {datatype!r}; the model takes {DATATYPE}")
+        raise ProtocolError(f"input '{name}' has datatype {datatype!r}; the model takes {DATATYPE}")
 
 
 def check_binary_size(size: int, count: int) -> None:
@@ -245,6 +261,76 @@ def check_output_names(names: list[object]) -> list[str]:
     if len(set(checked)) != len(checked):
         raise ProtocolError("an output is asked for twice")
     return checked
+
+
+# --- the stream model's requests: one row, and Triton's sequence parameters ---------------------------
+
+
+def parse_row_request(body: bytes, header_length: str | None = None) -> tuple[InferRequest, dict]:
+    """Parse and check a stream model request: (the request, its row float32 [1, 28]; its parameters,
+    where Triton's clients put sequence_id, sequence_start and sequence_end)."""
+    header, binary = split_body(body, header_length)
+    request = parse_json(header)
+    request_id = request.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError("'id' must be a string")
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise ProtocolError(f"'inputs' must be a list with the one input '{ROW_NAME}'")
+    check_input_names([item.get("name") if isinstance(item, dict) else None for item in inputs], ROW_NAME)
+    tensor = inputs[0]
+    check_row_tensor(tensor.get("datatype"), tensor.get("shape"))
+    binary_size = as_object(tensor.get("parameters", {}), "input parameters").get("binary_data_size")
+    if binary_size is not None:
+        if "data" in tensor:
+            raise ProtocolError(f"input '{ROW_NAME}' has both 'data' and binary_data_size")
+        if binary_size != ROW_BYTES or len(binary) != ROW_BYTES:
+            raise ProtocolError(
+                f"input '{ROW_NAME}': binary_data_size {binary_size!r} with {len(binary)} bytes of binary data; "
+                f"one FP32 row [1, {IMAGE_COLS}] is {ROW_BYTES} bytes"
+            )
+        row = np.frombuffer(binary, FLOAT32_LE, count=IMAGE_COLS)
+    else:
+        if len(binary):
+            raise ProtocolError(f"{len(binary)} bytes of binary data, but no input has binary_data_size")
+        if not isinstance(tensor.get("data"), list):
+            raise ProtocolError(f"input '{ROW_NAME}' data must be a list of {IMAGE_COLS} numbers")
+        try:
+            with np.errstate(over="ignore"):
+                row = np.asarray(tensor["data"], dtype=np.float32).ravel()
+        except (ValueError, TypeError):
+            raise ProtocolError(f"input '{ROW_NAME}' data must be {IMAGE_COLS} numbers") from None
+    parameters = as_object(request.get("parameters", {}), "'parameters'")
+    binary_default = as_bool(parameters.get("binary_data_output", False), "'binary_data_output'")
+    return InferRequest(request_id, checked_row(row), parse_outputs(request.get("outputs"), binary_default)), parameters
+
+
+def check_row_tensor(datatype: object, shape: object) -> None:
+    """The stream model's input: FP32 [1, 28], one row of one sequence per request."""
+    check_datatype(datatype, ROW_NAME)
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(type(d) is int for d in shape)
+        or shape[1] != IMAGE_COLS
+    ):
+        raise ProtocolError(f"input '{ROW_NAME}' has shape {shape!r}; expected [1, {IMAGE_COLS}] (one pixel row)")
+    if shape[0] != 1:
+        raise ProtocolError(
+            f"input '{ROW_NAME}' has batch dimension {shape[0]}; a sequence takes one row per request: [1, {IMAGE_COLS}]"
+        )
+
+
+def checked_row(values: np.ndarray) -> np.ndarray:
+    """float32 values -> one row [1, 28], refused unless 28 finite values in [0, 1]."""
+    if values.size != IMAGE_COLS:
+        raise ProtocolError(
+            f"input '{ROW_NAME}' holds {values.size} values; shape [1, {IMAGE_COLS}] needs {IMAGE_COLS}"
+        )
+    try:
+        return checked_values(values.reshape(1, IMAGE_COLS), f"input '{ROW_NAME}'")
+    except InputError as exc:
+        raise ProtocolError(str(exc)) from None
 
 
 def as_object(value: object, what: str) -> dict:

@@ -28,10 +28,11 @@ import numpy as np
 from runtime.contract import FULL_MODEL, IMAGE_COLS, IMAGE_ROWS, step_path_for
 from runtime.errors import InputError, one_line
 from runtime.predictor import Predictor
-from runtime.repository import PLATFORM
+from runtime.repository import PLATFORM, STREAM_SUFFIX
 from runtime.stream import StreamingPredictor
 from serve.batcher import DynamicBatcher
 from serve.protocol import ProtocolError
+from serve.sequences import SequenceBatcher
 
 log = logging.getLogger("rowrnn.serve.repository")
 CONFIG = "config.pbtxt"
@@ -73,6 +74,23 @@ class ModelVersion:
     # this version runs, even after the files on disk change (a refused reload keeps the old one).
     model_bytes: bytes = b""
     step_bytes: bytes | None = None
+    step_batcher: SequenceBatcher | None = None  # NAME-stream's batcher, made on its first row (serve.state)
+
+    @property
+    def step_model(self) -> StreamingPredictor:
+        """The step model NAME-stream runs on this version; a 404 for a version without one."""
+        if self.streaming is None:
+            raise ProtocolError(
+                f"model '{self.name}{STREAM_SUFFIX}': version {self.version} of {self.name!r} has no step model "
+                "(MODEL.step.onnx beside model.onnx, from rowrnn export --step)",
+                404,
+            )
+        return self.streaming
+
+    async def close_batchers(self) -> None:
+        await self.batcher.close()
+        if self.step_batcher is not None:
+            await self.step_batcher.close()
 
     def close(self) -> None:
         self.predictor.close()
@@ -93,8 +111,15 @@ def read_config(model_dir: Path):
         config = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a Triton model configuration: {one_line(exc, limit=200)}") from None
-    check_config(config, model_dir.name, path)
+    if not is_stream_config(config):
+        check_config(config, model_dir.name, path)
     return config
+
+
+def is_stream_config(config) -> bool:
+    """NAME-stream's directory as `rowrnn triton-repo --step` writes it for Triton: a sequence-batched
+    step model. rowrnn serve serves NAME-stream from NAME/VERSION/model.step.onnx, so it skips it."""
+    return config.HasField("sequence_batching") and config.name.endswith(STREAM_SUFFIX)
 
 
 def check_config(config, name: str, path: Path) -> None:
@@ -168,6 +193,8 @@ def scan(root: Path, max_delay_s: float) -> dict[str, ModelSource]:
         except (InputError, OSError) as exc:
             sources[name] = ModelSource(name, error=one_line(exc))
             continue
+        if is_stream_config(config):
+            continue
         delay_s = (
             config.dynamic_batching.max_queue_delay_microseconds / 1e6
             if config.HasField("dynamic_batching")
@@ -205,6 +232,9 @@ def open_version(
         step_path = step_path_for(predictor.path)
         step_bytes = step_path.read_bytes() if step_path.is_file() else None
         streaming = StreamingPredictor(step_path) if step_bytes is not None else None
+        if streaming is not None:
+            for size in sorted({1, batching.max_batch}):
+                streaming.step(np.zeros((size, IMAGE_COLS), np.float32), *[streaming.zero_state(size)] * 2)
     except BaseException:
         predictor.close()
         raise
@@ -302,6 +332,12 @@ class ModelRepository:
             {"name": name, "version": str(version), "state": "READY", "reason": ""}
             for name, versions in self.models.items()
             for version in versions
+        ]
+        entries += [  # NAME-stream beside a version with a step model (serve.sequences)
+            {"name": name + STREAM_SUFFIX, "version": str(version), "state": "READY", "reason": ""}
+            for name, versions in self.models.items()
+            for version, loaded in versions.items()
+            if loaded.streaming is not None and name + STREAM_SUFFIX not in self.models
         ]
         entries += [
             entry
@@ -444,14 +480,14 @@ class ModelRepository:
                 leaving.in_flight,
                 self.drain_timeout_s,
             )
-        await leaving.batcher.close()
+        await leaving.close_batchers()
         await asyncio.get_running_loop().run_in_executor(None, leaving.close)
         log.info("model %r version %d unloaded", name, version)
 
     async def close(self) -> None:
         for versions in self.models.values():
             for loaded in versions.values():
-                await loaded.batcher.close()
+                await loaded.close_batchers()
         self.close_all()
 
     def close_all(self) -> None:

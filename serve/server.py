@@ -2,7 +2,8 @@
 on SIGTERM/Ctrl-C instead of uvicorn's abrupt stop.
 
 Drain: readiness turns false and new inference requests get 503 (gRPC: UNAVAILABLE) at once; the
-requests in flight over either protocol finish (at most --drain-timeout-s); then the gRPC server
+requests in flight over either protocol finish, and the live sequences of the stream models may
+send their remaining rows until they end (new sequences are refused), all within --drain-timeout-s; then the gRPC server
 stops, uvicorn closes the listener and the connections, and the process exits 0. A second signal
 stops at once.
 """
@@ -45,16 +46,26 @@ class DrainingServer(uvicorn.Server):
         if self.drain_started is not None:
             self.should_exit = self.force_exit = True
             return
-        log.info("received %s: draining (%d requests in flight)", signal.Signals(sig).name, self.state.in_flight)
+        log.info(
+            "received %s: draining (%d requests in flight, %d sequences live)",
+            signal.Signals(sig).name,
+            self.state.in_flight,
+            len(self.state.sequences.live),
+        )
         self.state.draining = True
         self.drain_started = time.monotonic()
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None:
             waited = time.monotonic() - self.drain_started
-            if (self.state.in_flight == 0 and waited >= LINGER_S) or waited > self.state.settings.drain_timeout_s:
-                if self.state.in_flight:
-                    log.warning("drain timeout: %d requests still in flight", self.state.in_flight)
+            busy = self.state.busy()  # requests in flight, or live sequences that may still finish
+            if (not busy and waited >= LINGER_S) or waited > self.state.settings.drain_timeout_s:
+                if busy:
+                    log.warning(
+                        "drain timeout: %d requests still in flight, %d sequences live",
+                        self.state.in_flight,
+                        len(self.state.sequences.live),
+                    )
                 return True
         return await super().on_tick(counter)
 

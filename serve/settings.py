@@ -6,7 +6,12 @@ import ipaddress
 from dataclasses import dataclass
 
 from runtime.errors import InputError
-from runtime.repository import DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_MS
+from runtime.repository import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_DELAY_MS,
+    DEFAULT_MAX_SEQUENCES,
+    DEFAULT_SEQUENCE_IDLE_S,
+)
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -24,7 +29,13 @@ class ServeSettings:
     max_queue: int = 1024  # images waiting; beyond it: 503 + Retry-After
     max_body_mb: float = 16.0  # larger request bodies: 413
     body_timeout_s: float = 30.0  # a client that stops sending its body mid-way: 408
-    drain_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight may take
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long requests in flight (and live sequences) may take
+    max_sequences: int = (
+        DEFAULT_MAX_SEQUENCES  # live sequences of the stream models at once; beyond: 503 / RESOURCE_EXHAUSTED
+    )
+    sequence_idle_s: float = (
+        DEFAULT_SEQUENCE_IDLE_S  # a sequence without a row for this long is dropped (Triton: max_sequence_idle)
+    )
     header_timeout_s: float = 10.0  # a client must send its request headers within this (total, not idle): 408
     max_connections: int = 2048  # HTTP connections open at once; beyond: 503 at once (well under the fd limit)
     api_key: str | None = None  # when set: `Authorization: Bearer KEY` on all but health
@@ -47,6 +58,7 @@ class ServeSettings:
             ("--max-batch", self.max_batch),
             ("--max-queue", self.max_queue),
             ("--max-connections", self.max_connections),
+            ("--max-sequences", self.max_sequences),
         ):
             if value < 1:
                 raise InputError(f"{option} must be at least 1, got {value}")
@@ -58,6 +70,8 @@ class ServeSettings:
         ):
             if not amount >= 0:  # also refuses NaN
                 raise InputError(f"{option} must be a non-negative number, got {amount}")
+        if not self.sequence_idle_s > 0:
+            raise InputError(f"--sequence-idle-s must be above 0, got {self.sequence_idle_s}")
         if not self.header_timeout_s > 0:
             raise InputError(f"--header-timeout-s must be above 0, got {self.header_timeout_s}")
         if not self.poll_s >= 0:

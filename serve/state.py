@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from runtime.predictor import Prediction, Predictor
+from runtime.repository import STREAM_SUFFIX
 from serve.batcher import BatcherClosed, DynamicBatcher, QueueFull
 from serve.metrics import Metrics
 from serve.protocol import ProtocolError
-from serve.repository import Batching, ModelRepository, ModelVersion
+from serve.repository import Batching, ModelRepository, ModelVersion, version_number
+from serve.sequences import SequenceBatcher, SequenceControl, SequenceStore, describe
 from serve.settings import ServeSettings
 from serve.web_runtime import cached_files
 
@@ -59,6 +61,11 @@ class ServerState:
         self.in_flight = 0  # inference requests between arrival and response, both protocols
         self.receiving = 0  # inference requests not yet handed to a batcher (body, parsing)
         self._repository: ModelRepository | None = None
+        self.sequences = SequenceStore(
+            settings.max_sequences,
+            settings.sequence_idle_s,
+            lambda stream: self.metrics.sequence_expirations.labels(stream).inc(),
+        )
         # onnxruntime-web from the cache `rowrnn site` fills: with it the page runs the model in
         # the browser; without it (never fetched here), the page uses /v1/classify
         self.ort_dir: Path | None = cached_files()
@@ -112,12 +119,35 @@ class ServerState:
         if not key_matches(authorization, self.settings.api_key):
             raise ProtocolError(API_KEY_MESSAGE, 401)
 
+    def sweep_sequences(self) -> None:
+        """Drop the sequences idle past --sequence-idle-s (on each row, each /metrics, each drain tick)."""
+        self.sequences.sweep()
+        self.metrics.live_sequences.set(len(self.sequences.live))
+
+    def busy(self) -> bool:
+        """Requests in flight or live sequences: what a drain waits for (at most its timeout)."""
+        self.drop_unloaded_sequences()
+        self.sweep_sequences()
+        return bool(self.in_flight or self.sequences.live)
+
+    def served(self, model: ModelVersion) -> bool:
+        """Whether the version still serves (a retired one is closed, or closing)."""
+        return self.repository.models.get(model.name, {}).get(model.version) is model
+
+    def drop_unloaded_sequences(self) -> None:
+        """Drop the live sequences whose version was unloaded: they can never read on. A look at
+        every live sequence, so only on drain ticks and when the store is full, not per row."""
+        for key, sequence in list(self.sequences.live.items()):
+            if not self.served(sequence.model):
+                del self.sequences.live[key]
+
     @contextlib.contextmanager
-    def inference_request(self) -> Iterator[None]:
-        """An inference request in flight (the drain waits for it); refused while draining."""
+    def inference_request(self, refuse_when_draining: bool = True) -> Iterator[None]:
+        """An inference request in flight (the drain waits for it); refused while draining, except a
+        stream model's rows (live sequences may finish; `infer_row` refuses new ones)."""
         self.in_flight += 1
         try:
-            if self.draining:
+            if self.draining and refuse_when_draining:
                 raise ProtocolError("the server is shutting down", 503)
             yield
         finally:
@@ -133,6 +163,8 @@ class ServerState:
             for versions in self.repository.models.values():
                 for loaded in versions.values():
                     loaded.batcher.wake()  # it will not come: no batch need wait for it
+                    if loaded.step_batcher is not None:
+                        loaded.step_batcher.wake()
             raise
         finally:
             self.receiving -= 1
@@ -152,6 +184,76 @@ class ServerState:
         finally:
             model.in_flight -= 1
             self.metrics.queue_images.labels(model.name, str(model.version)).set(model.batcher.queued_images)
+
+    # -- the stream models (serve.sequences) ------------------------------------------------------
+    def is_stream(self, name: str) -> bool:
+        """NAME-stream of a served NAME (a model really named so is served as itself)."""
+        return (
+            name.endswith(STREAM_SUFFIX)
+            and name not in self.repository.models
+            and name[: -len(STREAM_SUFFIX)] in self.repository.models
+        )
+
+    def resolve_stream(self, name: str, version: str | None) -> ModelVersion:
+        """The version whose step model serves NAME-stream (the latest loaded when none is named)."""
+        model = self.repository.resolve(name[: -len(STREAM_SUFFIX)], version)
+        model.step_model  # noqa: B018  (a 404 for a version without a step model)
+        return model
+
+    def stream_versions(self, name: str) -> list[str]:
+        base = name[: -len(STREAM_SUFFIX)]
+        return [str(v) for v, loaded in sorted(self.repository.models.get(base, {}).items()) if loaded.streaming]
+
+    def step_batcher(self, model: ModelVersion) -> SequenceBatcher:
+        if model.step_batcher is None:
+            stream, version = model.name + STREAM_SUFFIX, str(model.version)
+            self.metrics.sequence_expirations.labels(stream)  # shown at 0 from the first row on
+
+            def observe(rows: int, seconds: float) -> None:
+                self.metrics.step_rows.labels(stream, version).observe(rows)
+
+            model.step_batcher = SequenceBatcher(
+                model.step_model, model.batcher.max_batch, model.batcher.max_delay_s, observe, lambda: self.receiving
+            )
+        return model.step_batcher
+
+    async def infer_row(
+        self, name: str, version: str | None, row: np.ndarray, control: SequenceControl
+    ) -> tuple[ModelVersion, Prediction]:
+        """One row of a sequence of NAME-stream: the answer after it, on the sequence's own state.
+
+        Everything up to the row's place in its batcher's line happens without yielding to the
+        event loop, so a sequence's rows are applied in the order their requests were read."""
+        sequences = self.sequences
+        self.sweep_sequences()
+        if control.start:
+            model = self.resolve_stream(name, version)
+            if len(sequences.live) >= sequences.max_sequences:
+                self.drop_unloaded_sequences()
+            batcher = self.step_batcher(model)
+            sequence = sequences.begin(name, control, model, batcher.zero_state(), self.draining)
+        else:
+            sequence = sequences.find(name, control)
+            model = sequence.model
+            if version and version_number(version) != model.version:
+                raise ProtocolError(f"{describe(control.id)} runs on version {model.version}, not {version[:40]!r}")
+            if not self.served(model):
+                sequences.live.pop((name, control.id), None)
+                raise ProtocolError(
+                    f"{describe(control.id)}: its model version {model.version} was unloaded; start it again "
+                    "with sequence_start"
+                )
+            batcher = self.step_batcher(model)
+        sequences.accept(name, control, sequence)
+        model.in_flight += 1
+        try:
+            return model, await batcher.submit(sequence, row)
+        except BatcherClosed as exc:
+            raise ProtocolError(f"{exc}; start the sequence again", 503) from None
+        finally:
+            model.in_flight -= 1
+            sequences.answered(sequence)
+            self.metrics.live_sequences.set(len(sequences.live))
 
     # -- the repository extension (both protocols) ------------------------------------------------
     def check_explicit_control(self, name: str) -> None:

@@ -44,6 +44,8 @@ def test_help_lists_every_command():
                 "--max-body-mb",
                 "--body-timeout-s",
                 "--drain-timeout-s",
+                "--max-sequences",
+                "--sequence-idle-s",
                 "--api-key",
                 "ROWRNN_API_KEY",
                 "--cors-origin",
@@ -51,7 +53,7 @@ def test_help_lists_every_command():
             ],
         ),
         ("site", ["--model", "ROWRNN_CACHE"]),
-        ("triton-repo", ["--name", "--max-batch", "--max-delay-ms"]),
+        ("triton-repo", ["--name", "--max-batch", "--max-delay-ms", "--step", "--max-sequences", "--sequence-idle-s"]),
         ("anytime", ["--model", "--data", "--json", "--plot"]),
         (
             "bench",
@@ -95,12 +97,14 @@ def test_option_defaults_are_the_librarys():
         "max_body_mb",
         "body_timeout_s",
         "drain_timeout_s",
+        "max_sequences",
+        "sequence_idle_s",
         "header_timeout_s",
         "max_connections",
         "log_level",
     ):
         assert defaults["serve"][option] == getattr(ServeSettings(), option), option
-    for option in ("name", "max_batch", "max_delay_ms"):
+    for option in ("name", "max_batch", "max_delay_ms", "max_sequences", "sequence_idle_s"):
         assert defaults["triton-repo"][option] == getattr(ServeSettings(), option), option
     from rowrnn_keras.config import TrainConfig
 

@@ -89,8 +89,56 @@ def test_export_writes_the_repository_too(tiny_keras_model, tmp_path):
         tiny_keras_model,
         "--triton-repo",
         tmp_path / "repo",
+        "--step",
         env={"ROWRNN_DATA": ""},
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "repo" / "rowrnn" / "1" / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert parse_config(tmp_path / "repo" / "rowrnn" / "config.pbtxt").platform == "onnxruntime_onnx"
+    step_bytes = (tmp_path / "m.step.onnx").read_bytes()  # with --step, the step model as rowrnn-stream too
+    assert (tmp_path / "repo" / "rowrnn-stream" / "1" / "model.onnx").read_bytes() == step_bytes
+    assert parse_config(tmp_path / "repo" / "rowrnn-stream" / "config.pbtxt").HasField("sequence_batching")
+
+
+def test_step_repository_is_the_step_models_triton_config(exported_step, tmp_path):
+    """--step: NAME-stream's config, read with Triton's schema, describes the step ONNX file: the
+    row is its one input besides the implicit state h and c (zero initial state), whose outputs
+    h_out and c_out feed back; every input Triton would feed the model (inputs, control inputs,
+    states) is an input of the file, and nothing else."""
+    model_dir = write_triton_repository(exported_step.onnx_path, tmp_path / "repo", step=True, max_sequences=7)
+    step_bytes = exported_step.step_path.read_bytes()
+    assert (model_dir / "1" / "model.step.onnx").read_bytes() == step_bytes  # rowrnn serve's NAME-stream
+    stream_dir = tmp_path / "repo" / "rowrnn-stream"
+    assert (stream_dir / "1" / "model.onnx").read_bytes() == step_bytes  # Triton's
+    config = parse_config(stream_dir / "config.pbtxt")
+    assert config.name == "rowrnn-stream" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    model = onnx.load(exported_step.step_path)
+    onnx_inputs = {name: (kind, dims) for name, kind, dims in io_of(model, model.graph.input)}
+    onnx_outputs = {name: (kind, dims) for name, kind, dims in io_of(model, model.graph.output)}
+    batching = config.sequence_batching
+    as_triton = lambda t: (model_config_pb2.DataType.Name(t.data_type), list(t.dims))  # noqa: E731
+    fed = {t.name: as_triton(t) for t in config.input}
+    fed |= {state.input_name: as_triton(state) for state in batching.state}
+    for control in batching.control_input:  # none written; if any, the model must take it (Triton refuses otherwise)
+        fed[control.name] = ("TYPE_FP32", [1])
+    assert fed == onnx_inputs
+    assert set(onnx_inputs) == {"row", "h", "c"}
+    for tensor in config.output:
+        assert onnx_outputs[tensor.name] == as_triton(tensor)
+    hidden = onnx_inputs["h"][1]
+    for state, out in zip(batching.state, ("h_out", "c_out"), strict=True):
+        assert state.output_name == out and onnx_outputs[out] == as_triton(state)
+        (initial,) = state.initial_state
+        assert initial.zero_data and as_triton(initial) == ("TYPE_FP32", hidden) and initial.name
+    assert batching.oldest.max_candidate_sequences == 7
+    assert batching.max_sequence_idle_microseconds == 60_000_000  # rowrnn serve's --sequence-idle-s
+
+
+def test_cli_step_repository_needs_the_step_model(exported, exported_step, tmp_path):
+    result = rowrnn("triton-repo", exported_step.onnx_path, tmp_path / "repo", "--step", "--sequence-idle-s", "5")
+    assert result.returncode == 0, result.stderr
+    assert "rowrnn-stream/config.pbtxt" in result.stdout
+    batching = parse_config(tmp_path / "repo" / "rowrnn-stream" / "config.pbtxt").sequence_batching
+    assert batching.max_sequence_idle_microseconds == 5_000_000
+    assert_one_line_error(rowrnn("triton-repo", exported.onnx_path, tmp_path / "other", "--step"), "no step model")
+    assert not (tmp_path / "other").exists()

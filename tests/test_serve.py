@@ -525,6 +525,8 @@ def test_without_the_serve_extra_it_names_the_extra(exported):
         (["--port", "8123", "--grpc-port", "8123"], "give them different ports"),
         (["--header-timeout-s", "0"], "--header-timeout-s must be above 0"),
         (["--max-connections", "0"], "--max-connections must be at least 1"),
+        (["--max-sequences", "0"], "--max-sequences must be at least 1"),
+        (["--sequence-idle-s", "0"], "--sequence-idle-s must be above 0"),
     ],
 )
 def test_bad_options_are_one_line(exported, options, message):

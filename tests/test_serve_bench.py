@@ -142,8 +142,11 @@ def test_numbers_are_written_as_in_benchmarks_md():
 
 
 def serving_section() -> str:
+    """BENCHMARKS.md's serving section, up to the next section."""
     text = (REPO / "BENCHMARKS.md").read_text()
-    return text[text.index("## Serving") :]
+    start = text.index("## Serving (`benchmarks/serve_bench.py`)")
+    end = text.find("\n## ", start + 1)
+    return text[start : None if end < 0 else end]
 
 
 def test_every_serving_figure_in_benchmarks_md_is_the_committed_json():

@@ -196,7 +196,18 @@ def protected_rest() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
         ("GET", "/page/model.onnx", None, {}),  # the browser engine's model files
         ("GET", "/page/model.step.onnx", None, {}),
         ("GET", "/page/model.json", None, {}),
+        # the stream model: its metadata, readiness, and a sequence of one row
+        ("GET", "/v2/models/rowrnn-stream", None, {}),
+        ("GET", "/v2/models/rowrnn-stream/ready", None, {}),
+        ("POST", "/v2/models/rowrnn-stream/infer", one_row_sequence(), {"Content-Type": "application/json"}),
     ]
+
+
+def one_row_sequence() -> bytes:
+    """A stream model request: a sequence of one row (sequence_start and sequence_end)."""
+    tensor = {"name": "row", "datatype": "FP32", "shape": [1, 28], "data": [0.5] * 28}
+    parameters = {"sequence_id": 5, "sequence_start": True, "sequence_end": True}
+    return json.dumps({"inputs": [tensor], "parameters": parameters}).encode()
 
 
 # The repository extension's explicit control: with the key, 409 here (one model file, no
@@ -284,8 +295,19 @@ def grpc_calls(stub, service_pb2) -> dict[str, object]:
     rows = images(1, 3)
     infer = service_pb2.ModelInferRequest(model_name="rowrnn", raw_input_contents=[rows.tobytes()])
     infer.inputs.add(name="rows", datatype="FP32", shape=[1, 28, 28])
+    row = service_pb2.ModelInferRequest(model_name="rowrnn-stream", raw_input_contents=[rows[0, :1].tobytes()])
+    row.inputs.add(name="row", datatype="FP32", shape=[1, 28])
+    row.parameters["sequence_id"].string_param = "pen"
+    row.parameters["sequence_start"].bool_param = row.parameters["sequence_end"].bool_param = True
+
+    def stream(metadata):
+        (response,) = stub.ModelStreamInfer(iter([row]), metadata=metadata, timeout=30)
+        assert response.error_message == "", response.error_message
+
     return {
         "ModelInfer": lambda metadata: stub.ModelInfer(infer, metadata=metadata, timeout=30),
+        "ModelInfer of a sequence": lambda metadata: stub.ModelInfer(row, metadata=metadata, timeout=30),
+        "ModelStreamInfer": stream,
         "ModelMetadata": lambda metadata: stub.ModelMetadata(
             service_pb2.ModelMetadataRequest(name="rowrnn"), metadata=metadata, timeout=30
         ),
