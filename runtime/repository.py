@@ -48,21 +48,31 @@ def tensors_pbtxt(specs: tuple[TensorSpec, ...]) -> str:
     return ",\n".join(f'  {{ name: "{spec.name}" data_type: TYPE_FP32 dims: {list(spec.dims)} }}' for spec in specs)
 
 
+def model_config_head(
+    name: str, max_batch: int, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
+) -> list[str]:
+    """The lines every model configuration starts with: name, platform, batching bound, version
+    policy, and the tensors a client sends and reads."""
+    return [
+        f'name: "{name}"',
+        f'platform: "{PLATFORM}"',
+        f"max_batch_size: {max_batch}",
+        f"version_policy: {{ {VERSION_POLICY} }}",
+        "input [",
+        tensors_pbtxt(inputs),
+        "]",
+        "output [",
+        tensors_pbtxt(outputs),
+        "]",
+    ]
+
+
 def config_pbtxt(name: str, max_batch: int, max_delay_ms: float) -> str:
     """Triton's model configuration (protobuf text format) for the rowrnn contract."""
 
     return "\n".join(
         [
-            f'name: "{name}"',
-            f'platform: "{PLATFORM}"',
-            f"max_batch_size: {max_batch}",
-            f"version_policy: {{ {VERSION_POLICY} }}",
-            "input [",
-            tensors_pbtxt(FULL_MODEL.inputs),
-            "]",
-            "output [",
-            tensors_pbtxt(FULL_MODEL.outputs),
-            "]",
+            *model_config_head(name, max_batch, FULL_MODEL.inputs, FULL_MODEL.outputs),
             f"dynamic_batching {{ max_queue_delay_microseconds: {round(max_delay_ms * 1000)} }}",
             "instance_group [ { count: 1 kind: KIND_CPU } ]",
             "",
@@ -92,16 +102,7 @@ def step_config_pbtxt(
     )
     return "\n".join(
         [
-            f'name: "{name}"',
-            f'platform: "{PLATFORM}"',
-            f"max_batch_size: {max_batch}",
-            f"version_policy: {{ {VERSION_POLICY} }}",
-            "input [",
-            tensors_pbtxt(row),
-            "]",
-            "output [",
-            tensors_pbtxt(answers),
-            "]",
+            *model_config_head(name, max_batch, row, answers),
             "sequence_batching {",
             f"  max_sequence_idle_microseconds: {round(idle_s * 1e6)}",
             f"  oldest {{ max_candidate_sequences: {max_sequences} "

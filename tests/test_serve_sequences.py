@@ -249,7 +249,7 @@ def test_64_sequences_over_grpc_streams_in_order_bit_exact_and_batched(start_ser
 # --- limits: each a clear error, nothing else disturbed ---------------------------------------------
 
 
-def rest_row(server, row: np.ndarray, shape=(1, 28), **parameters) -> tuple[int, dict]:
+def rest_row(server, row: np.ndarray, shape=(1, 28), stream: str = STREAM, **parameters) -> tuple[int, dict]:
     """One stream-model request by hand over REST (JSON): (status, decoded body)."""
     body = {"inputs": [{"name": "row", "datatype": "FP32", "shape": list(shape), "data": row.ravel().tolist()}]}
     if parameters:
@@ -257,7 +257,7 @@ def rest_row(server, row: np.ndarray, shape=(1, 28), **parameters) -> tuple[int,
     response, data = http_call(
         server.port,
         "POST",
-        f"/v2/models/{STREAM}/infer",
+        f"/v2/models/{stream}/infer",
         json.dumps(body).encode(),
         {"Content-Type": "application/json"},
     )
@@ -466,18 +466,7 @@ def test_a_sequence_stays_on_its_version_until_that_version_is_unloaded(start_se
     _, probabilities = expected_rows(streaming, image)
 
     def row(r: int, sequence_id: int, start: bool = False) -> tuple[int, dict]:
-        body = {
-            "inputs": [{"name": "row", "datatype": "FP32", "shape": [1, 28], "data": image[r].tolist()}],
-            "parameters": {"sequence_id": sequence_id, "sequence_start": start},
-        }
-        response, data = http_call(
-            server.port,
-            "POST",
-            f"/v2/models/{stream}/infer",
-            json.dumps(body).encode(),
-            {"Content-Type": "application/json"},
-        )
-        return response.status, json.loads(data)
+        return rest_row(server, image[r], stream=stream, sequence_id=sequence_id, sequence_start=start)
 
     status, body = row(0, 1, start=True)
     assert status == 200 and body["model_version"] == "1"
