@@ -144,6 +144,7 @@ REQUIREMENTS = {
     "data": "ROWRNN_REQUIRE_DATA",  # the real MNIST files
     "browser": "ROWRNN_REQUIRE_BROWSER",  # Playwright and chromium
     "serve": "ROWRNN_REQUIRE_SERVE",  # the serve extra
+    "jax": "ROWRNN_REQUIRE_JAX",  # the jax extra (rowrnn train --backend jax)
 }
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
