@@ -113,21 +113,24 @@ class Link:
 
 
 def read_message(peer: socket.socket) -> dict:
-    data = b""
+    """One line, read a byte at a time: what follows it (heartbeats) is the watcher's to read."""
+    data = bytearray()
     while not data.endswith(b"\n"):
-        chunk = peer.recv(4096)
-        if not chunk or len(data) > MESSAGE_LIMIT:
+        byte = peer.recv(1)
+        if not byte or len(data) > MESSAGE_LIMIT:
             raise ConnectionError("the connection closed")
-        data += chunk
+        data += byte
     return json.loads(data)
 
 
-def join(cluster: Cluster, launch: dict) -> Link:
+def join(cluster: Cluster, launch: dict, on_lost: Callable[[str], None] = lost_and_exit) -> Link:
     """Meet the other processes of `cluster`; `launch`: what every process must agree on (the
-    configuration). Returns once all are there; a launch that cannot work is an InputError."""
-    if cluster.is_chief:
-        return gather(cluster, launch)
-    return report_in(cluster, launch)
+    configuration). Returns once all are there, watching them (`on_lost` receives the line that
+    names a lost process); a launch that cannot work is an InputError."""
+    link = gather(cluster, launch) if cluster.is_chief else report_in(cluster, launch)
+    link.on_lost = on_lost
+    link.start_watching()
+    return link
 
 
 def gather(cluster: Cluster, launch: dict) -> Link:
@@ -183,9 +186,7 @@ def gather(cluster: Cluster, launch: dict) -> Link:
         raise
     finally:
         server.close()
-    link = Link(cluster, peers)
-    link.start_watching()
-    return link
+    return Link(cluster, peers)
 
 
 def launch_problem(cluster: Cluster, launch: dict, hello: dict, peers: dict) -> str | None:
@@ -245,6 +246,4 @@ def report_in(cluster: Cluster, launch: dict) -> Link:
     if "error" in answer:
         peer.close()
         raise InputError(answer["error"])
-    link = Link(cluster, {0: peer})
-    link.start_watching()
-    return link
+    return Link(cluster, {0: peer})

@@ -14,6 +14,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -360,3 +361,17 @@ def metric(text: str, name: str, **labels: str) -> float:
             values.append(float(value))
     assert values, (name, labels)
     return sum(values)
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 whose next one is free too: a multi-process run's coordinator port
+    (JAX's) and the one after it (rowrnn_keras.cluster's link)."""
+    while True:
+        with socket.socket() as probe, socket.socket() as next_one:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            try:
+                next_one.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port

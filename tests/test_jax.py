@@ -12,7 +12,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO, TINY_TRAIN, assert_one_line_error, real_mnist_dir, require_module, rowrnn
+from helpers import REPO, TINY_TRAIN, assert_one_line_error, free_port, real_mnist_dir, require_module, rowrnn
 
 from rowrnn.extras import select_keras_backend
 from rowrnn_keras.config import TrainConfig
@@ -36,19 +35,6 @@ DEADLINE_S = 900  # a whole two-process run, waiting for the heavy lock included
 
 def need_jax() -> None:
     require_module("jax", "jax", "the jax extra is not installed (pip install 'rowrnn[jax]')")
-
-
-def free_port() -> int:
-    """A free port whose next one is free too: JAX's coordinator and rowrnn's link (port + 1)."""
-    while True:
-        with socket.socket() as probe, socket.socket() as next_one:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-            try:
-                next_one.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
 
 
 def train_command(out: Path, *options: str) -> list[str]:
