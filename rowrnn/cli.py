@@ -85,7 +85,9 @@ def train(
     distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
     coordinator: Annotated[
         str | None,
-        typer.Option(help="HOST:PORT where process 0 runs the coordinator (--num-processes above 1)."),
+        typer.Option(
+            help="HOST:PORT where process 0 runs the coordinator, and listens on PORT+1 too (--num-processes above 1)."
+        ),
     ] = CLUSTER.coordinator,
     num_processes: Annotated[
         int,

@@ -56,6 +56,7 @@ def new_state(data_and_config: dict) -> dict:
         "checkpoint_best": None,
         "early_stopping": {},
         "train_seconds": 0.0,
+        "epoch_seconds": [],
         "resumed_at": [],
         "weights_sha256": None,
         "run_name": time.strftime("run-%Y%m%d-%H%M%S"),
@@ -232,6 +233,7 @@ def run_training(
             # every session's finished epochs (a killed session's unfinished epoch is not counted)
             "train_seconds": round(state["train_seconds"], 3),
             "seconds_per_epoch": round(state["train_seconds"] / epochs_run, 3),
+            "epoch_seconds": state.get("epoch_seconds", []),  # each finished epoch's (the first compiles)
             "session_seconds": round(time.perf_counter() - session_started, 3),
             "resumed": bool(state["resumed_at"]),
             "resumed_at_epochs": state["resumed_at"],

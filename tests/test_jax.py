@@ -126,6 +126,9 @@ def test_jax_backend_trains_records_it_and_its_model_exports_with_parity(one_pro
     assert {p.name for p in one_process.iterdir()} >= ARTIFACTS
     assert not (one_process / "backup").exists()  # a finished run removes its backup, as on TensorFlow
     assert metrics["epochs"] == 2 and metrics["steps_per_epoch"] == 29
+    assert len(metrics["epoch_seconds"]) == 2 and sum(metrics["epoch_seconds"]) == pytest.approx(
+        metrics["train_seconds"], abs=0.01
+    )
     assert metrics["test_accuracy"] > 0.3  # 2 epochs, measured 0.54; chance is 0.1
     # `rowrnn export` runs Keras on TensorFlow: the JAX-trained file is an ordinary Keras model
     exported = rowrnn("export", one_process / "model.onnx", "--model", one_process / "model.keras")
