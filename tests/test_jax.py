@@ -54,11 +54,14 @@ def train_command(out: Path, *options: str) -> list[str]:
     ]
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen:
+def start(command: list[str], log: Path, host_devices: int | None = None) -> subprocess.Popen:
     """A training process; stdout and stderr go to files (a full pipe would stall it), its temporary
-    files into a directory of its own (LOG.tmp)."""
+    files into a directory of its own (LOG.tmp). `host_devices`: the CPU devices JAX sees (XLA's host
+    platform device count; default one)."""
     log.with_suffix(".tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(log.with_suffix(".tmp"))}
+    if host_devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
 
@@ -283,6 +286,20 @@ def test_a_duplicate_process_id_is_refused_and_a_missing_one_named(tmp_path):
     duplicate = [line for line in lines[1:] if "another process already joined as process 1" in line]
     waiting = [line for line in lines[1:] if "process 0 at 127.0.0.1:" in line and "did not start the run" in line]
     assert len(duplicate) == len(waiting) == 1, lines
+
+
+@pytest.mark.slow
+def test_two_processes_hold_the_weights_of_one_process_over_two_local_devices(tmp_path, two_processes):
+    """The same DataParallel over two devices, in one process (XLA's two host devices, no gloo):
+    the processes' parts of each batch and their summed gradients are exactly the one-process ones."""
+    _, codes, logs = two_processes
+    assert codes == [0, 0]
+    out = tmp_path / "local"
+    process = start(train_command(out, "--distribute", "data-parallel"), tmp_path / "local.log", host_devices=2)
+    assert finish([process], DEADLINE_S) == [0], (tmp_path / "local.err").read_text()[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["devices"] == ["CPU:0", "CPU:1"] and metrics["processes"] == 1
+    assert metrics["final_weights_sha256"] == final_digest(logs[0])
 
 
 def backup_epoch(out: Path) -> int | None:
