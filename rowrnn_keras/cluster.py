@@ -19,9 +19,10 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from rowrnn_keras.config import Cluster
@@ -36,10 +37,39 @@ def link_address(cluster: Cluster) -> tuple[str, int]:
     return host.strip("[]"), int(port) + 1
 
 
+STDERR = 2  # where `lost_and_exit` writes: the process's stderr, also while `stderr_held` holds fd 2
+
+
 def lost_and_exit(message: str) -> None:
     """A process was lost: one line, exit 1, at once (the main thread may be stuck in a collective)."""
-    print(f"rowrnn: error: {message}", file=sys.stderr, flush=True)
+    os.write(STDERR, f"rowrnn: error: {message}\n".encode())
     os._exit(1)
+
+
+@contextlib.contextmanager
+def stderr_held() -> Iterator[None]:
+    """While processes run collectives: what is written to fd 2 is held back, and written out when
+    the block ends (normally or by an exception). When process 0 dies, JAX's coordination client in
+    every other process logs a multi-line fatal error ("Terminating process because the JAX
+    distributed service detected fatal errors...", without saying which process) while rowrnn's
+    watch says which one and ends the process first: held back, that log is dropped with the process,
+    and the one line (written past the hold, to the real stderr) is all there is."""
+    global STDERR
+    sys.stderr.flush()
+    real = os.dup(2)
+    with tempfile.TemporaryFile() as held:  # unlinked: it goes with the process
+        os.dup2(held.fileno(), 2)
+        STDERR = real
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(real, 2)
+            STDERR = 2
+            os.close(real)
+            held.seek(0)
+            sys.stderr.buffer.write(held.read())
+            sys.stderr.flush()
 
 
 @dataclass

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from rowrnn_keras.cluster import Link, join
+from rowrnn_keras.cluster import Link, join, stderr_held
 from rowrnn_keras.config import Cluster, TrainConfig
 from runtime.errors import InputError, one_line
 
@@ -37,6 +37,11 @@ class Placement:
     def is_chief(self) -> bool:
         """Writes the artifacts and the backup (process 0)."""
         return self.cluster.is_chief
+
+    def collectives(self) -> AbstractContextManager:
+        """Around training, where the processes run collectives: their native error logs are held
+        back (`cluster.stderr_held`), so a lost process is told in one line."""
+        return contextlib.nullcontext() if self.link is None else stderr_held()
 
     def training_over(self) -> None:
         """No collective is left: a process that ends now is no longer a lost one."""

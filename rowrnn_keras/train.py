@@ -197,25 +197,26 @@ def run_training(
             )
         splits = make_splits(mnist, config)
         session_started = time.perf_counter()
-        try:
-            fit = fit_model(
-                config,
-                splits,
-                scratch / MODEL_FILE,
-                work_dir,
-                state,
-                verbose,
-                placement=placement,
-                resume=resume,
-                tensorboard=None
-                if tensorboard is None
-                else Path(tensorboard)
-                if placement.is_chief
-                else work_dir / "logs",
-            )
-        except Exception:
-            placement.failed()
-            raise
+        with placement.collectives():
+            try:
+                fit = fit_model(
+                    config,
+                    splits,
+                    scratch / MODEL_FILE,
+                    work_dir,
+                    state,
+                    verbose,
+                    placement=placement,
+                    resume=resume,
+                    tensorboard=None
+                    if tensorboard is None
+                    else Path(tensorboard)
+                    if placement.is_chief
+                    else work_dir / "logs",
+                )
+            except Exception:
+                placement.failed()  # a lost process: the watch ends this one, in one line
+                raise
         placement.training_over()
         with without_distribution():  # each process tests the best model on its own
             test = evaluate_model(fit.model, *splits.test)

@@ -351,3 +351,28 @@ def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_un
     uninterrupted = final_digest(logs[0])
     assert [final_digest(tmp_path / f"again-{i}.log") for i in range(2)] == [uninterrupted] * 2
     assert metrics["final_weights_sha256"] == uninterrupted
+
+
+@pytest.mark.slow
+def test_a_killed_process_0_is_named_by_the_others(tmp_path):
+    """Process 0 runs the coordinator and writes: the others cannot go on without it, and say so."""
+    need_jax()
+    port = free_port()
+    out = tmp_path / "chief-killed"
+    running = [start(train_command(out, *cluster_options(port, 2, i)), tmp_path / f"p{i}.log") for i in range(2)]
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while backup_epoch(out) != 1 and time.monotonic() < deadline and running[1].poll() is None:
+            time.sleep(0.05)
+        assert backup_epoch(out) == 1, (tmp_path / "p1.err").read_text()[-2000:]
+        running[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = running[1].wait(timeout=LOST_BOUND_S + 30)
+        waited = time.monotonic() - killed_at
+    finally:
+        finish(running, 30)
+    assert code == 1 and waited < LOST_BOUND_S, (code, waited)
+    assert (tmp_path / "p1.err").read_text() == (
+        "rowrnn: error: process 0 of 2 was lost (its connection closed); "
+        "run every process again to resume from the last backup\n"
+    )
