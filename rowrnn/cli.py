@@ -20,7 +20,7 @@ import typer
 from export.defaults import DEFAULT_ATOL, DEFAULT_MAX_INT8_DROP, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, QUANTIZE_CHOICES
 from rowrnn.bench import BenchSettings
 from rowrnn.extras import check_serve_extra, check_training_extra, needs_training_extra
-from rowrnn_keras.config import DISTRIBUTE_CHOICES, MULTI_WORKER_BUGS, TrainConfig, multi_worker_task
+from rowrnn_keras.config import BACKEND_CHOICES, DISTRIBUTE_FOR_BACKEND, Cluster, TrainConfig
 from runtime.errors import CheckFailed, InputError, one_line
 from runtime.repository import MODEL_VERSION
 from serve.settings import ServeSettings
@@ -45,11 +45,10 @@ DEFAULT_MODEL = Path("artifacts/model.keras")
 
 
 DEFAULTS = TrainConfig()  # the train command's defaults are the library's
-# multi-worker stays accepted (issue 22 retires or repairs it), but help must not offer it as working.
+CLUSTER = Cluster()
 DISTRIBUTE_HELP = (
-    f"tf.distribute strategy: {', '.join(DISTRIBUTE_CHOICES)} (mirrored: every local GPU, else every CPU). "
-    "multi-worker (the cluster in $TF_CONFIG) does NOT work today: model.fit fails with Keras 3 "
-    f"({MULTI_WORKER_BUGS})."
+    f"tensorflow: {', '.join(DISTRIBUTE_FOR_BACKEND['tensorflow'])} (mirrored: every local GPU, else every CPU); "
+    f"jax: {', '.join(DISTRIBUTE_FOR_BACKEND['jax'])} (every device of every process: see --num-processes)."
 )
 
 
@@ -76,7 +75,36 @@ def train(
         int | None, typer.Option(min=2, help="Train on the first N training images only.")
     ] = DEFAULTS.limit,
     hidden_units: Annotated[int, typer.Option(min=1)] = DEFAULTS.hidden_units,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help=f"Keras backend that trains: {', '.join(BACKEND_CHOICES)} (jax: pip install 'rowrnn[jax]'). "
+            "TensorFlow feeds both; the model file is the same."
+        ),
+    ] = DEFAULTS.backend,
     distribute: Annotated[str, typer.Option(help=DISTRIBUTE_HELP)] = DEFAULTS.distribute,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT where process 0 runs the coordinator, and listens on PORT+1 too (--num-processes above 1)."
+        ),
+    ] = CLUSTER.coordinator,
+    num_processes: Annotated[
+        int,
+        typer.Option(
+            help="Processes training together (--backend jax --distribute data-parallel): run the same "
+            "command on each, with its --process-id; each feeds an equal part of every batch."
+        ),
+    ] = CLUSTER.num_processes,
+    process_id: Annotated[
+        int, typer.Option(help="This process's number, 0 to --num-processes - 1; 0 writes OUT.")
+    ] = CLUSTER.process_id,
+    connect_timeout: Annotated[
+        int, typer.Option(help="Seconds a process waits for all the others to join before it gives up.")
+    ] = CLUSTER.connect_timeout_s,
+    heartbeat_timeout: Annotated[
+        int, typer.Option(help="Seconds without a heartbeat after which a process is declared lost.")
+    ] = CLUSTER.heartbeat_timeout_s,
     tensorboard: Annotated[
         Path | None,
         typer.Option(help="Directory for TensorBoard logs (default: OUT/logs); one subdirectory per run."),
@@ -105,20 +133,26 @@ def train(
         seed=seed,
         limit=limit,
         hidden_units=hidden_units,
+        backend=backend,
         distribute=distribute,
     )
-    # a multi-worker run's backup is its chief's to check
-    is_chief = config.distribute != "multi-worker" or multi_worker_task().is_chief
+    cluster = Cluster(coordinator, num_processes, process_id, connect_timeout, heartbeat_timeout)
+    cluster.check_for(config)
     mnist = load_mnist(data)  # bad data fails here, before the slow TensorFlow import
-    if is_chief:
+    if cluster.is_chief:  # a backup is the chief's to check
         resume_point(out, config, mnist, restart)  # so does a backup of other settings
-    train_module = needs_training_extra()
-    metrics = train_module.run_training(config, mnist, out, restart=restart, tensorboard=tensorboard, log=typer.echo)
+    train_module = needs_training_extra(backend=config.backend)
+    metrics = train_module.run_training(
+        config, mnist, out, restart=restart, tensorboard=tensorboard, log=typer.echo, cluster=cluster
+    )
+    written = f"wrote {out}/" if cluster.is_chief else f"process {cluster.process_id}: process 0 wrote {out}/"
     typer.echo(
         f"test accuracy {metrics['test_accuracy']:.4f} (best epoch {metrics['best_epoch']}/"
         f"{metrics['epochs']}, validation {metrics['val_accuracy']:.4f}, "
-        f"{metrics['train_seconds']:.0f} s); wrote {out}/"
+        f"{metrics['train_seconds']:.0f} s); {written}"
     )
+    # what every process holds at the end, comparable across the processes of a run
+    typer.echo(f"final weights sha256 {metrics['final_weights_sha256']}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from runtime.errors import InputError
 
 TRAINING_EXTRA = ("tensorflow", "keras", "tf2onnx", "matplotlib")
 INSTALL_HINT = "install the training extra: pip install 'rowrnn[train]'"
+JAX_EXTRA = ("jax", "jaxlib")
 SERVE_EXTRA = ("starlette", "uvicorn", "httptools", "uvloop", "prometheus_client", "orjson", "grpc", "tritonclient")
 
 
@@ -52,9 +53,25 @@ def check_serve_extra() -> None:
     check_training_extra(SERVE_EXTRA, "rowrnn serve", "install the serve extra: pip install 'rowrnn[serve]'")
 
 
-def needs_training_extra(module: str = "rowrnn_keras.train") -> ModuleType:
-    """Import a TensorFlow-side module (quietly), or explain which extra installs it."""
+def select_keras_backend(backend: str) -> None:
+    """Make `backend` Keras's backend in this process. Keras reads KERAS_BACKEND once, when it is
+    first imported: this must come before that import (a Keras already imported on another backend
+    is refused). TensorFlow-only work (export, evaluate) asks for "tensorflow" whatever the
+    environment says."""
+    if backend == "jax":
+        check_training_extra(JAX_EXTRA, "--backend jax", "install the jax extra: pip install 'rowrnn[train,jax]'")
+    if "keras" in sys.modules:
+        running = sys.modules["keras"].backend.backend()
+        if running != backend:
+            raise InputError(f"Keras already runs on {running} in this process; {backend} was asked for")
+        return
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def needs_training_extra(module: str = "rowrnn_keras.train", backend: str = "tensorflow") -> ModuleType:
+    """Import a training-side module (quietly) with Keras on `backend`, or explain which extra installs it."""
     check_training_extra()
+    select_keras_backend(backend)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         with native_stderr_silenced():

@@ -70,6 +70,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         step = int(self.model.optimizer.iterations.numpy()) - 1
         history.setdefault("learning_rate", []).append(float(schedule(step)) if callable(schedule) else float(schedule))
         stopping = self.early_stopping
+        seconds = time.perf_counter() - self.epoch_started
         self.state.update(
             epoch=epoch + 1,
             finished=bool(self.model.stop_training) or epoch + 1 >= self.params["epochs"],
@@ -80,7 +81,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 "best_epoch": stopping.best_epoch,
                 "stopped_epoch": stopping.stopped_epoch,
             },
-            train_seconds=self.state["train_seconds"] + time.perf_counter() - self.epoch_started,
+            train_seconds=self.state["train_seconds"] + seconds,
+            epoch_seconds=[*self.state.get("epoch_seconds", []), round(seconds, 3)],
             weights_sha256=weights_digest(self.model),
         )
         super().on_epoch_end(epoch, logs)  # calls _save_model

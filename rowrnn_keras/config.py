@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from dataclasses import dataclass
 
 from runtime.contract import NUM_CLASSES
-from runtime.errors import InputError, one_line
+from runtime.errors import InputError
 
 # What `rowrnn train` writes into its output directory, and `rowrnn evaluate` beside the model.
 MODEL_FILE = "model.keras"
@@ -16,9 +14,11 @@ HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion.png"
-DISTRIBUTE_CHOICES = ("none", "mirrored", "multi-worker")
-# Why multi-worker fails today, for --help and for the error a run gives (one place).
-MULTI_WORKER_BUGS = "keras-team/keras#20585, tensorflow/tensorflow#72388"
+BACKEND_CHOICES = ("tensorflow", "jax")
+# Each backend's strategies: mirrored is tf.distribute's (one machine), data-parallel is
+# keras.distribution's on JAX (one machine or several processes).
+DISTRIBUTE_FOR_BACKEND = {"tensorflow": ("none", "mirrored"), "jax": ("none", "data-parallel")}
+DISTRIBUTE_CHOICES = ("none", "mirrored", "data-parallel")
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,11 @@ class TrainConfig:
     patience: int = 6  # early stopping on validation accuracy
     seed: int = 0
     limit: int | None = None  # train on the first N training images (quick runs)
-    # tf.distribute strategy: "none" (one device), "mirrored" (every local GPU; batch_size stays
-    # the global batch), "multi-worker" (TF_CONFIG's cluster). Part of the configuration a backup
-    # must match: the replicas' gradient sums round differently.
+    # The Keras backend that trains ("tensorflow" or "jax"; TensorFlow's tf.data feeds both), and
+    # how: "none" (one device), "mirrored" (TensorFlow: every local GPU, else every CPU device),
+    # "data-parallel" (JAX: every device of every process, see `Cluster`). batch_size stays the
+    # global batch. Part of the configuration a backup must match: they round differently.
+    backend: str = "tensorflow"
     distribute: str = "none"
 
     def __post_init__(self) -> None:
@@ -69,36 +71,72 @@ class TrainConfig:
             raise InputError(f"--limit must be at least 2 images, got {self.limit}")
         if self.seed < 0:
             raise InputError(f"--seed must be non-negative, got {self.seed}")
+        if self.backend not in BACKEND_CHOICES:
+            raise InputError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {self.backend!r}")
         if self.distribute not in DISTRIBUTE_CHOICES:
             raise InputError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, got {self.distribute!r}")
+        if self.distribute not in DISTRIBUTE_FOR_BACKEND[self.backend]:
+            other = next(b for b, kinds in DISTRIBUTE_FOR_BACKEND.items() if self.distribute in kinds)
+            raise InputError(f"--distribute {self.distribute} needs --backend {other} (got --backend {self.backend})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
-class WorkerTask:
-    """This process's place in a multi-worker cluster, from $TF_CONFIG."""
+class Cluster:
+    """This process's place among the processes of a `--distribute data-parallel` run: every process
+    runs the same command with its own `process_id`; process 0 (the chief) runs the coordinator at
+    `coordinator` and is the only one that writes. Not part of a backup's configuration: a run may
+    resume on another number of processes (the global batch, so the training, stays the same)."""
 
-    kind: str  # "chief" or "worker"
-    index: int
-    is_chief: bool  # writes the artifacts: the "chief" task, else worker 0
+    coordinator: str | None = None  # HOST:PORT
+    num_processes: int = 1
+    process_id: int = 0
+    # A process that cannot reach the coordinator (or that the others do not join) gives up after
+    # connect_timeout_s; a process that stops sending heartbeats is declared lost after heartbeat_timeout_s.
+    connect_timeout_s: int = 120
+    heartbeat_timeout_s: int = 20
 
+    def __post_init__(self) -> None:
+        if self.num_processes < 1:
+            raise InputError(f"--num-processes must be at least 1, got {self.num_processes}")
+        if not 0 <= self.process_id < self.num_processes:
+            raise InputError(
+                f"--process-id {self.process_id} is out of range for --num-processes {self.num_processes} "
+                f"(0-{self.num_processes - 1})"
+            )
+        if self.num_processes > 1 and self.coordinator is None:
+            raise InputError(
+                f"--num-processes {self.num_processes} needs --coordinator HOST:PORT (process 0's address)"
+            )
+        if self.coordinator is not None:
+            host, _, port = self.coordinator.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise InputError(f"--coordinator {self.coordinator!r} is not HOST:PORT (a port 1-65535)")
+        if self.connect_timeout_s < 1 or self.heartbeat_timeout_s < 1:
+            raise InputError("cluster timeouts must be at least 1 second")
 
-def multi_worker_task() -> WorkerTask:
-    """This process's task in $TF_CONFIG, or a one-line error when it is missing or unusable
-    (TensorFlow itself would fail later, or wait for a cluster that never forms)."""
-    raw = os.environ.get("TF_CONFIG", "")
-    try:
-        tf_config = json.loads(raw)
-        cluster, task = tf_config["cluster"], tf_config["task"]
-        kind, index = str(task["type"]), int(task["index"])
-        if not isinstance(cluster, dict) or not 0 <= index < len(cluster[kind]):
-            raise ValueError(f"task {kind}:{index} is not in the cluster")
-    except (ValueError, KeyError, TypeError) as exc:
-        problem = "is not set" if not raw else f"is not usable ({one_line(exc, limit=120)})"
-        raise InputError(
-            f"--distribute multi-worker: TF_CONFIG {problem}; it names the cluster and this task, e.g. "
-            '{"cluster": {"worker": ["host1:port", "host2:port"]}, "task": {"type": "worker", "index": 0}}'
-        ) from None
-    return WorkerTask(kind, index, kind == "chief" or (kind == "worker" and index == 0 and "chief" not in cluster))
+    @property
+    def is_chief(self) -> bool:
+        return self.process_id == 0
+
+    @property
+    def is_multi_process(self) -> bool:
+        return self.num_processes > 1
+
+    def check_for(self, config: TrainConfig) -> None:
+        """Several processes train only with `--distribute data-parallel`, and each takes an equal
+        part of every global batch."""
+        if not self.is_multi_process:
+            return
+        if config.distribute != "data-parallel":
+            raise InputError(
+                f"--num-processes {self.num_processes} needs --backend jax --distribute data-parallel "
+                f"(got --backend {config.backend} --distribute {config.distribute})"
+            )
+        if config.batch_size % self.num_processes:
+            raise InputError(
+                f"--batch-size {config.batch_size} is not a multiple of --num-processes {self.num_processes}: "
+                "each process takes an equal part of every batch"
+            )

@@ -77,18 +77,29 @@ def transform_batch(images: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor, a
     return moved[..., 0]
 
 
-def augment_batch(config: TrainConfig, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+def augment_batch(
+    config: TrainConfig, images: tf.Tensor, seed: tf.Tensor, rows: tuple[tf.Tensor, tf.Tensor] | None = None
+) -> tf.Tensor:
     """Random shifts up to `augment_shift` x 28 px and rotations up to `augment_rotation_degrees`
     (uniform, as keras's RandomTranslation and RandomRotation draw them), drawn statelessly from
-    `seed`: the same seed gives the same images, in this run or in a resumed one."""
-    draws = tf.random.stateless_uniform([tf.shape(images)[0], 3], seed, minval=-1.0, maxval=1.0)
+    `seed`: the same seed gives the same images, in this run or in a resumed one.
+
+    `rows`: (start, batch size) when `images` are rows start.. of a larger batch (a process's part
+    of the global batch): they get the draws they would get in the whole batch.
+    """
+    start, size = rows if rows is not None else (0, tf.shape(images)[0])
+    draws = tf.random.stateless_uniform([size, 3], seed, minval=-1.0, maxval=1.0)[start : start + tf.shape(images)[0]]
     shift = config.augment_shift * IMAGE_SHAPE[0]
     angle = math.radians(config.augment_rotation_degrees)
     return transform_batch(images, draws[:, 0] * shift, draws[:, 1] * shift, draws[:, 2] * angle)
 
 
 def training_dataset(
-    config: TrainConfig, images: np.ndarray, labels: np.ndarray, first_epoch: int = 0
+    config: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    first_epoch: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> tf.data.Dataset:
     """The training batches of every epoch from `first_epoch` on, shuffled and augmented.
 
@@ -96,6 +107,10 @@ def training_dataset(
     (seed, step), not of a random state that advances as the run goes: a run resumed at epoch 8
     sees exactly the batches the interrupted one would have. Augmentation runs in the input
     pipeline, so the saved model is exactly the Dense-LSTM-Dense network.
+
+    `shard`: (this process, processes). Each process yields its equal, contiguous part of every
+    global batch, augmented as in the whole batch: side by side, in process order, the parts are
+    the one-process batch. The last batch of an epoch loses its last (size mod processes) images.
     """
     count = len(images)
     steps = math.ceil(count / config.batch_size)
@@ -108,11 +123,17 @@ def training_dataset(
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed)
         return tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size)
 
+    index, processes = shard
+
     def load(step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch = tf.gather(all_images, indices)
+        size = tf.shape(indices)[0]
+        part = size // processes
+        mine = indices[index * part : (index + 1) * part]
+        batch = tf.gather(all_images, mine)
         if config.augment_shift or config.augment_rotation_degrees:
-            batch = augment_batch(config, batch, tf.random.experimental.stateless_fold_in(augment_key, step))
-        return batch, tf.gather(all_labels, indices)
+            seed = tf.random.experimental.stateless_fold_in(augment_key, step)
+            batch = augment_batch(config, batch, seed, rows=(index * part, size))
+        return batch, tf.gather(all_labels, mine)
 
     dataset = (
         tf.data.Dataset.range(first_epoch, config.epochs)

@@ -1,23 +1,63 @@
-"""Device placement: the tf.distribute strategy for `--distribute`, and what metrics.json says of it."""
+"""Device placement: where `--backend` and `--distribute` train, and what metrics.json says of it.
+
+TensorFlow: a tf.distribute strategy (none, mirrored). JAX: keras.distribution's DataParallel over
+every device of every process (data-parallel; several processes join through JAX's coordinator), or
+no distribution at all (none).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
-from rowrnn_keras.config import MULTI_WORKER_BUGS, multi_worker_task
+from rowrnn_keras.cluster import Link, join, stderr_held
+from rowrnn_keras.config import Cluster, TrainConfig
+from runtime.errors import InputError, one_line
 
 
 @dataclass(frozen=True)
 class Placement:
-    """Where training runs: the tf.distribute strategy and what metrics.json says about it."""
+    """Where training runs and what metrics.json says about it."""
 
-    strategy: tf.distribute.Strategy
     kind: str  # TrainConfig.distribute
-    devices: list[str]
-    is_chief: bool  # writes the artifacts (always, except non-chief workers of a multi-worker run)
+    backend: str  # TrainConfig.backend
+    devices: list[str]  # every device that trains, in every process
+    replicas: int  # copies of the model that each take a part of every batch
+    scope: Callable[[], AbstractContextManager]  # the model is built inside it
+    cluster: Cluster  # this process's place (one process: Cluster())
+    link: Link | None = None  # the watch over the other processes (several processes)
+
+    @property
+    def is_chief(self) -> bool:
+        """Writes the artifacts and the backup (process 0)."""
+        return self.cluster.is_chief
+
+    def collectives(self) -> AbstractContextManager:
+        """Around training, where the processes run collectives: their native error logs are held
+        back (`cluster.stderr_held`), so a lost process is told in one line."""
+        return contextlib.nullcontext() if self.link is None else stderr_held()
+
+    def training_over(self) -> None:
+        """No collective is left: a process that ends now is no longer a lost one."""
+        if self.link is not None:
+            self.link.release()
+
+    def failed(self, seconds: float = 10.0) -> None:
+        """Training raised: when a lost process is the cause, let the watch stop this one with the
+        line naming it (a collective whose peer died fails with JAX's own, longer message)."""
+        if self.link is not None and self.link.wait_for_loss(seconds):
+            threading.Event().wait(seconds)  # the watch ends the process meanwhile
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """(this process, processes): the part of every training batch this process feeds."""
+        return self.cluster.process_id, self.cluster.num_processes
 
 
 def short_device(name: str) -> str:
@@ -27,28 +67,99 @@ def short_device(name: str) -> str:
     return f"{prefix}{spec.device_type}:{spec.device_index or 0}"
 
 
-MULTI_WORKER_BROKEN = (
-    f"--distribute multi-worker: model.fit fails in Keras {keras.__version__} with TensorFlow {tf.__version__} "
-    f'("unsupported type PerReplica": {MULTI_WORKER_BUGS}); '
-    "--distribute mirrored trains on every device of one machine"
-)
-
-
-def place(kind: str) -> Placement:
-    """The strategy for `--distribute`: none (TensorFlow's default: one device), mirrored (every
-    local GPU, else every logical CPU device), or multi-worker (TF_CONFIG's cluster)."""
-    if kind == "mirrored":
+def place(config: TrainConfig, cluster: Cluster | None = None) -> Placement:
+    """The placement for `config.backend` and `config.distribute`; `cluster`: this process's place
+    in a multi-process run (joined here, before anything else runs on JAX)."""
+    cluster = cluster or Cluster()
+    cluster.check_for(config)
+    running = keras.backend.backend()
+    if running != config.backend:
+        raise InputError(
+            f"--backend {config.backend}: this process's Keras runs on {running} "
+            "(KERAS_BACKEND must be set before keras is first imported)"
+        )
+    if config.backend == "jax":
+        return place_jax(config, cluster)
+    if config.distribute == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
-        return Placement(strategy, kind, [short_device(d) for d in strategy.extended.worker_devices], True)
-    if kind == "multi-worker":
-        is_chief = multi_worker_task().is_chief  # checked before the strategy starts its server
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        return Placement(strategy, kind, [short_device(d) for d in strategy.extended.worker_devices], is_chief)
+        return Placement(
+            "mirrored",
+            "tensorflow",
+            [short_device(d) for d in strategy.extended.worker_devices],
+            strategy.num_replicas_in_sync,
+            strategy.scope,
+            cluster,
+        )
     gpus = tf.config.list_logical_devices("GPU")
-    return Placement(
-        tf.distribute.get_strategy(),
-        kind,
-        [short_device((gpus or tf.config.list_logical_devices("CPU"))[0].name)],
-        True,
-    )
+    device = short_device((gpus or tf.config.list_logical_devices("CPU"))[0].name)
+    return Placement("none", "tensorflow", [device], 1, tf.distribute.get_strategy().scope, cluster)
+
+
+def jax_device_names(devices: list) -> list[str]:
+    """JAX devices as 'CPU:0' (one process) or 'process 1/CPU:0' (numbered within their process)."""
+    processes = {d.process_index for d in devices}
+    names, seen = [], dict.fromkeys(processes, 0)
+    for device in devices:
+        name = f"{device.platform.upper()}:{seen[device.process_index]}"
+        seen[device.process_index] += 1
+        names.append(name if len(processes) == 1 else f"process {device.process_index}/{name}")
+    return names
+
+
+def join_jax(cluster: Cluster) -> None:
+    """Join the other processes through JAX's coordinator (process 0 runs it), with gloo for the
+    collectives across processes on CPUs. They all are there already (`cluster.join`); JAX's own
+    heartbeat timeout is longer than rowrnn's watch, which reports a lost process first."""
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        # jax.distributed directly, not keras.distribution.initialize: only this takes the timeouts
+        jax.distributed.initialize(
+            coordinator_address=cluster.coordinator,
+            num_processes=cluster.num_processes,
+            process_id=cluster.process_id,
+            initialization_timeout=cluster.connect_timeout_s,
+            heartbeat_timeout_seconds=max(60, 3 * cluster.heartbeat_timeout_s),
+        )
+    except Exception as exc:  # noqa: BLE001 (jaxlib raises its own runtime error types for every failure)
+        raise InputError(
+            f"process {cluster.process_id} of {cluster.num_processes} could not join the run at "
+            f"{cluster.coordinator} within {cluster.connect_timeout_s} s ({one_line(exc, limit=200)})"
+        ) from None
+
+
+@contextlib.contextmanager
+def without_distribution() -> Iterator[None]:
+    """Build models as plain, process-local ones (JAX): the best model is tested by each process on
+    its own; a model under the distribution would give outputs spread over every process."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
+def place_jax(config: TrainConfig, cluster: Cluster) -> Placement:
+    link = None
+    if cluster.is_multi_process:
+        link = join(cluster, config.to_dict())  # every process is there, launched alike
+        join_jax(cluster)
+    import jax
+
+    kind = config.distribute
+    if kind == "data-parallel":
+        devices = keras.distribution.list_devices()
+        distribution = keras.distribution.DataParallel(devices=devices)
+        # Each process feeds its own part of every global batch (pipeline.training_dataset's shard);
+        # Keras would otherwise try to shard the tf.data pipeline itself.
+        distribution.auto_shard_dataset = False
+        keras.distribution.set_distribution(distribution)
+        names = jax_device_names(jax.devices())
+        return Placement(kind, "jax", names, len(names), distribution.scope, cluster, link)
+    return Placement(kind, "jax", jax_device_names(jax.devices()[:1]), 1, contextlib.nullcontext, cluster)

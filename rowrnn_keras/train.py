@@ -22,11 +22,11 @@ import tensorflow as tf
 from rowrnn_keras import plots
 from rowrnn_keras.backup import BEST_MODEL_FILE, Backup, discard, fingerprint, resume_point
 from rowrnn_keras.callbacks import ResumableBackup, ScalarTensorBoard
-from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, TrainConfig
+from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, Cluster, TrainConfig
 from rowrnn_keras.evaluate import evaluate_model
 from rowrnn_keras.model import compile_model, create_model
 from rowrnn_keras.pipeline import Splits, make_splits, training_dataset
-from rowrnn_keras.placement import MULTI_WORKER_BROKEN, Placement, place
+from rowrnn_keras.placement import Placement, place, without_distribution
 from runtime.errors import InputError
 from runtime.files import private_prefix, remove_leftovers, sha256_file, write_json_atomic
 from runtime.mnist import Mnist
@@ -56,6 +56,7 @@ def new_state(data_and_config: dict) -> dict:
         "checkpoint_best": None,
         "early_stopping": {},
         "train_seconds": 0.0,
+        "epoch_seconds": [],
         "resumed_at": [],
         "weights_sha256": None,
         "run_name": time.strftime("run-%Y%m%d-%H%M%S"),
@@ -80,15 +81,15 @@ def fit_model(
     the model (`new_state`, or the state of `resume`, the backup training continues from).
     `tensorboard`: a directory for Keras's TensorBoard logs, one subdirectory per run.
     """
-    placement = placement or place("none")
+    placement = placement or place(config)
     steps_per_epoch = math.ceil(len(splits.train[0]) / config.batch_size)
     if resume is not None:
         if (resume.path / BEST_MODEL_FILE).exists():  # ModelCheckpoint carries on from the best so far
             shutil.copyfile(resume.path / BEST_MODEL_FILE, checkpoint)
         if resume.finished:  # killed after training, before publishing: nothing left to train
-            return FitResult(keras.models.load_model(checkpoint), state["history"], state, steps_per_epoch)
+            return FitResult(load_best(checkpoint), state["history"], state, steps_per_epoch)
     seed_everything(config.seed)
-    with placement.strategy.scope():
+    with placement.scope():
         model = compile_model(create_model(config), config, steps_per_epoch)
     best = keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", mode="max", save_best_only=True)
     stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience)
@@ -98,17 +99,33 @@ def fit_model(
     callbacks.append(ResumableBackup(resume, backup_to, state, checkpoint, best, stopping))
     first_epoch = resume.epoch if resume else 0
     model.fit(
-        training_dataset(config, *splits.train, first_epoch=first_epoch),
+        training_dataset(config, *splits.train, first_epoch=first_epoch, shard=placement.shard),
         steps_per_epoch=steps_per_epoch,
         epochs=config.epochs,
         initial_epoch=first_epoch,
+        # every process feeds all of it: the means Keras reports over the copies are the means over it
         validation_data=splits.validation,
         validation_batch_size=1024,
         shuffle=False,  # the dataset shuffles itself, per epoch
         callbacks=callbacks,
         verbose=verbose,
     )
-    return FitResult(keras.models.load_model(checkpoint), state["history"], state, steps_per_epoch)
+    return FitResult(load_best(checkpoint), state["history"], state, steps_per_epoch)
+
+
+def load_best(checkpoint: Path) -> keras.Model:
+    """The best epoch's model, process-local: each process tests it on its own."""
+    with without_distribution():
+        return keras.models.load_model(checkpoint)
+
+
+def backend_versions(backend: str) -> dict[str, str]:
+    versions = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    if backend == "jax":
+        import jax
+
+        versions["jax"] = jax.__version__
+    return versions
 
 
 def history_csv(history: dict[str, list[float]]) -> str:
@@ -152,6 +169,7 @@ def run_training(
     restart: bool = False,
     tensorboard: str | Path | None = None,
     log: Callable[[str], None] = lambda message: None,
+    cluster: Cluster | None = None,
 ) -> dict:
     """Train, select the best epoch on validation, test it once, and write every artifact.
 
@@ -159,12 +177,13 @@ def run_training(
     whole run succeeded, each with an atomic rename: a failed run overwrites nothing. A backup in
     `out_dir/backup` (written at every epoch end, removed once the run has its results) lets the
     same call continue a killed run; `restart` discards it instead. `tensorboard`: a directory
-    for TensorBoard logs. `log` receives the one-line notice that a run resumes.
+    for TensorBoard logs. `log` receives the one-line notice that a run resumes. `cluster`: this
+    process's place in a multi-process `--distribute data-parallel` run (only process 0 writes).
     """
     out_dir = Path(out_dir)
-    placement = place(config.distribute)  # first: MultiWorkerMirroredStrategy must precede other TF work
-    # Only the chief writes into out_dir; other workers write the same files to a private place.
-    work_dir = out_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="rowrnn-worker-"))
+    placement = place(config, cluster)  # first: the processes of a cluster join before anything runs
+    # Only the chief writes into out_dir; the other processes write the same files to a private place.
+    work_dir = out_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="rowrnn-process-"))
     scratch = prepare_out_dir(work_dir)
     try:
         resume = resume_point(out_dir, config, mnist, restart, readonly=not placement.is_chief)
@@ -178,27 +197,29 @@ def run_training(
             )
         splits = make_splits(mnist, config)
         session_started = time.perf_counter()
-        try:
-            fit = fit_model(
-                config,
-                splits,
-                scratch / MODEL_FILE,
-                work_dir,
-                state,
-                verbose,
-                placement=placement,
-                resume=resume,
-                tensorboard=None
-                if tensorboard is None
-                else Path(tensorboard)
-                if placement.is_chief
-                else work_dir / "logs",
-            )
-        except ValueError as exc:
-            if placement.kind == "multi-worker" and "PerReplica" in str(exc):
-                raise InputError(MULTI_WORKER_BROKEN) from None
-            raise
-        test = evaluate_model(fit.model, *splits.test)
+        with placement.collectives():
+            try:
+                fit = fit_model(
+                    config,
+                    splits,
+                    scratch / MODEL_FILE,
+                    work_dir,
+                    state,
+                    verbose,
+                    placement=placement,
+                    resume=resume,
+                    tensorboard=None
+                    if tensorboard is None
+                    else Path(tensorboard)
+                    if placement.is_chief
+                    else work_dir / "logs",
+                )
+            except Exception:
+                placement.failed()  # a lost process: the watch ends this one, in one line
+                raise
+        placement.training_over()
+        with without_distribution():  # each process tests the best model on its own
+            test = evaluate_model(fit.model, *splits.test)
         history = fit.history
         # The run has its results: from here a kill loses it (seconds), but a later run with other
         # settings into the same directory finds no backup to refuse.
@@ -213,12 +234,15 @@ def run_training(
             # every session's finished epochs (a killed session's unfinished epoch is not counted)
             "train_seconds": round(state["train_seconds"], 3),
             "seconds_per_epoch": round(state["train_seconds"] / epochs_run, 3),
+            "epoch_seconds": state.get("epoch_seconds", []),  # each finished epoch's (the first compiles)
             "session_seconds": round(time.perf_counter() - session_started, 3),
             "resumed": bool(state["resumed_at"]),
             "resumed_at_epochs": state["resumed_at"],
+            "backend": placement.backend,
             "strategy": placement.kind,
             "devices": placement.devices,
-            "replicas": placement.strategy.num_replicas_in_sync,
+            "replicas": placement.replicas,
+            "processes": placement.cluster.num_processes,
             "steps_per_epoch": fit.steps_per_epoch,
             "final_weights_sha256": state["weights_sha256"],  # the last epoch's, not the best one's
             "train_images": len(splits.train[0]),
@@ -231,7 +255,7 @@ def run_training(
             "model_sha256": sha256_file(scratch / MODEL_FILE),
             "test_per_class_accuracy": test.per_class_accuracy,
             "config": config.to_dict(),
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "versions": backend_versions(placement.backend),
         }
         (scratch / HISTORY_FILE).write_text(history_csv(history))
         plots.save_curves(history, scratch / CURVES_FILE)

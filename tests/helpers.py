@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,7 @@ REQUIREMENTS = {
     "data": "ROWRNN_REQUIRE_DATA",  # the real MNIST files
     "browser": "ROWRNN_REQUIRE_BROWSER",  # Playwright and chromium
     "serve": "ROWRNN_REQUIRE_SERVE",  # the serve extra
+    "jax": "ROWRNN_REQUIRE_JAX",  # the jax extra (rowrnn train --backend jax)
 }
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
@@ -377,3 +379,17 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
 ]
+
+
+def free_port() -> int:
+    """A free port on 127.0.0.1 whose next one is free too: a multi-process run's coordinator port
+    (JAX's) and the one after it (rowrnn_keras.cluster's link)."""
+    while True:
+        with socket.socket() as probe, socket.socket() as next_one:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+            try:
+                next_one.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port

@@ -116,9 +116,20 @@ def test_option_defaults_are_the_librarys():
         ("seed", "seed"),
         ("limit", "limit"),
         ("hidden_units", "hidden_units"),
+        ("backend", "backend"),
         ("distribute", "distribute"),
     ):
         assert defaults["train"][option] == getattr(config, field), option
+    from rowrnn_keras.config import Cluster
+
+    for option, field in (
+        ("coordinator", "coordinator"),
+        ("num_processes", "num_processes"),
+        ("process_id", "process_id"),
+        ("connect_timeout", "connect_timeout_s"),
+        ("heartbeat_timeout", "heartbeat_timeout_s"),
+    ):
+        assert defaults["train"][option] == getattr(Cluster(), field), option
 
 
 def unwrapped_help(command: str) -> str:
@@ -152,14 +163,16 @@ def test_train_help_shows_options():
         assert option in result.stdout
 
 
-def test_train_help_does_not_offer_multi_worker_as_working():
-    """multi-worker is accepted (test_distribute's xfail shows the upstream failure and would
-    notice a fix), but the help says it does not work today and why."""
+def test_train_help_offers_what_works_on_each_backend():
+    """--distribute multi-worker (tf.distribute's, broken upstream in Keras 3) is retired: help offers
+    each backend's strategies and the options of a multi-process JAX run."""
     help_text = unwrapped_help("train")
     option = help_text[help_text.index("--distribute <") :]
     option = option[: option.index("[default:")]
-    assert "multi-worker (the cluster in $TF_CONFIG) does NOT work today" in option, option
-    assert "keras-team/keras#20585" in option, option
+    assert "tensorflow: none, mirrored" in option and "jax: none, data-parallel" in option, option
+    assert "multi-worker" not in help_text and "TF_CONFIG" not in help_text
+    for name in ("--backend", "--coordinator", "--num-processes", "--process-id", "--connect-timeout"):
+        assert name in help_text, name
 
 
 def test_env_var_points_at_data(tmp_path):

@@ -1,8 +1,8 @@
-"""`--distribute`: mirrored training over several devices of one machine, and multi-worker.
+"""`--distribute mirrored`: training over several devices of one machine on TensorFlow.
 
 The mirrored run uses two logical CPU devices (set up in a subprocess before TensorFlow starts),
-so it runs on any machine. Multi-worker training is broken upstream; its test is a strict xfail
-that starts passing, and so fails the suite, the day two workers on localhost can train.
+so it runs on any machine. Training across processes and machines is JAX's (test_jax): TensorFlow's
+MultiWorkerMirroredStrategy fails under Keras 3's model.fit (keras-team/keras#20585).
 """
 
 from __future__ import annotations
@@ -11,17 +11,14 @@ import csv
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from export.api import ValidationSet, export_model, synthetic_rows
-from helpers import REPO, assert_one_line_error, rowrnn, write_mnist_dir
+from helpers import REPO, assert_one_line_error, rowrnn
 from rowrnn_keras.model import load_trained_model
 
 # Two logical CPU devices, then a tiny run of the library on synthetic digits (bars: no augmentation).
@@ -107,113 +104,6 @@ def test_mirrored_on_two_devices_trains_saves_exports_resumes_and_matches_one_de
     assert result.report["argmax_agreement"] == 1.0 and result.report["max_abs_logit_diff"] <= 1e-4
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class UpstreamMultiWorkerBug(Exception):
-    """model.fit under MultiWorkerMirroredStrategy fails with "unsupported type PerReplica"."""
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=UpstreamMultiWorkerBug,
-    reason="keras-team/keras#20585, tensorflow/tensorflow#72388: MultiWorkerMirroredStrategy + model.fit fails "
-    "with 'unsupported type PerReplica' in Keras 3 / TensorFlow 2.21; passing means it was fixed",
-)
-def test_two_workers_on_localhost_train_and_only_the_chief_writes(tmp_path):
-    data = write_mnist_dir(tmp_path / "idx", n_train=60_000, n_test=10_000, compress=False)
-    out = tmp_path / "out"
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    workers = []
-    for index in range(2):
-        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TF_CONFIG": tf_config}
-        workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "rowrnn",
-                    "train",
-                    "--data",
-                    str(data),
-                    "--out",
-                    str(out),
-                    "--limit",
-                    "600",
-                    "--epochs",
-                    "2",
-                    "--hidden-units",
-                    "8",
-                    "--batch-size",
-                    "64",
-                    "--distribute",
-                    "multi-worker",
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    deadline = time.monotonic() + 300  # a worker whose peer died waits for it forever: bound it
-    results = []
-    try:
-        for worker in workers:
-            results.append(worker.communicate(timeout=max(1.0, deadline - time.monotonic())))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGKILL)
-                worker.wait(30)
-    errors = [stderr for _, stderr in results]
-    if any("PerReplica" in stderr for stderr in errors):
-        for worker, stderr in zip(workers, errors, strict=True):  # the known failure, reported as one line
-            assert_one_line_error(
-                subprocess.CompletedProcess(worker.args, worker.returncode, "", stderr), "keras-team/keras#20585"
-            )
-        raise UpstreamMultiWorkerBug(errors[0].strip())
-    assert [w.returncode for w in workers] == [0, 0], errors
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["strategy"] == "multi-worker" and metrics["replicas"] == 2
-    assert sorted(p.name for p in out.iterdir() if p.suffix in (".keras", ".json", ".csv", ".png")) == [
-        "curves.png",
-        "history.csv",
-        "metrics.json",
-        "model.keras",
-    ]
-
-
-@pytest.mark.parametrize(
-    "tf_config, needle",
-    [
-        ("", "TF_CONFIG is not set"),
-        ("{not json", "TF_CONFIG is not usable"),
-        (
-            '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}',
-            "task worker:3 is not in the cluster",
-        ),
-    ],
-)
-def test_multi_worker_without_a_usable_tf_config_is_refused_in_one_line(tmp_path, tf_config, needle):
-    result = rowrnn(
-        "train",
-        "--data",
-        tmp_path / "no-data-needed",
-        "--out",
-        tmp_path / "out",
-        "--distribute",
-        "multi-worker",
-        env={"TF_CONFIG": tf_config},
-    )
-    assert_one_line_error(result, "--distribute multi-worker", needle)
-
-
 def test_an_unknown_strategy_is_refused_in_one_line(tmp_path):
     result = rowrnn("train", "--out", tmp_path / "out", "--distribute", "tpu")
-    assert_one_line_error(result, "--distribute must be one of none, mirrored, multi-worker", "'tpu'")
+    assert_one_line_error(result, "--distribute must be one of none, mirrored, data-parallel", "'tpu'")

@@ -276,3 +276,27 @@ def test_the_anytime_tables_are_the_committed_run():
         == bundled_figures()["test accuracy, 10 000 MNIST test images"]
     )
     assert anytime["model"] == "runtime/models/mnist.step.onnx"  # the bundled step model, not another
+
+
+# ------------------------------------------------------------ benchmarks/train_bench.py: train_bench.json
+
+
+def test_the_training_epoch_table_is_the_committed_run():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import train_bench
+
+    report = json.loads((RESULTS / "train_bench.json").read_text())
+    block = section(BENCHMARKS, "## Training: epoch time by backend (`benchmarks/train_bench.py`)")
+    assert train_bench.format_markdown(report) in block
+    assert [row["setup"] for row in report["rows"]] == [name for name, _, _ in train_bench.SETUPS]
+    # the ratios are those of the rows, measured in the same run
+    tf_row, jax_row, two_row = report["rows"]
+    assert report["ratios"]["jax_vs_tensorflow"] == pytest.approx(jax_row["epoch_s"] / tf_row["epoch_s"], abs=1e-3)
+    assert report["ratios"]["jax_2x1_vs_1x2"] == pytest.approx(two_row["epoch_s"] / jax_row["epoch_s"], abs=1e-3)
+    # what README's "Training across machines" says was measured is this run
+    readme = " ".join(
+        section(README, "### Training across machines: `--backend jax --distribute data-parallel`").split()
+    )
+    assert f"{report['ratios']['jax_vs_tensorflow']:.2f}x the TensorFlow backend's" in readme

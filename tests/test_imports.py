@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO
-from rowrnn.extras import SERVE_EXTRA, TRAINING_EXTRA
+from rowrnn.extras import JAX_EXTRA, SERVE_EXTRA, TRAINING_EXTRA
 
 OURS = {"runtime", "serve", "export", "rowrnn_keras", "rowrnn"}
-TRAINING_STACK = set(TRAINING_EXTRA)  # what the train extra installs
+TRAINING_STACK = set(TRAINING_EXTRA) | set(JAX_EXTRA)  # what the train and jax extras install
 WEB_STACK = set(SERVE_EXTRA) | {"google"}  # what the serve extra installs (google: protobuf)
 # package -> (our packages it may import, third-party packages it must not import)
 RULES = {

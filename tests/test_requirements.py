@@ -18,6 +18,7 @@ from helpers import REPO, REQUIREMENTS
 
 REAL_DATA_TEST = "tests/test_data.py::test_real_mnist_matches_the_published_checksums"
 SERVE_EXTRA_TEST = "tests/test_serve_protocol.py"
+JAX_TEST = "tests/test_jax.py::test_a_process_that_cannot_reach_the_coordinator_gives_up_in_one_line"
 BROWSER_TEST = "tests/test_page.py::test_drawn_digits_get_the_predictors_answer"
 DATA_REASON = "real MNIST not available: $ROWRNN_DATA="
 
@@ -110,5 +111,19 @@ def test_missing_playwright_fails_where_required(tmp_path, env, fails):
     assert "needs playwright (test extra) (playwright hidden by test_requirements)" in result.stdout, result.stdout
     if fails:
         assert result.returncode == 1 and "1 error" in outcome(result), (result.returncode, result.stdout)
+    else:
+        assert result.returncode == 0 and "1 skipped" in outcome(result), (result.returncode, result.stdout)
+
+
+@pytest.mark.parametrize(
+    "env, fails", [({"ROWRNN_REQUIRE_JAX": "1"}, True), ({}, False)], ids=["require-jax", "laptop"]
+)
+def test_missing_jax_extra_fails_where_required(tmp_path, env, fails):
+    result = inner_pytest(JAX_TEST, tmp_path, env, hidden="jax")
+    assert "the jax extra is not installed (pip install 'rowrnn[jax]') (jax hidden by test_requirements)" in (
+        result.stdout
+    ), result.stdout
+    if fails:
+        assert result.returncode == 1 and "1 failed" in outcome(result), (result.returncode, result.stdout)
     else:
         assert result.returncode == 0 and "1 skipped" in outcome(result), (result.returncode, result.stdout)

@@ -1,0 +1,378 @@
+"""`rowrnn train --backend jax`: the same run on Keras's JAX backend, in one process or in several
+(`--distribute data-parallel`, keras.distribution), tested as real processes on 127.0.0.1.
+
+The processes of a cluster each feed their part of every global batch; only process 0 writes. The
+library runs in subprocesses: Keras picks its backend once, at import, and this test process runs
+Keras on TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import REPO, TINY_TRAIN, assert_one_line_error, free_port, real_mnist_dir, require_module, rowrnn
+from rowrnn.extras import select_keras_backend
+from rowrnn_keras.config import TrainConfig
+from rowrnn_keras.pipeline import training_dataset
+from runtime.errors import InputError
+
+ARTIFACTS = {"model.keras", "history.csv", "curves.png", "metrics.json"}
+# The run the cluster tests share: 4 000 real images (3 600 train), 2 epochs of 29 global batches of 128.
+RUN = ("--limit", "4000", "--epochs", "2", "--batch-size", "128")
+LOGS = ("out", "err", "tmp")  # what `start` makes beside a process's LOG path
+DEADLINE_S = 900  # a whole two-process run, waiting for the heavy lock included
+
+
+def need_jax() -> None:
+    require_module("jax", "jax", "the jax extra is not installed (pip install 'rowrnn[jax]')")
+
+
+def train_command(out: Path, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "rowrnn",
+        "train",
+        "--data",
+        str(real_mnist_dir()),
+        "--out",
+        str(out),
+        "--backend",
+        "jax",
+        *RUN,
+        *options,
+    ]
+
+
+def start(command: list[str], log: Path, host_devices: int | None = None) -> subprocess.Popen:
+    """A training process; stdout and stderr go to files (a full pipe would stall it), its temporary
+    files into a directory of its own (LOG.tmp). `host_devices`: the CPU devices JAX sees (XLA's host
+    platform device count; default one)."""
+    log.with_suffix(".tmp").mkdir()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(log.with_suffix(".tmp"))}
+    if host_devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+
+
+def finish(processes: list[subprocess.Popen], deadline_s: float) -> list[int]:
+    """Wait for every process until the deadline; kill what is left (then the test fails)."""
+    deadline = time.monotonic() + deadline_s
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+
+
+def cluster_options(port: int, processes: int, index: int) -> list[str]:
+    return [
+        "--distribute",
+        "data-parallel",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        str(processes),
+        "--process-id",
+        str(index),
+    ]
+
+
+def run_cluster(tmp_path: Path, name: str, processes: int = 2, *extra: str) -> tuple[list[int], list[Path]]:
+    """`processes` processes of one run, all writing to tmp_path/name; their exit codes and logs."""
+    port = free_port()
+    logs = [tmp_path / f"{name}-{i}.log" for i in range(processes)]
+    running = [
+        start(train_command(tmp_path / name, *cluster_options(port, processes, i), *extra), log)
+        for i, log in enumerate(logs)
+    ]
+    return finish(running, DEADLINE_S), logs
+
+
+def final_digest(log: Path) -> str:
+    (line,) = [x for x in log.with_suffix(".out").read_text().splitlines() if x.startswith("final weights sha256 ")]
+    return line.split()[-1]
+
+
+def losses(out: Path, column: str) -> list[float]:
+    return [float(row[column]) for row in csv.DictReader((out / "history.csv").open())]
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """The reference: one JAX process, the same run and global batch."""
+    need_jax()
+    out = tmp_path_factory.mktemp("jax") / "one"
+    (code,) = finish([start(train_command(out), out.with_suffix(".log"))], DEADLINE_S)
+    assert code == 0, out.with_suffix(".err").read_text()[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_jax_backend_trains_records_it_and_its_model_exports_with_parity(one_process):
+    metrics = json.loads((one_process / "metrics.json").read_text())
+    assert metrics["backend"] == "jax" and metrics["config"]["backend"] == "jax"
+    assert metrics["strategy"] == "none" and metrics["processes"] == 1 and "jax" in metrics["versions"]
+    assert {p.name for p in one_process.iterdir()} >= ARTIFACTS
+    assert not (one_process / "backup").exists()  # a finished run removes its backup, as on TensorFlow
+    assert metrics["epochs"] == 2 and metrics["steps_per_epoch"] == 29
+    assert len(metrics["epoch_seconds"]) == 2 and sum(metrics["epoch_seconds"]) == pytest.approx(
+        metrics["train_seconds"], abs=0.01
+    )
+    assert metrics["test_accuracy"] > 0.3  # 2 epochs, measured 0.54; chance is 0.1
+    # `rowrnn export` runs Keras on TensorFlow: the JAX-trained file is an ordinary Keras model
+    exported = rowrnn("export", one_process / "model.onnx", "--model", one_process / "model.keras")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    report = json.loads((one_process / "model.parity.json").read_text())
+    assert report["argmax_agreement"] == 1.0 and report["max_abs_logit_diff"] <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory) -> tuple[Path, list[int], list[Path]]:
+    """The run of `one_process` on two processes: its directory, exit codes and logs."""
+    need_jax()
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    codes, logs = run_cluster(tmp_path, "two")
+    return tmp_path, codes, logs
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_and_only_the_chief_writes(two_processes, one_process):
+    tmp_path, codes, logs = two_processes
+    assert codes == [0, 0], [log.with_suffix(".err").read_text()[-2000:] for log in logs]
+    out = tmp_path / "two"
+    assert {p.name for p in out.iterdir()} >= ARTIFACTS
+    assert not (out / "backup").exists()
+    # process 1 wrote nothing anywhere it was told to: it has no output directory of its own
+    assert {p.name for p in tmp_path.iterdir()} == {"two", *(f"two-{i}.{s}" for i in range(2) for s in LOGS)}
+    assert "process 1: process 0 wrote" in logs[1].with_suffix(".out").read_text()
+    assert not list(logs[1].with_suffix(".tmp").glob("rowrnn-process-*"))  # nor is its private place left
+    # the weights both processes hold at the end are the same bits
+    digests = [final_digest(log) for log in logs]
+    assert digests[0] == digests[1]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["final_weights_sha256"] == digests[0]
+    assert metrics["strategy"] == "data-parallel" and metrics["processes"] == 2 and metrics["replicas"] == 2
+    assert metrics["devices"] == ["process 0/CPU:0", "process 1/CPU:0"]
+    assert metrics["steps_per_epoch"] == 29  # --batch-size stays the global batch
+    # The same training as one process with the same global batch: each process computed the gradient
+    # of its half and they were summed across processes, so only the rounding of those sums differs.
+    # Measured: equal to the 6 digits history.csv keeps; stated tolerance 1e-4 relative.
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert losses(out, column) == pytest.approx(losses(one_process, column), rel=1e-4), column
+    exported = rowrnn("export", out / "model.onnx", "--model", out / "model.keras")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads((out / "model.parity.json").read_text())["argmax_agreement"] == 1.0
+
+
+def test_a_process_feeds_its_part_of_every_global_batch():
+    """Side by side, in process order, the parts of two processes are the one-process batches,
+    augmentation included: the cluster trains on exactly the batches one process would."""
+    config = TrainConfig(**{**TINY_TRAIN, "augment_shift": 0.08, "augment_rotation_degrees": 10.0, "epochs": 2})
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((100, 28, 28), np.float32), rng.integers(0, 10, 100).astype(np.int32)
+    whole = list(training_dataset(config, images, labels).as_numpy_iterator())
+    parts = [list(training_dataset(config, images, labels, shard=(i, 2)).as_numpy_iterator()) for i in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 8  # 4 batches of 32 (the last of 4) per epoch
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
+        assert len(x0) == len(x1) == len(x) // 2
+        np.testing.assert_array_equal(np.concatenate([y0, y1]), y)
+        np.testing.assert_allclose(np.concatenate([x0, x1]), x, atol=1e-6)
+    plain = TrainConfig(**{**TINY_TRAIN, "epochs": 2})
+    assert not np.allclose(next(training_dataset(plain, images, labels).as_numpy_iterator())[0], whole[0][0])
+
+
+def test_keras_on_another_backend_is_refused_in_one_line():
+    import keras  # noqa: F401  (this process runs Keras on TensorFlow)
+
+    need_jax()
+    with pytest.raises(InputError, match="Keras already runs on tensorflow in this process; jax was asked for"):
+        select_keras_backend("jax")
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        (["--backend", "jax", "--distribute", "mirrored"], "--distribute mirrored needs --backend tensorflow"),
+        (["--distribute", "data-parallel"], "--distribute data-parallel needs --backend jax"),
+        (["--backend", "pytorch"], "--backend must be one of tensorflow, jax, got 'pytorch'"),
+        (["--distribute", "multi-worker"], "--distribute must be one of none, mirrored, data-parallel"),
+        (
+            ["--backend", "jax", "--distribute", "data-parallel", "--num-processes", "2"],
+            "--num-processes 2 needs --coordinator HOST:PORT",
+        ),
+        (
+            ["--backend", "jax", "--num-processes", "2", "--coordinator", "127.0.0.1:9"],
+            "--num-processes 2 needs --backend jax --distribute data-parallel",
+        ),
+        (["--num-processes", "2", "--process-id", "2", "--coordinator", "h:1"], "--process-id 2 is out of range"),
+        (["--process-id", "-1"], "--process-id -1 is out of range for --num-processes 1 (0-0)"),
+        (["--num-processes", "2", "--coordinator", "no-port"], "--coordinator 'no-port' is not HOST:PORT"),
+        (
+            ["--backend", "jax", "--distribute", "data-parallel", "--num-processes", "3", "--coordinator", "h:1"],
+            "--batch-size 128 is not a multiple of --num-processes 3",
+        ),
+    ],
+)
+def test_a_launch_that_cannot_work_is_refused_in_one_line_before_anything_runs(tmp_path, options, needle):
+    result = rowrnn("train", "--data", tmp_path / "not-read", "--out", tmp_path / "out", *options)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def launch(tmp_path: Path, *processes: tuple[int, int, tuple[str, ...]]) -> list[str]:
+    """Processes (process id, process count, other options) of a launch that must be refused before
+    anything trains: each exits 2 with one line, within a bound (the 20 s
+    --connect-timeout and the imports), and nothing is written. Returns the lines, in order."""
+    port = free_port()
+    started = time.monotonic()
+    running = []
+    for n, (index, count, options) in enumerate(processes):
+        command = [
+            *(sys.executable, "-m", "rowrnn", "train", "--data", str(real_mnist_dir())),
+            *("--out", str(tmp_path / "out"), "--batch-size", "96", "--connect-timeout", "20", "--backend", "jax"),
+            *cluster_options(port, count, index),
+            *options,
+        ]
+        running.append(start(command, tmp_path / f"launch-{n}.log"))
+    bound_s = 150
+    codes = finish(running, bound_s)
+    assert time.monotonic() - started < bound_s
+    errors = [(tmp_path / f"launch-{n}.err").read_text() for n in range(len(processes))]
+    assert codes == [2] * len(processes), errors
+    for stderr in errors:
+        assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+    assert not (tmp_path / "out").exists()
+    return [stderr.strip() for stderr in errors]
+
+
+def test_a_process_that_cannot_reach_the_coordinator_gives_up_in_one_line(tmp_path):
+    need_jax()
+    (line,) = launch(tmp_path, (1, 2, ()))
+    assert "process 1 cannot reach process 0 at 127.0.0.1:" in line and "within 20 s" in line, line
+
+
+def test_processes_started_with_other_counts_are_refused_in_one_line(tmp_path):
+    need_jax()
+    for line in launch(tmp_path, (0, 2, ()), (1, 3, ())):
+        assert "process 1 was started with --num-processes 3, process 0 with 2: every process needs the same" in line
+
+
+def test_processes_started_with_other_settings_are_refused_in_one_line(tmp_path):
+    need_jax()
+    for line in launch(tmp_path, (0, 2, ("--epochs", "3")), (1, 2, ("--epochs", "4"))):
+        assert "process 1 was started with other settings: epochs 4 (process 0: 3)" in line, line
+
+
+def test_a_duplicate_process_id_is_refused_and_a_missing_one_named(tmp_path):
+    """Processes 0, 1, 1 of 3: the second 1 is refused at once; process 0 then waits its timeout
+    for process 2 and says so; the first 1 learns that the run did not start."""
+    need_jax()
+    lines = launch(tmp_path, (0, 3, ()), (1, 3, ()), (1, 3, ()))
+    assert "process 2 of 3 did not join within 20 s" in lines[0], lines
+    duplicate = [line for line in lines[1:] if "another process already joined as process 1" in line]
+    waiting = [line for line in lines[1:] if "process 0 at 127.0.0.1:" in line and "did not start the run" in line]
+    assert len(duplicate) == len(waiting) == 1, lines
+
+
+@pytest.mark.slow
+def test_two_processes_hold_the_weights_of_one_process_over_two_local_devices(tmp_path, two_processes):
+    """The same DataParallel over two devices, in one process (XLA's two host devices, no gloo):
+    the processes' parts of each batch and their summed gradients are exactly the one-process ones."""
+    _, codes, logs = two_processes
+    assert codes == [0, 0]
+    out = tmp_path / "local"
+    process = start(train_command(out, "--distribute", "data-parallel"), tmp_path / "local.log", host_devices=2)
+    assert finish([process], DEADLINE_S) == [0], (tmp_path / "local.err").read_text()[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["devices"] == ["CPU:0", "CPU:1"] and metrics["processes"] == 1
+    assert metrics["final_weights_sha256"] == final_digest(logs[0])
+
+
+def backup_epoch(out: Path) -> int | None:
+    try:
+        return json.loads((out / "backup" / "state.json").read_text())["epoch"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+LOST_BOUND_S = 30  # a killed process's connection closes at once; the others stop within this
+
+
+@pytest.mark.slow
+def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_uninterrupted_one(
+    tmp_path, two_processes
+):
+    _, codes, logs = two_processes
+    assert codes == [0, 0]
+    port = free_port()
+    out = tmp_path / "killed"
+    command = lambda i: train_command(out, *cluster_options(port, 2, i))  # noqa: E731
+    running = [start(command(i), tmp_path / f"first-{i}.log") for i in range(2)]
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while backup_epoch(out) != 1 and time.monotonic() < deadline and running[0].poll() is None:
+            time.sleep(0.05)
+        assert backup_epoch(out) == 1, (tmp_path / "first-0.err").read_text()[-2000:]
+        time.sleep(1.0)  # into epoch 2 (~10 s long here)
+        running[1].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = running[0].wait(timeout=LOST_BOUND_S + 30)
+        waited = time.monotonic() - killed_at
+    finally:
+        finish(running, 30)
+    assert backup_epoch(out) == 1  # the kill landed mid-epoch 2: its end was never backed up
+    assert not (out / "metrics.json").exists()
+    assert code == 1 and waited < LOST_BOUND_S, (code, waited)
+    print(f"process 0 stopped {waited:.1f} s after process 1 was killed")  # the README's figure (-s)
+    assert (tmp_path / "first-0.err").read_text() == (  # this line and nothing else
+        "rowrnn: error: process 1 of 2 was lost (its connection closed); "
+        "run every process again to resume from the last backup\n"
+    )
+    # every process run again: they resume from process 0's backup and end as the uninterrupted run
+    rerun = [start(command(i), tmp_path / f"again-{i}.log") for i in range(2)]
+    assert finish(rerun, DEADLINE_S) == [0, 0], (tmp_path / "again-0.err").read_text()[-2000:]
+    assert "resuming at epoch 2/2" in (tmp_path / "again-0.out").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["resumed_at_epochs"] == [2]
+    uninterrupted = final_digest(logs[0])
+    assert [final_digest(tmp_path / f"again-{i}.log") for i in range(2)] == [uninterrupted] * 2
+    assert metrics["final_weights_sha256"] == uninterrupted
+
+
+@pytest.mark.slow
+def test_a_killed_process_0_is_named_by_the_others(tmp_path):
+    """Process 0 runs the coordinator and writes: the others cannot go on without it, and say so."""
+    need_jax()
+    port = free_port()
+    out = tmp_path / "chief-killed"
+    running = [start(train_command(out, *cluster_options(port, 2, i)), tmp_path / f"p{i}.log") for i in range(2)]
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while backup_epoch(out) != 1 and time.monotonic() < deadline and running[1].poll() is None:
+            time.sleep(0.05)
+        assert backup_epoch(out) == 1, (tmp_path / "p1.err").read_text()[-2000:]
+        running[0].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = running[1].wait(timeout=LOST_BOUND_S + 30)
+        waited = time.monotonic() - killed_at
+    finally:
+        finish(running, 30)
+    assert code == 1 and waited < LOST_BOUND_S, (code, waited)
+    assert (tmp_path / "p1.err").read_text() == (
+        "rowrnn: error: process 0 of 2 was lost (its connection closed); "
+        "run every process again to resume from the last backup\n"
+    )
