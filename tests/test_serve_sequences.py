@@ -14,6 +14,7 @@ import json
 import queue
 import random
 import signal
+import socket
 import threading
 import time
 
@@ -540,3 +541,95 @@ def test_a_grpc_stream_past_max_queue_is_read_as_its_answers_are_taken(start_ser
             np.testing.assert_array_equal(result.as_numpy("probabilities")[0], expected[r])
     client.stop_stream()
     client.close()
+
+
+# --- rows that wait together: made certain, not left to the scheduler ---------------------------------
+
+
+def hold_the_batchers(server) -> socket.socket:
+    """A request whose body stops half-way: while the server waits for it, every batcher waits
+    --max-delay-ms for it before its next call (serve.batcher's rule), so the rows sent meanwhile
+    are certain to wait in line together. Closing the socket lets the batchers go."""
+    held = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    held.sendall(
+        f"POST /v2/models/{STREAM}/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        'Content-Length: 1000\r\n\r\n{"inputs": '.encode()
+    )
+    time.sleep(0.5)  # the server is reading its body
+    return held
+
+
+def test_rows_waiting_together_run_in_order_each_on_its_own_state(start_server, streaming):
+    """While the batchers are held, one gRPC stream sends 10 rows of sequence 1, the 28 rows of
+    sequence 2, then restarts sequence 1 on another image: 66 rows in line at once (the server's
+    counters prove it: 28 step calls, one per row of the longest sequence). A call takes one row of
+    a sequence, in arrival order, on that sequence's state; the old sequence 1's rows finish on its
+    own state, the restarted one starts from zero. Every answer bit-exact."""
+    server = start_server(None, "--log-level", "warning", "--max-delay-ms", "3000")
+    images = digits(3, 10)
+    plan = [(0, 1, r, r == 0, False) for r in range(10)]  # (image, sequence id, row, start, end)
+    plan += [(1, 2, r, r == 0, r == ROWS - 1) for r in range(ROWS)]
+    plan += [(2, 1, r, r == 0, r == ROWS - 1) for r in range(ROWS)]  # sequence 1 again: a restart
+    held = hold_the_batchers(server)
+    results: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(server.grpc_url)
+    client.start_stream(lambda result, error: results.put((result, error)))
+    try:
+        for n, (image, sequence_id, r, start, end) in enumerate(plan):
+            client.async_stream_infer(
+                STREAM,
+                [row_input(triton_grpc, images[image, r])],
+                request_id=str(n),
+                sequence_id=sequence_id,
+                sequence_start=start,
+                sequence_end=end,
+            )
+        time.sleep(1.0)  # all of them read and in line, the first still waiting for the held request
+        held.close()
+        expected = [expected_rows(streaming, image)[1] for image in images]
+        for n, (image, _, r, _, _) in enumerate(plan):
+            result, error = results.get(timeout=60)
+            assert error is None, error
+            assert result.get_response().id == str(n)
+            np.testing.assert_array_equal(result.as_numpy("probabilities")[0], expected[image][r], err_msg=str(n))
+    finally:
+        client.stop_stream()
+        client.close()
+    calls, rows = step_counters(server)
+    assert (calls, rows) == (ROWS, len(plan))  # every row was in line before the first call
+
+
+def test_a_waiting_row_does_not_expire_and_idleness_counts_from_the_answer(start_server, streaming):
+    """--sequence-idle-s 1 while the batchers are held for 3 s: sequence 1's first row waits past
+    the idle limit while sequence 2 starts (its sweep must spare a sequence with a row in line);
+    right after the answer, sequence 1 reads on (idle counts from its last answer, not from when
+    its row came); a second later without a row, it has expired."""
+    server = start_server(None, "--log-level", "warning", "--max-delay-ms", "3000", "--sequence-idle-s", "1")
+    image = digits(1, 11)[0]
+    _, probabilities = expected_rows(streaming, image)
+    held = hold_the_batchers(server)
+    answers: dict[int, tuple[int, dict]] = {}
+
+    def first_row(sequence_id: int) -> None:
+        answers[sequence_id] = rest_row(server, image[0], sequence_id=sequence_id, sequence_start=True)
+
+    first = threading.Thread(target=first_row, args=(1,))
+    first.start()
+    time.sleep(1.8)  # sequence 1's row has waited past --sequence-idle-s
+    second = threading.Thread(target=first_row, args=(2,))
+    second.start()
+    for thread in (first, second):
+        thread.join(DEADLINE_S)
+    held.close()
+    for sequence_id in (1, 2):
+        status, body = answers[sequence_id]
+        assert status == 200, body
+        np.testing.assert_array_equal(answer(body), probabilities[0])
+    status, body = rest_row(server, image[1], sequence_id=1)
+    assert status == 200, body  # not expired: it was answered a moment ago
+    np.testing.assert_array_equal(answer(body), probabilities[1])
+    _, text = http_call(server.port, "GET", "/metrics")
+    assert metric(text.decode(), "rowrnn_sequence_expirations_total", model=STREAM) == 0
+    time.sleep(1.5)
+    status, body = rest_row(server, image[2], sequence_id=1)
+    assert status == 400 and "sequence 1 expired" in body["error"], body
