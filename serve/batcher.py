@@ -99,6 +99,9 @@ class CallBatcher(Generic[J, R]):
     def _deliver(self, jobs: list[J], result: R, seconds: float) -> None:
         raise NotImplementedError
 
+    def _failed(self, jobs: list[J]) -> None:
+        """The call for `jobs` raised (each job got the error already)."""
+
     async def _run(self, arrival: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -112,6 +115,7 @@ class CallBatcher(Generic[J, R]):
                 raise
             except Exception as exc:  # noqa: BLE001  (each job of the batch gets the error)
                 fail(jobs, exc)
+                self._failed(jobs)
                 continue
             self._deliver(jobs, result, time.perf_counter() - started)
 

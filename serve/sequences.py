@@ -94,6 +94,7 @@ class Sequence:
     h: np.ndarray  # float32 [hidden]
     c: np.ndarray
     rows: int = 0  # rows accepted since its start (answered or waiting)
+    failed: bool = False  # a step call with its row raised: its state did not move on, it cannot read on
     waiting: int = 0  # rows accepted and not yet answered
     last_active: float = field(default_factory=time.monotonic)
 
@@ -163,6 +164,10 @@ class SequenceBatcher(CallBatcher[StepJob, StepOutputs]):
         c = np.stack([job.sequence.c for job in jobs])
         return self.streaming.step(rows, h, c)
 
+    def _failed(self, jobs: list[StepJob]) -> None:
+        for job in jobs:
+            job.sequence.failed = True
+
     def _deliver(self, jobs: list[StepJob], result: StepOutputs, seconds: float) -> None:
         h, c, logits, probabilities = result
         self.on_step(len(jobs), seconds)
@@ -182,8 +187,15 @@ class SequenceStore:
         self.max_sequences, self.idle_s = max_sequences, idle_s
         self.on_expired = on_expired
         self.live: OrderedDict[tuple[str, int | str], Sequence] = OrderedDict()  # least recently active first
-        # ids dropped for idleness, remembered (a bounded number) so that their next row hears why
+        # ids dropped for idleness, and ids that read all their rows without sequence_end, remembered
+        # (a bounded number) so that their next row hears why
         self.expired: OrderedDict[tuple[str, int | str], float] = OrderedDict()
+        self.full: OrderedDict[tuple[str, int | str], float] = OrderedDict()
+
+    def remember(self, memory: OrderedDict[tuple[str, int | str], float], key: tuple[str, int | str]) -> None:
+        memory[key] = time.monotonic()
+        while len(memory) > 4 * self.max_sequences:
+            memory.popitem(last=False)
 
     def sweep(self, now: float | None = None) -> None:
         """Drop the sequences idle longer than idle_s (none with a row waiting)."""
@@ -193,9 +205,7 @@ class SequenceStore:
             if sequence.waiting or now - sequence.last_active <= self.idle_s:
                 return
             del self.live[key]
-            self.expired[key] = now
-            while len(self.expired) > 4 * self.max_sequences:
-                self.expired.popitem(last=False)
+            self.remember(self.expired, key)
             self.on_expired(key[0])
 
     def begin(self, stream: str, control: SequenceControl, model, zero: np.ndarray, draining: bool) -> Sequence:
@@ -216,6 +226,7 @@ class SequenceStore:
         self.live[key] = sequence
         self.live.move_to_end(key)
         self.expired.pop(key, None)
+        self.full.pop(key, None)
         return sequence
 
     def find(self, stream: str, control: SequenceControl) -> Sequence:
@@ -223,6 +234,11 @@ class SequenceStore:
         sequence = self.live.get(key)
         if sequence is not None:
             return sequence
+        if key in self.full:
+            raise ProtocolError(
+                f"{describe(control.id)} has read all {IMAGE_ROWS} rows of its image and ended; start the next "
+                "image with sequence_start"
+            )
         if key in self.expired:
             raise ProtocolError(
                 f"{describe(control.id)} expired: no row for it in {self.idle_s:g} s (--sequence-idle-s); "
@@ -234,18 +250,16 @@ class SequenceStore:
         )
 
     def accept(self, stream: str, control: SequenceControl, sequence: Sequence) -> None:
-        """Count a row against the sequence (refused beyond the 28th), and end it on sequence_end."""
-        if sequence.rows >= IMAGE_ROWS:
-            raise ProtocolError(
-                f"{describe(control.id)} has read all {IMAGE_ROWS} rows of its image: end it (sequence_end on "
-                "its last row) and start the next image with sequence_start"
-            )
+        """Count a row against the sequence, and end it on sequence_end or its 28th row (an image has
+        no more: a sequence left live there could only hold its --max-sequences slot and a drain)."""
         sequence.rows += 1
         sequence.waiting += 1
         sequence.last_active = time.monotonic()
         key = (stream, control.id)
-        if control.end:
+        if control.end or sequence.rows == IMAGE_ROWS:
             del self.live[key]
+            if not control.end:
+                self.remember(self.full, key)
         else:
             self.live.move_to_end(key)
 

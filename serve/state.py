@@ -243,6 +243,12 @@ class ServerState:
                     f"{describe(control.id)}: its model version {model.version} was unloaded; start it again "
                     "with sequence_start"
                 )
+            if sequence.failed:
+                sequences.live.pop((name, control.id), None)
+                raise ProtocolError(
+                    f"{describe(control.id)}: the server failed to read one of its rows, so its state is lost; "
+                    "start it again with sequence_start"
+                )
             batcher = self.step_batcher(model)
         sequences.accept(name, control, sequence)
         model.in_flight += 1

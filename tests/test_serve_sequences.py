@@ -10,6 +10,7 @@ The bundled model (it has its step model beside it) serves: no training needed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import random
@@ -318,17 +319,21 @@ def test_every_limit_is_a_clear_error_and_disturbs_nothing(start_server, streami
     assert status == 400 and "expected [1, 28]" in body["error"], body
     witness()
 
-    # a 29th row is refused; the sequence's 28 answers were right
+    # a sequence ends at its 28th row even without sequence_end (it holds no slot after it): a 29th
+    # row is refused, with sequence_end too; the sequence's 28 answers were right
+    live_before = metric(http_call(server.port, "GET", "/metrics")[1].decode(), "rowrnn_sequences_live")
     for r in range(ROWS):
         status, body = rest_row(server, image[r], sequence_id=10, sequence_start=r == 0)
         assert status == 200
         np.testing.assert_array_equal(answer(body), probabilities[r])
-    status, body = rest_row(server, row, sequence_id=10)
-    assert status == 400 and "has read all 28 rows" in body["error"]
+    assert metric(http_call(server.port, "GET", "/metrics")[1].decode(), "rowrnn_sequences_live") == live_before
+    for end in (False, True):
+        status, body = rest_row(server, row, sequence_id=10, sequence_end=end)
+        assert status == 400 and "has read all 28 rows" in body["error"], body
     witness()
 
-    # a restart: sequence_start on the live id 10 starts it over from a zero state
-    for r in range(2):
+    # a restart: sequence_start on the live id 10 (two rows in) starts it over from a zero state
+    for r in (0, 1, 0, 1):
         status, body = rest_row(server, image[r], sequence_id=10, sequence_start=r == 0)
         assert status == 200
         np.testing.assert_array_equal(answer(body), probabilities[r])
@@ -633,3 +638,35 @@ def test_a_waiting_row_does_not_expire_and_idleness_counts_from_the_answer(start
     time.sleep(1.5)
     status, body = rest_row(server, image[2], sequence_id=1)
     assert status == 400 and "sequence 1 expired" in body["error"], body
+
+
+def test_a_sequence_whose_step_call_failed_is_refused_until_it_starts_again():
+    """In process, with the step model made to fail once: the failing row's client gets the error,
+    and the sequence's next row a 400 (its state did not move on: reading on would answer wrongly)."""
+    from serve.protocol import ProtocolError
+    from serve.sequences import SequenceControl
+    from serve.settings import ServeSettings
+    from serve.state import ServerState
+
+    state = ServerState(ServeSettings())
+    state.load(None)  # the bundled model and its step model
+    image = np.random.default_rng(3).random((ROWS, 28), dtype=np.float32)
+
+    async def rows() -> None:
+        first = SequenceControl(1, start=True)
+        await state.infer_row(STREAM, None, image[:1], first)
+        step_model = state.resolve_stream(STREAM, None).step_model
+        real_step = step_model.step
+        step_model.step = lambda *args: (_ for _ in ()).throw(RuntimeError("injected"))
+        with pytest.raises(RuntimeError, match="injected"):
+            await state.infer_row(STREAM, None, image[1:2], SequenceControl(1))
+        step_model.step = real_step
+        with pytest.raises(ProtocolError, match="failed to read one of its rows") as refused:
+            await state.infer_row(STREAM, None, image[2:3], SequenceControl(1))
+        assert refused.value.status == 400
+        _, prediction = await state.infer_row(STREAM, None, image[:1], first)  # started again: served
+        expected = StreamingPredictor(step_path_for(BUNDLED_MODEL)).stream().push(image[0]).probabilities
+        np.testing.assert_array_equal(prediction.probabilities, expected)
+        await state.repository.close()
+
+    asyncio.run(rows())
