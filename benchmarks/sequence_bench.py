@@ -12,7 +12,9 @@ row and need the network's belief after every row, at 1 and at 64 concurrent seq
 
 Both over REST with binary tensors, from client threads of this process (one keep-alive
 connection per sequence; a sequence sends its next row when the previous answer is back, and a new
-image follows the last row). Per row: the latency a client waits (p50, p99), rows answered per
+image follows the last row); and both over gRPC, from grpc.aio clients of this process (4
+channels): the stateful way on Triton's bidirectional stream `ModelStreamInfer` (one stream per
+sequence: the API for a pen or a line scanner), the stateless way as one `ModelInfer` call per row. Per row: the latency a client waits (p50, p99), rows answered per
 second, and the server process's CPU-seconds per row (utime + stime of its PID). Each scenario runs
 `--rounds` times, the two ways taking turns; the table shows medians.
 """
@@ -42,7 +44,12 @@ from runtime.contract import step_path_for  # noqa: E402
 from runtime.files import write_text_atomic  # noqa: E402
 
 STATEFUL, STATELESS = "stateful (rowrnn-stream, one row per request)", "stateless (the image so far to rowrnn)"
-WAYS = (STATEFUL, STATELESS)
+STATEFUL_GRPC = "stateful over gRPC (rowrnn-stream on a ModelStreamInfer stream)"
+STATELESS_GRPC = "stateless over gRPC (the image so far to rowrnn, ModelInfer)"
+WAYS = (STATEFUL, STATELESS, STATEFUL_GRPC, STATELESS_GRPC)
+GRPC_WAYS = (STATEFUL_GRPC, STATELESS_GRPC)
+MODEL_WORK = {STATEFUL: STATEFUL, STATELESS: STATELESS, STATEFUL_GRPC: STATEFUL, STATELESS_GRPC: STATELESS}
+GRPC_CHANNELS = 4
 SEQUENCES = (1, 64)
 ROWS = 28
 TARGET_CPU_RATIO = 5.0  # the stateless way's CPU-seconds per row over the stateful way's, at 64 sequences
@@ -54,11 +61,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(log: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+def start_server(log: Path) -> tuple[subprocess.Popen, int, int]:
+    port, grpc_port = free_port(), free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "rowrnn", "serve", "--port", str(port), "--no-grpc", "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "rowrnn",
+                "serve",
+                "--port",
+                str(port),
+                "--grpc-port",
+                str(grpc_port),
+                "--log-level",
+                "warning",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=REPO,
@@ -68,7 +86,7 @@ def start_server(log: Path) -> tuple[subprocess.Popen, int]:
         if process.poll() is not None:
             raise SystemExit(f"rowrnn serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         if "ready at" in log.read_text():
-            return process, port
+            return process, port, grpc_port
         time.sleep(0.2)
     process.kill()
     raise SystemExit(f"rowrnn serve was not ready within 120 s:\n{log.read_text()[-3000:]}")
@@ -111,7 +129,36 @@ def row_requests(way: str, image: np.ndarray, sequence_id: str) -> list[tuple[st
     return requests
 
 
-BATCH_METRIC = {STATEFUL: "rowrnn_sequence_step_rows", STATELESS: "rowrnn_inference_batch_size"}
+BATCH_METRIC = {
+    STATEFUL: "rowrnn_sequence_step_rows",
+    STATELESS: "rowrnn_inference_batch_size",
+    STATEFUL_GRPC: "rowrnn_sequence_step_rows",
+    STATELESS_GRPC: "rowrnn_inference_batch_size",
+}
+
+
+def grpc_request(way: str, image: np.ndarray, r: int, sequence_id: str):
+    """The gRPC request a client sends after row `r` of `image`."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    request = pb.ModelInferRequest(model_name="rowrnn-stream" if way == STATEFUL_GRPC else "rowrnn")
+    tensor = request.inputs.add()
+    tensor.datatype = "FP32"
+    if way == STATEFUL_GRPC:
+        tensor.name = "row"
+        tensor.shape.extend([1, 28])
+        request.raw_input_contents.append(image[r : r + 1].astype("<f4").tobytes())
+        request.parameters["sequence_id"].string_param = sequence_id
+        request.parameters["sequence_start"].bool_param = r == 0
+        request.parameters["sequence_end"].bool_param = r == ROWS - 1
+    else:
+        so_far = np.zeros((1, ROWS, 28), np.float32)
+        so_far[0, : r + 1] = image[: r + 1]
+        tensor.name = "rows"
+        tensor.shape.extend([1, ROWS, 28])
+        request.raw_input_contents.append(so_far.astype("<f4").tobytes())
+    request.outputs.add().name = "probabilities"
+    return request
 
 
 def batch_counters(port: int, way: str) -> tuple[float, float]:
@@ -196,18 +243,83 @@ def run_scenario(port: int, pid: int, way: str, sequences: int, seconds: float, 
         thread.join(120)
     if errors:
         raise SystemExit(f"{way}, {sequences} sequences: {errors[:3]}")
+    measured = {"elapsed": elapsed, "cpu": cpu, "calls": calls_after - calls_before, "read": read_after - read_before}
+    return scenario_result(way, sequences, latencies, measured)
+
+
+def run_grpc_scenario(
+    grpc_port: int, port: int, pid: int, way: str, sequences: int, seconds: float, images: np.ndarray
+) -> dict:
+    """As `run_scenario`, over gRPC: grpc.aio clients in this process, one stream per sequence
+    for the stateful way, one ModelInfer call per row for the stateless one."""
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2_grpc
+
+    latencies: list[list[float]] = [[] for _ in range(sequences)]
+    measured: dict[str, float] = {}
+
+    async def client(index: int, stub, stop: asyncio.Event, measuring: asyncio.Event) -> None:
+        stream = stub.ModelStreamInfer() if way == STATEFUL_GRPC else None
+        image_number = 0
+        while not stop.is_set():
+            image = images[(index + image_number) % len(images)]
+            for r in range(ROWS):
+                request = grpc_request(way, image, r, f"bench-{index}-{image_number}")
+                started = time.perf_counter()
+                if stream is not None:
+                    await stream.write(request)
+                    response = await stream.read()
+                    if response.error_message:
+                        raise RuntimeError(response.error_message)
+                else:
+                    await stub.ModelInfer(request, timeout=60)
+                if measuring.is_set() and not stop.is_set():
+                    latencies[index].append(time.perf_counter() - started)
+            image_number += 1
+        if stream is not None:
+            await stream.done_writing()
+
+    async def scenario() -> None:
+        stop, measuring = asyncio.Event(), asyncio.Event()
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") for _ in range(GRPC_CHANNELS)]
+        stubs = [service_pb2_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+        tasks = [asyncio.create_task(client(i, stubs[i % GRPC_CHANNELS], stop, measuring)) for i in range(sequences)]
+        await asyncio.sleep(1.0)
+        measured["calls"], measured["read"] = batch_counters(port, way)
+        measuring.set()
+        measured["cpu"], measured["started"] = cpu_seconds(pid), time.perf_counter()
+        await asyncio.sleep(seconds)
+        stop.set()
+        measured["elapsed"] = time.perf_counter() - measured["started"]
+        measured["cpu"] = cpu_seconds(pid) - measured["cpu"]
+        calls, read = batch_counters(port, way)
+        measured["calls"], measured["read"] = calls - measured["calls"], read - measured["read"]
+        done, _ = await asyncio.wait(tasks, timeout=120)
+        for channel in channels:
+            await channel.close()
+        errors = [repr(task.exception()) for task in done if task.exception() is not None]
+        if errors or len(done) != len(tasks):
+            raise SystemExit(f"{way}, {sequences} sequences: {errors[:3] or 'clients did not finish'}")
+
+    asyncio.run(scenario())
+    return scenario_result(way, sequences, latencies, measured)
+
+
+def scenario_result(way: str, sequences: int, latencies: list[list[float]], measured: dict[str, float]) -> dict:
     every = np.concatenate([np.array(values) for values in latencies])
     return {
         "way": way,
         "sequences": sequences,
         "rows": len(every),
-        "seconds": elapsed,
-        "rows_per_s": len(every) / elapsed,
+        "seconds": measured["elapsed"],
+        "rows_per_s": len(every) / measured["elapsed"],
         "p50_ms": float(np.percentile(every, 50) * 1000),
         "p99_ms": float(np.percentile(every, 99) * 1000),
-        "server_cpu_s": cpu,
-        "server_cpu_us_per_row": cpu / len(every) * 1e6,
-        "mean_batch": (read_after - read_before) / max(calls_after - calls_before, 1),
+        "server_cpu_s": measured["cpu"],
+        "server_cpu_us_per_row": measured["cpu"] / len(every) * 1e6,
+        "mean_batch": measured["read"] / max(measured["calls"], 1),
     }
 
 
@@ -244,32 +356,42 @@ def find(report: dict, way: str, sequences: int) -> dict:
 
 
 def targets(report: dict) -> list[dict]:
-    """The issue's targets, as ratios of rows of this run (at 64 sequences)."""
-    stateful, stateless = find(report, STATEFUL, 64), find(report, STATELESS, 64)
-    cpu = stateless["server_cpu_us_per_row"] / stateful["server_cpu_us_per_row"]
-    p99 = stateful["p99_ms"] / stateless["p99_ms"]
-    return [
-        {
-            "target": f"64 sequences: stateless CPU-seconds per row / stateful's >= {TARGET_CPU_RATIO:g}",
-            "measured": cpu,
-            "met": cpu >= TARGET_CPU_RATIO,
-        },
-        {"target": "64 sequences: stateful p99 per row / stateless p99 <= 1", "measured": p99, "met": p99 <= 1},
-    ]
+    """The issue's targets, as ratios of rows of this run (at 64 sequences), for each transport."""
+    verdicts = []
+    for transport, (stateful_way, stateless_way) in (("REST", (STATEFUL, STATELESS)), ("gRPC", GRPC_WAYS)):
+        stateful, stateless = find(report, stateful_way, 64), find(report, stateless_way, 64)
+        cpu = stateless["server_cpu_us_per_row"] / stateful["server_cpu_us_per_row"]
+        p99 = stateful["p99_ms"] / stateless["p99_ms"]
+        verdicts += [
+            {
+                "target": f"64 sequences, {transport}: stateless CPU-seconds per row / stateful's >= {TARGET_CPU_RATIO:g}",
+                "measured": cpu,
+                "met": cpu >= TARGET_CPU_RATIO,
+            },
+            {
+                "target": f"64 sequences, {transport}: stateful p99 per row / stateless p99 <= 1",
+                "measured": p99,
+                "met": p99 <= 1,
+            },
+        ]
+    return verdicts
 
 
 def run(seconds: float, rounds: int) -> dict:
     images = np.random.default_rng(0).random((256, ROWS, 28), dtype=np.float32)
     with tempfile.TemporaryDirectory(prefix="sequence-bench-") as scratch:
         log = Path(scratch) / "server.log"
-        process, port = start_server(log)
+        process, port, grpc_port = start_server(log)
         try:
             check_answers(port, images[0])
             samples: dict[tuple[str, int], list[dict]] = {}
             for round_number in range(rounds):
                 for sequences in SEQUENCES:
                     for way in WAYS if round_number % 2 == 0 else WAYS[::-1]:
-                        result = run_scenario(port, process.pid, way, sequences, seconds, images)
+                        if way in GRPC_WAYS:
+                            result = run_grpc_scenario(grpc_port, port, process.pid, way, sequences, seconds, images)
+                        else:
+                            result = run_scenario(port, process.pid, way, sequences, seconds, images)
                         print(
                             f"round {round_number + 1}: {way}, {sequences} sequences: {result['rows_per_s']:.0f} rows/s, "
                             f"p99 {result['p99_ms']:.2f} ms, {result['server_cpu_us_per_row']:.0f} µs CPU/row",
@@ -310,7 +432,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in report["rows"]:
-        model = report["in_process_model_us_per_row"][str(row["sequences"])][row["way"]]
+        model = report["in_process_model_us_per_row"][str(row["sequences"])][MODEL_WORK[row["way"]]]
         lines.append(
             f"| {row['way']} | {row['sequences']} | {number(row['rows_per_s'])} | {row['p50_ms']:.2f} | "
             f"{row['p99_ms']:.2f} | {number(row['server_cpu_us_per_row'])} | {row['mean_batch']:.1f} | {model:.1f} |"
