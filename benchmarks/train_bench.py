@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from helpers import free_port  # noqa: E402  (a port whose next one is free too: JAX's and rowrnn's link)
 from runtime.files import write_json_atomic  # noqa: E402
 
 SETUPS = (
@@ -39,19 +39,6 @@ SETUPS = (
     ("JAX, 1 process x 2 cores", "jax", 1),
     ("JAX, 2 processes x 1 core", "jax", 2),
 )
-
-
-def free_port() -> int:
-    """A free port whose next one is free too (JAX's coordinator and rowrnn's link)."""
-    while True:
-        with socket.socket() as probe, socket.socket() as next_one:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-            try:
-                next_one.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
 
 
 def train_once(backend: str, processes: int, data: Path, limit: int, epochs: int) -> dict:

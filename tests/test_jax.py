@@ -312,6 +312,24 @@ def backup_epoch(out: Path) -> int | None:
 LOST_BOUND_S = 30  # a killed process's connection closes at once; the others stop within this
 
 
+def kill_mid_epoch_2(running: list, victim: int, out: Path, err: Path) -> tuple[int, float]:
+    """SIGKILL process `victim` once the run is backed up at epoch 1; the other's exit code and
+    seconds it took to exit after the kill. Both processes are finished either way."""
+    survivor = running[1 - victim]
+    try:
+        deadline = time.monotonic() + DEADLINE_S
+        while backup_epoch(out) != 1 and time.monotonic() < deadline and survivor.poll() is None:
+            time.sleep(0.05)
+        assert backup_epoch(out) == 1, err.read_text()[-2000:]
+        time.sleep(1.0)  # into epoch 2 (~10 s long here)
+        running[victim].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        code = survivor.wait(timeout=LOST_BOUND_S + 30)
+        return code, time.monotonic() - killed_at
+    finally:
+        finish(running, 30)
+
+
 @pytest.mark.slow
 def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_uninterrupted_one(
     tmp_path, two_processes
@@ -322,18 +340,7 @@ def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_un
     out = tmp_path / "killed"
     command = lambda i: train_command(out, *cluster_options(port, 2, i))  # noqa: E731
     running = [start(command(i), tmp_path / f"first-{i}.log") for i in range(2)]
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while backup_epoch(out) != 1 and time.monotonic() < deadline and running[0].poll() is None:
-            time.sleep(0.05)
-        assert backup_epoch(out) == 1, (tmp_path / "first-0.err").read_text()[-2000:]
-        time.sleep(1.0)  # into epoch 2 (~10 s long here)
-        running[1].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        code = running[0].wait(timeout=LOST_BOUND_S + 30)
-        waited = time.monotonic() - killed_at
-    finally:
-        finish(running, 30)
+    code, waited = kill_mid_epoch_2(running, 1, out, tmp_path / "first-0.err")
     assert backup_epoch(out) == 1  # the kill landed mid-epoch 2: its end was never backed up
     assert not (out / "metrics.json").exists()
     assert code == 1 and waited < LOST_BOUND_S, (code, waited)
@@ -360,17 +367,7 @@ def test_a_killed_process_0_is_named_by_the_others(tmp_path):
     port = free_port()
     out = tmp_path / "chief-killed"
     running = [start(train_command(out, *cluster_options(port, 2, i)), tmp_path / f"p{i}.log") for i in range(2)]
-    try:
-        deadline = time.monotonic() + DEADLINE_S
-        while backup_epoch(out) != 1 and time.monotonic() < deadline and running[1].poll() is None:
-            time.sleep(0.05)
-        assert backup_epoch(out) == 1, (tmp_path / "p1.err").read_text()[-2000:]
-        running[0].send_signal(signal.SIGKILL)
-        killed_at = time.monotonic()
-        code = running[1].wait(timeout=LOST_BOUND_S + 30)
-        waited = time.monotonic() - killed_at
-    finally:
-        finish(running, 30)
+    code, waited = kill_mid_epoch_2(running, 0, out, tmp_path / "p1.err")
     assert code == 1 and waited < LOST_BOUND_S, (code, waited)
     assert (tmp_path / "p1.err").read_text() == (
         "rowrnn: error: process 0 of 2 was lost (its connection closed); "

@@ -52,6 +52,16 @@ def digits(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).random((n, ROWS, 28), dtype=np.float32)
 
 
+def run_clients(threads: list[threading.Thread]) -> None:
+    """Start the client threads together and wait for them all, within the deadline."""
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + DEADLINE_S
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    assert not any(thread.is_alive() for thread in threads), "clients still running at the deadline"
+
+
 def expected_rows(streaming: StreamingPredictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(logits, probabilities) [28, 10] after each row: an in-process stream pushed row by row."""
     stream = streaming.stream()
@@ -150,11 +160,7 @@ def test_64_sequences_over_rest_interleaved_bit_exact_and_batched(start_server, 
             connection.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(SEQUENCES)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE_S)
-    assert not any(thread.is_alive() for thread in threads), "clients still running at the deadline"
+    run_clients(threads)
     assert errors == []
     check_answers(answers, images, streaming, full)
     calls, rows = step_counters(server)
@@ -233,11 +239,7 @@ def test_64_sequences_over_grpc_streams_in_order_bit_exact_and_batched(start_ser
 
     threads = [threading.Thread(target=streamer, args=(first, 16)) for first in range(0, SEQUENCES, 16)]
     threads += [threading.Thread(target=unary_client, args=(i,)) for i in range(len(unary_images))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(DEADLINE_S)
-    assert not any(thread.is_alive() for thread in threads), "clients still running at the deadline"
+    run_clients(threads)
     assert errors == []
     assert all(rows == list(range(ROWS)) for rows in arrival.values()), "a sequence's answers came out of order"
     check_answers(answers, images, streaming, full)
