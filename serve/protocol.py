@@ -37,7 +37,8 @@ OUTPUT_NAMES = tuple(spec.name for spec in FULL_MODEL.outputs)
 # row per request, the LSTM state kept in the server per sequence (Triton's implicit state).
 STREAM_MODEL = ModelIO("rowrnn stream model", (TensorSpec(ROW_NAME, (IMAGE_COLS,)),), output_specs())
 ROW_BYTES = IMAGE_COLS * 4  # one FP32 row
-EXTENSIONS = ("binary_tensor_data",)
+# The protocol extensions this server speaks, named as Triton names them in its server metadata.
+EXTENSIONS = ("binary_tensor_data", "model_repository", "sequence", "sequence(string_id)")
 HEADER_LENGTH = "inference-header-content-length"
 FLOAT32_LE = np.dtype("<f4")
 

@@ -64,7 +64,7 @@ def test_tritonclient_grpc_speaks_to_rowrnn_serve(exported, predictor, start_ser
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready("rowrnn") and client.is_model_ready("rowrnn", "1")
     assert not client.is_model_ready("other") and not client.is_model_ready("rowrnn", "2")
-    assert "binary_tensor_data" in client.get_server_metadata().extensions
+    assert {"binary_tensor_data", "model_repository", "sequence"} <= set(client.get_server_metadata().extensions)
     metadata = client.get_model_metadata("rowrnn", as_json=True)
     assert metadata["versions"] == ["1"] and metadata["platform"] == "onnxruntime_onnx"
     assert metadata["inputs"] == [{"name": "rows", "datatype": "FP32", "shape": ["-1", "28", "28"]}]
