@@ -18,8 +18,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,38 +38,61 @@ def link_address(cluster: Cluster) -> tuple[str, int]:
 
 
 STDERR = 2  # where `lost_and_exit` writes: the process's stderr, also while `stderr_held` holds fd 2
+HOLDER: subprocess.Popen | None = None  # the process holding fd 2's output while `stderr_held` runs
+HOLD_S = 10.0  # how long the end of a hold waits for the holder to write out what it held
+# The holder: keeps what it reads until its input ends (the block ended, or the process died in any
+# way, an abort included), then writes it out; killed (a lost process told in one line), it drops it.
+# It ignores the terminal's signals: a Ctrl-C ends the training process, whose output it then shows.
+HOLDER_CODE = """
+import os, signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+held = bytearray()
+while chunk := os.read(0, 1 << 16):
+    held += chunk
+view = memoryview(held)
+while view:
+    view = view[os.write(2, view):]
+"""
 
 
 def lost_and_exit(message: str) -> None:
-    """A process was lost: one line, exit 1, at once (the main thread may be stuck in a collective)."""
+    """A process was lost: one line, exit 1, at once (the main thread may be stuck in a collective).
+    What `stderr_held` holds (JAX's own fatal log of the same loss) is dropped."""
     os.write(STDERR, f"rowrnn: error: {message}\n".encode())
+    if HOLDER is not None:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            HOLDER.kill()
+            HOLDER.wait(HOLD_S)
     os._exit(1)
 
 
 @contextlib.contextmanager
 def stderr_held() -> Iterator[None]:
-    """While processes run collectives: what is written to fd 2 is held back, and written out when
-    the block ends (normally or by an exception). When process 0 dies, JAX's coordination client in
-    every other process logs a multi-line fatal error ("Terminating process because the JAX
-    distributed service detected fatal errors...", without saying which process) while rowrnn's
-    watch says which one and ends the process first: held back, that log is dropped with the process,
-    and the one line (written past the hold, to the real stderr) is all there is."""
-    global STDERR
+    """While processes run collectives: what is written to fd 2 is held back by a small process of
+    its own, and written out when the block ends (normally or by an exception) or when this process
+    dies any other way (JAX and XLA abort with a fatal log: that log is shown). When process 0 dies,
+    JAX's coordination client in every other process logs a multi-line fatal error ("Terminating
+    process because the JAX distributed service detected fatal errors...", without saying which
+    process) while rowrnn's watch says which one and ends the process first: `lost_and_exit` drops
+    the held log, and the one line (written past the hold, to the real stderr) is all there is."""
+    global STDERR, HOLDER
     sys.stderr.flush()
     real = os.dup(2)
-    with tempfile.TemporaryFile() as held:  # unlinked: it goes with the process
-        os.dup2(held.fileno(), 2)
-        STDERR = real
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(real, 2)
-            STDERR = 2
-            os.close(real)
-            held.seek(0)
-            sys.stderr.buffer.write(held.read())
-            sys.stderr.flush()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_CODE], stdin=subprocess.PIPE, stderr=real)
+    os.dup2(holder.stdin.fileno(), 2)
+    holder.stdin.close()  # fd 2 is the pipe's only writing end: when it closes, the holder writes out
+    STDERR, HOLDER = real, holder
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        HOLDER = None
+        os.dup2(real, 2)
+        STDERR = 2
+        os.close(real)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            holder.wait(HOLD_S)  # what it held comes before what this process writes next
 
 
 @dataclass

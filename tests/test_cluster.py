@@ -8,12 +8,15 @@ them for a killed process.
 from __future__ import annotations
 
 import queue
+import signal
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
 
-from helpers import free_port
+from helpers import REPO, free_port
 from rowrnn_keras.cluster import Link, join
 from rowrnn_keras.config import Cluster
 from runtime.errors import InputError
@@ -96,3 +99,39 @@ def test_a_second_process_0_cannot_listen():
     with pytest.raises(InputError, match="process 0 cannot listen on port .* is another process 0 running"):
         join(Cluster(f"127.0.0.1:{port}", 2, 0, connect_timeout_s=3), LAUNCH)
     first.join(WAIT_S)
+
+
+def held_process(body: str) -> subprocess.CompletedProcess:
+    """A process that writes to its native stderr (fd 2) inside `stderr_held`, then runs `body`."""
+    code = (
+        "import os\n"
+        "from rowrnn_keras.cluster import stderr_held\n"
+        "with stderr_held():\n"
+        "    os.write(2, b'native: something failed\\n')\n"
+        f"    {body}\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=WAIT_S)
+
+
+def test_what_is_written_while_stderr_is_held_shows_when_the_hold_ends():
+    result = held_process("raise SystemExit(3)")
+    assert result.returncode == 3
+    assert result.stderr == "native: something failed\n"
+
+
+def test_a_process_that_aborts_while_stderr_is_held_still_shows_why():
+    """JAX and XLA end a process with a fatal log and SIGABRT for other reasons than a lost process
+    (a check failure, JAX's own heartbeat timeout, JAX's client losing process 0 before rowrnn's
+    watch does): the hold must not take that log with it, or the process dies without a word."""
+    result = held_process("os.abort()")
+    assert result.returncode == -signal.SIGABRT
+    assert "native: something failed" in result.stderr
+
+
+def test_a_lost_process_is_one_line_even_while_stderr_is_held():
+    result = held_process(
+        "from rowrnn_keras.cluster import lost_and_exit\n"
+        "    lost_and_exit('process 1 of 2 was lost (its connection closed)')"
+    )
+    assert result.returncode == 1
+    assert result.stderr == "rowrnn: error: process 1 of 2 was lost (its connection closed)\n"

@@ -195,6 +195,47 @@ def test_a_process_feeds_its_part_of_every_global_batch():
     assert not np.allclose(next(training_dataset(plain, images, labels).as_numpy_iterator())[0], whole[0][0])
 
 
+class Fed(Exception):
+    """Raised by the stand-in for model.fit once it has what training would be fed."""
+
+
+def test_a_process_of_a_cluster_trains_on_its_part_of_every_global_batch(tmp_path, monkeypatch):
+    """The wiring, not only the pipeline: what fit_model hands model.fit in process 1 of 2 is that
+    process's half of every one-process batch. (Both processes feeding the whole batch would train
+    exactly like one process, DataParallel's mean over [batch, batch] being the mean over the batch,
+    so the two-process run's loss history and identical weights could not tell.)"""
+    import keras
+    import tensorflow as tf
+
+    from helpers import synthetic_digits
+    from rowrnn_keras.config import Cluster
+    from rowrnn_keras.pipeline import make_splits
+    from rowrnn_keras.placement import Placement
+    from rowrnn_keras.train import fit_model, new_state
+    from runtime.mnist import Mnist
+
+    config = TrainConfig(**{**TINY_TRAIN, "epochs": 1})
+    splits = make_splits(Mnist(*synthetic_digits(200, 1), *synthetic_digits(20, 2), source="synthetic"), config)
+    cluster = Cluster("127.0.0.1:9", num_processes=2, process_id=1)
+    placement = Placement("data-parallel", "tensorflow", ["CPU:0"], 2, tf.distribute.get_strategy().scope, cluster)
+    fed = []
+
+    def fit(model, x, **kwargs):
+        fed.extend(x.take(kwargs["steps_per_epoch"]).as_numpy_iterator())
+        raise Fed
+
+    monkeypatch.setattr(keras.Model, "fit", fit)
+    with pytest.raises(Fed):
+        fit_model(config, splits, tmp_path / "model.keras", tmp_path, new_state({}), 0, placement=placement)
+    whole = list(training_dataset(config, *splits.train).take(len(fed)).as_numpy_iterator())
+    assert len(fed) == len(whole) > 1
+    for (x, y), (part_x, part_y) in zip(whole, fed, strict=True):
+        half = len(y) // 2
+        assert len(part_y) == half
+        np.testing.assert_array_equal(part_y, y[half : 2 * half])
+        np.testing.assert_array_equal(part_x, x[half : 2 * half])
+
+
 def test_keras_on_another_backend_is_refused_in_one_line():
     import keras  # noqa: F401  (this process runs Keras on TensorFlow)
 
