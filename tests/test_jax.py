@@ -385,7 +385,7 @@ def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_un
     assert backup_epoch(out) == 1  # the kill landed mid-epoch 2: its end was never backed up
     assert not (out / "metrics.json").exists()
     assert code == 1 and waited < LOST_BOUND_S, (code, waited)
-    print(f"process 0 stopped {waited:.1f} s after process 1 was killed")  # the README's figure (-s)
+    print(f"process 0 stopped {waited:.1f} s after process 1 was killed")  # shown with -s
     assert (tmp_path / "first-0.err").read_text() == (  # this line and nothing else
         "rowrnn: error: process 1 of 2 was lost (its connection closed); "
         "run every process again to resume from the last backup\n"
