@@ -502,18 +502,7 @@ def test_a_sequence_stays_on_its_version_until_that_version_is_unloaded(start_se
     shutil.rmtree(repo / "digits" / "3")
     assert http_call(server.port, "POST", "/v2/repository/models/digits/load")[0].status == 200
     for sequence_id in (2, 3):  # end the sequences that can: the one on version 3 cannot hold the drain
-        body = {
-            "inputs": [{"name": "row", "datatype": "FP32", "shape": [1, 28], "data": image[1].tolist()}],
-            "parameters": {"sequence_id": sequence_id, "sequence_end": True},
-        }
-        response, _ = http_call(
-            server.port,
-            "POST",
-            f"/v2/models/{stream}/infer",
-            json.dumps(body).encode(),
-            {"Content-Type": "application/json"},
-        )
-        assert response.status == 200
+        assert rest_row(server, image[1], stream=stream, sequence_id=sequence_id, sequence_end=True)[0] == 200
     signalled = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(DEADLINE_S) == 0
