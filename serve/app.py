@@ -219,15 +219,19 @@ async def model_ready(request: Request, state: ServerState) -> Response:
     return Response(error_body(f"model {model.name!r} is not ready"), 503, media_type=JSON)
 
 
+async def read_infer_body(request: Request, state: ServerState) -> tuple[bytes, str | None]:
+    """An inference request's body and its Inference-Header-Content-Length, its media type checked."""
+    header_length = request.headers.get(HEADER_LENGTH)
+    check_tensor_media_type(media_type(request), header_length)
+    return await read_body(request, state.settings), header_length
+
+
 async def infer_row(request: Request, state: ServerState, name: str, version: str | None) -> Response:
     """A row of a sequence of NAME-stream (serve.sequences)."""
     if version:
         state.resolve_stream(name, version)  # an unknown version: 404 before reading the body
     with state.arriving():
-        header_length = request.headers.get(HEADER_LENGTH)
-        check_tensor_media_type(media_type(request), header_length)
-        body = await read_body(request, state.settings)
-        parsed, parameters = parse_row_request(body, header_length)
+        parsed, parameters = parse_row_request(*await read_infer_body(request, state))
         control = sequence_control(parameters)
     request.scope["rowrnn.images"] = 1
     model, prediction = await state.infer_row(name, version, parsed.images, control)
@@ -242,10 +246,7 @@ async def infer(request: Request, state: ServerState) -> Response:
         return await infer_row(request, state, name, version)
     state.repository.resolve(name, version)  # an unknown model or version: 404 before reading the body
     with state.arriving():
-        header_length = request.headers.get(HEADER_LENGTH)
-        check_tensor_media_type(media_type(request), header_length)
-        body = await read_body(request, state.settings)
-        parsed = parse_infer_request(body, header_length)
+        parsed = parse_infer_request(*await read_infer_body(request, state))
     request.scope["rowrnn.images"] = len(parsed.images)
     model, prediction = await state.infer(name, version, parsed.images)
     content, headers = encode_infer_response(parsed, prediction, model.name, str(model.version))

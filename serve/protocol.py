@@ -9,6 +9,7 @@ names the problem.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,17 +119,26 @@ def parse_json(header: bytes) -> dict:
     return request
 
 
-def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
-    """Parse and check an inference request (JSON, or JSON + binary tensor data)."""
+def parse_request(
+    body: bytes, header_length: str | None, parse_tensor: Callable[[object, memoryview], np.ndarray]
+) -> tuple[InferRequest, dict]:
+    """Parse and check an inference request (JSON, or JSON + binary tensor data) whose input
+    `parse_tensor` reads: (the request; its parameters, where Triton's clients put sequence_id,
+    sequence_start and sequence_end)."""
     header, binary = split_body(body, header_length)
     request = parse_json(header)
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
-    images = parse_input(request.get("inputs"), binary)
+    tensor = parse_tensor(request.get("inputs"), binary)
     parameters = as_object(request.get("parameters", {}), "'parameters'")
     binary_default = as_bool(parameters.get("binary_data_output", False), "'binary_data_output'")
-    return InferRequest(request_id, images, parse_outputs(request.get("outputs"), binary_default))
+    return InferRequest(request_id, tensor, parse_outputs(request.get("outputs"), binary_default)), parameters
+
+
+def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse and check an inference request of a model: images [N, 28, 28]."""
+    return parse_request(body, header_length, parse_input)[0]
 
 
 def parse_input(inputs: object, binary: memoryview) -> np.ndarray:
@@ -268,14 +278,12 @@ def check_output_names(names: list[object]) -> list[str]:
 
 
 def parse_row_request(body: bytes, header_length: str | None = None) -> tuple[InferRequest, dict]:
-    """Parse and check a stream model request: (the request, its row float32 [1, 28]; its parameters,
-    where Triton's clients put sequence_id, sequence_start and sequence_end)."""
-    header, binary = split_body(body, header_length)
-    request = parse_json(header)
-    request_id = request.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise ProtocolError("'id' must be a string")
-    inputs = request.get("inputs")
+    """Parse and check a stream model request: (the request, its row float32 [1, 28]; its parameters)."""
+    return parse_request(body, header_length, parse_row_input)
+
+
+def parse_row_input(inputs: object, binary: memoryview) -> np.ndarray:
+    """The stream model's one input: a row FP32 [1, 28], in JSON or binary."""
     if not isinstance(inputs, list) or not inputs:
         raise ProtocolError(f"'inputs' must be a list with the one input '{ROW_NAME}'")
     check_input_names([item.get("name") if isinstance(item, dict) else None for item in inputs], ROW_NAME)
@@ -301,9 +309,7 @@ def parse_row_request(body: bytes, header_length: str | None = None) -> tuple[In
                 row = np.asarray(tensor["data"], dtype=np.float32).ravel()
         except (ValueError, TypeError):
             raise ProtocolError(f"input '{ROW_NAME}' data must be {IMAGE_COLS} numbers") from None
-    parameters = as_object(request.get("parameters", {}), "'parameters'")
-    binary_default = as_bool(parameters.get("binary_data_output", False), "'binary_data_output'")
-    return InferRequest(request_id, checked_row(row), parse_outputs(request.get("outputs"), binary_default)), parameters
+    return checked_row(row)
 
 
 def check_row_tensor(datatype: object, shape: object) -> None:
