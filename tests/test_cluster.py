@@ -7,6 +7,7 @@ them for a killed process.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import signal
 import socket
@@ -50,7 +51,10 @@ def die(link: Link) -> None:
     """What a killed process leaves: its connections closed, its heartbeat gone."""
     link.released.set()  # its own threads stop beating (and would not report)
     for peer in link.peers.values():
-        peer.shutdown(socket.SHUT_RDWR)  # close() alone waits for its watcher's reader to let go
+        # close() alone waits for its watcher's reader to let go. A peer that died first may have
+        # reset the connection already (it closed with heartbeats unread): then there is nothing to shut.
+        with contextlib.suppress(OSError):
+            peer.shutdown(socket.SHUT_RDWR)
         peer.close()
 
 
