@@ -48,7 +48,8 @@ DEFAULTS = TrainConfig()  # the train command's defaults are the library's
 CLUSTER = Cluster()
 DISTRIBUTE_HELP = (
     f"tensorflow: {', '.join(DISTRIBUTE_FOR_BACKEND['tensorflow'])} (mirrored: every local GPU, else every CPU); "
-    f"jax: {', '.join(DISTRIBUTE_FOR_BACKEND['jax'])} (every device of every process: see --num-processes)."
+    f"jax: {', '.join(DISTRIBUTE_FOR_BACKEND['jax'])} (a CPU device per core of every process: "
+    "see --num-processes)."
 )
 
 
@@ -139,8 +140,8 @@ def train(
     cluster = Cluster(coordinator, num_processes, process_id, connect_timeout, heartbeat_timeout)
     cluster.check_for(config)
     mnist = load_mnist(data)  # bad data fails here, before the slow TensorFlow import
-    if cluster.is_chief:  # a backup is the chief's to check
-        resume_point(out, config, mnist, restart)  # so does a backup of other settings
+    if cluster.is_chief:  # a backup is the chief's to check (read only: the processes have not met yet)
+        resume_point(out, config, mnist, restart, readonly=True)  # so does a backup of other settings
     train_module = needs_training_extra(backend=config.backend)
     metrics = train_module.run_training(
         config, mnist, out, restart=restart, tensorboard=tensorboard, log=typer.echo, cluster=cluster

@@ -30,6 +30,7 @@ from runtime.errors import InputError
 
 BEAT_S = 1.0  # heartbeat interval
 MESSAGE_LIMIT = 1 << 16  # one launch description, far more than it needs
+HELLO_S = 10.0  # a connection that says nothing for this long is not one of ours: the next may be
 
 
 def link_address(cluster: Cluster) -> tuple[str, int]:
@@ -102,6 +103,7 @@ class Link:
     cluster: Cluster
     peers: dict[int, socket.socket]
     on_lost: Callable[[str], None] = lost_and_exit
+    fewest_cores: int = 1  # the fewest cores a process of the run may use (each says how many it has)
     released: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,17 +178,18 @@ def read_message(peer: socket.socket) -> dict:
     return json.loads(data)
 
 
-def join(cluster: Cluster, launch: dict, on_lost: Callable[[str], None] = lost_and_exit) -> Link:
+def join(cluster: Cluster, launch: dict, cores: int = 1, on_lost: Callable[[str], None] = lost_and_exit) -> Link:
     """Meet the other processes of `cluster`; `launch`: what every process must agree on (the
-    configuration). Returns once all are there, watching them (`on_lost` receives the line that
-    names a lost process); a launch that cannot work is an InputError."""
-    link = gather(cluster, launch) if cluster.is_chief else report_in(cluster, launch)
+    configuration, and where training resumes under "resume"); `cores`: how many this process may
+    use. Returns once all are there, watching them (`on_lost` receives the line that names a lost
+    process); a launch that cannot work is an InputError."""
+    link = gather(cluster, launch, cores) if cluster.is_chief else report_in(cluster, launch, cores)
     link.on_lost = on_lost
     link.start_watching()
     return link
 
 
-def gather(cluster: Cluster, launch: dict) -> Link:
+def gather(cluster: Cluster, launch: dict, cores: int) -> Link:
     """Process 0: wait for processes 1..N-1, each once, all launched alike."""
     host, port = link_address(cluster)
     server = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -201,6 +204,7 @@ def gather(cluster: Cluster, launch: dict) -> Link:
     server.listen()
     deadline = time.monotonic() + cluster.connect_timeout_s
     peers: dict[int, socket.socket] = {}
+    fewest_cores = cores
     try:
         while len(peers) < cluster.num_processes - 1:
             server.settimeout(max(0.01, deadline - time.monotonic()))
@@ -213,10 +217,11 @@ def gather(cluster: Cluster, launch: dict) -> Link:
                     f"{cluster.num_processes} did not join within {cluster.connect_timeout_s} s "
                     f"(each runs the same command with its --process-id, --coordinator {cluster.coordinator})"
                 ) from None
-            peer.settimeout(max(0.01, deadline - time.monotonic()))
+            peer.settimeout(max(0.01, min(HELLO_S, deadline - time.monotonic())))
             try:
                 hello = read_message(peer)
                 process = int(hello["process_id"])
+                their_cores = max(1, int(hello.get("cores", 1)))
             except (OSError, ValueError, KeyError, TypeError):
                 peer.close()  # not one of ours
                 continue
@@ -231,15 +236,16 @@ def gather(cluster: Cluster, launch: dict) -> Link:
                     send_line(other, {"error": problem})
                 raise InputError(problem)
             peers[process] = peer
+            fewest_cores = min(fewest_cores, their_cores)
         for peer in peers.values():
-            send_line(peer, {"ok": True})
+            send_line(peer, {"ok": True, "fewest_cores": fewest_cores})
     except BaseException:
         for peer in peers.values():
             peer.close()
         raise
     finally:
         server.close()
-    return Link(cluster, peers)
+    return Link(cluster, peers, fewest_cores=fewest_cores)
 
 
 def launch_problem(cluster: Cluster, launch: dict, hello: dict, peers: dict) -> str | None:
@@ -253,14 +259,24 @@ def launch_problem(cluster: Cluster, launch: dict, hello: dict, peers: dict) -> 
         )
     if not 0 < process < cluster.num_processes:
         return f"process {process} is out of range for --num-processes {cluster.num_processes}"
-    if hello.get("launch") != launch:
-        theirs = hello.get("launch") or {}
-        differences = [
-            f"{key} {theirs.get(key)} (process 0: {launch.get(key)})"
-            for key in sorted(set(launch) | set(theirs))
-            if launch.get(key) != theirs.get(key)
-        ]
+    theirs = hello.get("launch") or {}
+    settings = {key for key in set(launch) | set(theirs) if key != "resume"}
+    differences = [
+        f"{key} {theirs.get(key)} (process 0: {launch.get(key)})"
+        for key in sorted(settings)
+        if launch.get(key) != theirs.get(key)
+    ]
+    if differences:
         return f"process {process} was started with other settings: {'; '.join(differences)}"
+    start = theirs.get("resume") or {}
+    if "error" in start:
+        return f"process {process}: {start['error']}"
+    if start != (launch.get("resume") or {}):
+        return (
+            f"process {process} would {describe_start(start)}, process 0 would "
+            f"{describe_start(launch.get('resume'))}: every process must see process 0's --out directory "
+            "(a shared file system) and be given the same --restart"
+        )
     return None
 
 
@@ -269,7 +285,14 @@ def send_line(peer: socket.socket, message: dict) -> None:
         peer.sendall((json.dumps(message) + "\n").encode())
 
 
-def report_in(cluster: Cluster, launch: dict) -> Link:
+def describe_start(resume: dict | None) -> str:
+    """'start afresh' or 'resume after epoch 3 (weights 1a2b3c4d5e6f)', from a launch's "resume"."""
+    if not resume or not resume.get("epoch"):
+        return "start afresh"
+    return f"resume after epoch {resume['epoch']} (weights {str(resume.get('weights_sha256'))[:12]})"
+
+
+def report_in(cluster: Cluster, launch: dict, cores: int) -> Link:
     """Process 1..N-1: reach process 0 (retrying until the timeout), say who we are, wait for all."""
     address = link_address(cluster)
     deadline = time.monotonic() + cluster.connect_timeout_s
@@ -284,7 +307,7 @@ def report_in(cluster: Cluster, launch: dict) -> Link:
                     f"(--coordinator's port + 1) within {cluster.connect_timeout_s} s: {exc.strerror or exc}"
                 ) from None
             time.sleep(0.25)
-    hello = {"process_id": cluster.process_id, "num_processes": cluster.num_processes, "launch": launch}
+    hello = {"process_id": cluster.process_id, "num_processes": cluster.num_processes, "launch": launch, "cores": cores}
     try:
         peer.settimeout(max(0.01, deadline - time.monotonic()))
         peer.sendall((json.dumps(hello) + "\n").encode())
@@ -299,4 +322,4 @@ def report_in(cluster: Cluster, launch: dict) -> Link:
     if "error" in answer:
         peer.close()
         raise InputError(answer["error"])
-    return Link(cluster, {0: peer})
+    return Link(cluster, {0: peer}, fewest_cores=max(1, int(answer.get("fewest_cores", 1))))

@@ -44,7 +44,8 @@ class TrainConfig:
     limit: int | None = None  # train on the first N training images (quick runs)
     # The Keras backend that trains ("tensorflow" or "jax"; TensorFlow's tf.data feeds both), and
     # how: "none" (one device), "mirrored" (TensorFlow: every local GPU, else every CPU device),
-    # "data-parallel" (JAX: every device of every process, see `Cluster`). batch_size stays the
+    # "data-parallel" (JAX: every device of every process, a CPU device per core, see `Cluster` and
+    # `placement.devices_per_process`). batch_size stays the
     # global batch. Part of the configuration a backup must match: they round differently.
     backend: str = "tensorflow"
     distribute: str = "none"

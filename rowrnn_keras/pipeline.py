@@ -4,7 +4,7 @@ shuffled and augmented as pure functions of (seed, epoch, step), so a resumed ru
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import tensorflow as tf
@@ -43,6 +43,15 @@ def make_splits(mnist: Mnist, config: TrainConfig) -> Splits:
         as_xy(val_x, val_y),
         as_xy(mnist.test_images, mnist.test_labels),
     )
+
+
+def for_devices(splits: Splits, devices: int) -> Splits:
+    """The splits data-parallel training over `devices` devices of a process validates on: the
+    validation images less the last (count mod devices), as each device takes an equal part of every
+    batch (Keras splits a process's batch evenly). Training batches are cut in `training_dataset`."""
+    images, labels = splits.validation
+    whole = len(images) - len(images) % devices
+    return replace(splits, validation=(images[:whole], labels[:whole]))
 
 
 def transform_batch(images: tf.Tensor, shift_x: tf.Tensor, shift_y: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
@@ -99,7 +108,7 @@ def training_dataset(
     images: np.ndarray,
     labels: np.ndarray,
     first_epoch: int = 0,
-    shard: tuple[int, int] = (0, 1),
+    shard: tuple[int, int, int] = (0, 1, 1),
 ) -> tf.data.Dataset:
     """The training batches of every epoch from `first_epoch` on, shuffled and augmented.
 
@@ -108,9 +117,10 @@ def training_dataset(
     sees exactly the batches the interrupted one would have. Augmentation runs in the input
     pipeline, so the saved model is exactly the Dense-LSTM-Dense network.
 
-    `shard`: (this process, processes). Each process yields its equal, contiguous part of every
-    global batch, augmented as in the whole batch: side by side, in process order, the parts are
-    the one-process batch. The last batch of an epoch loses its last (size mod processes) images.
+    `shard`: (this process, processes, devices per process). Each process yields its equal,
+    contiguous part of every global batch, augmented as in the whole batch: side by side, in process
+    order, the parts are the one-process batch. Every device takes an equal part, so the last batch
+    of an epoch loses its last (size mod (processes x devices per process)) images.
     """
     count = len(images)
     steps = math.ceil(count / config.batch_size)
@@ -123,11 +133,11 @@ def training_dataset(
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed)
         return tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size)
 
-    index, processes = shard
+    index, processes, local_devices = shard
 
     def load(step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         size = tf.shape(indices)[0]
-        part = size // processes
+        part = size // (processes * local_devices) * local_devices
         mine = indices[index * part : (index + 1) * part]
         batch = tf.gather(all_images, mine)
         if config.augment_shift or config.augment_rotation_degrees:

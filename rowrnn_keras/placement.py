@@ -8,6 +8,7 @@ no distribution at all (none).
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -32,6 +33,7 @@ class Placement:
     scope: Callable[[], AbstractContextManager]  # the model is built inside it
     cluster: Cluster  # this process's place (one process: Cluster())
     link: Link | None = None  # the watch over the other processes (several processes)
+    local_devices: int = 1  # the devices of this process that each take a part of every batch (data-parallel)
 
     @property
     def is_chief(self) -> bool:
@@ -55,9 +57,9 @@ class Placement:
             threading.Event().wait(seconds)  # the watch ends the process meanwhile
 
     @property
-    def shard(self) -> tuple[int, int]:
-        """(this process, processes): the part of every training batch this process feeds."""
-        return self.cluster.process_id, self.cluster.num_processes
+    def shard(self) -> tuple[int, int, int]:
+        """(this process, processes, its devices): the part of every training batch this process feeds."""
+        return self.cluster.process_id, self.cluster.num_processes, self.local_devices
 
 
 def short_device(name: str) -> str:
@@ -67,9 +69,10 @@ def short_device(name: str) -> str:
     return f"{prefix}{spec.device_type}:{spec.device_index or 0}"
 
 
-def place(config: TrainConfig, cluster: Cluster | None = None) -> Placement:
+def place(config: TrainConfig, cluster: Cluster | None = None, resume: dict | None = None) -> Placement:
     """The placement for `config.backend` and `config.distribute`; `cluster`: this process's place
-    in a multi-process run (joined here, before anything else runs on JAX)."""
+    in a multi-process run (joined here, before anything else runs on JAX); `resume`: where this
+    process would resume (every process of a run must agree: see `cluster.describe_start`)."""
     cluster = cluster or Cluster()
     cluster.check_for(config)
     running = keras.backend.backend()
@@ -79,7 +82,7 @@ def place(config: TrainConfig, cluster: Cluster | None = None) -> Placement:
             "(KERAS_BACKEND must be set before keras is first imported)"
         )
     if config.backend == "jax":
-        return place_jax(config, cluster)
+        return place_jax(config, cluster, resume)
     if config.distribute == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -145,10 +148,55 @@ def without_distribution() -> Iterator[None]:
         keras.distribution.set_distribution(current)
 
 
-def place_jax(config: TrainConfig, cluster: Cluster) -> Placement:
-    link = None
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: `taskset` narrows it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def devices_per_process(cores: int, batch_size: int, processes: int) -> int:
+    """How many CPU devices each process splits its part of every batch into: as many as its cores,
+    but a number that divides that part, so every full batch is trained whole."""
+    part = batch_size // processes
+    return max(d for d in range(1, max(1, min(cores, part)) + 1) if part % d == 0)
+
+
+def split_cpu_into_devices(devices: int) -> None:
+    """Give JAX `devices` CPU devices (XLA runs one step of this network on one core: data-parallel
+    splits each process's part of the batch over its cores), unless XLA_FLAGS sets their number or
+    JAX already runs (a second run in one process keeps the first one's). GPUs are not affected."""
+    import jax
+
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return
+    with contextlib.suppress(RuntimeError):  # JAX's backends are up: their devices stay
+        jax.config.update("jax_num_cpu_devices", devices)
+
+
+def check_devices(local: int, total: int, batch_size: int, cluster: Cluster) -> None:
+    """Every process has as many devices, a number that divides its part of every batch: true of
+    the counts rowrnn chooses, checked for those XLA_FLAGS sets (or a JAX already running keeps)."""
+    part = batch_size // cluster.num_processes
+    if part % local:
+        raise InputError(
+            f"process {cluster.process_id} has {local} JAX devices, which do not divide its part of every batch "
+            f"({part} images): give XLA_FLAGS' --xla_force_host_platform_device_count a divisor, or leave it out"
+        )
+    if total != local * cluster.num_processes:
+        raise InputError(
+            f"the processes have different numbers of JAX devices ({total} in all, {local} in process "
+            f"{cluster.process_id}): every process needs the same (XLA_FLAGS' --xla_force_host_platform_device_count)"
+        )
+
+
+def place_jax(config: TrainConfig, cluster: Cluster, resume: dict | None = None) -> Placement:
+    link, cores = None, usable_cores()
     if cluster.is_multi_process:
-        link = join(cluster, config.to_dict())  # every process is there, launched alike
+        # every process is there, launched alike; each splits into as many devices as the fewest cores allow
+        link = join(cluster, {**config.to_dict(), "resume": resume}, cores)
+        cores = link.fewest_cores
+    if config.distribute == "data-parallel":
+        split_cpu_into_devices(devices_per_process(cores, config.batch_size, cluster.num_processes))
+    if cluster.is_multi_process:
         join_jax(cluster)
     import jax
 
@@ -160,6 +208,7 @@ def place_jax(config: TrainConfig, cluster: Cluster) -> Placement:
         # Keras would otherwise try to shard the tf.data pipeline itself.
         distribution.auto_shard_dataset = False
         keras.distribution.set_distribution(distribution)
+        check_devices(jax.local_device_count(), jax.device_count(), config.batch_size, cluster)
         names = jax_device_names(jax.devices())
-        return Placement(kind, "jax", names, len(names), distribution.scope, cluster, link)
+        return Placement(kind, "jax", names, len(names), distribution.scope, cluster, link, jax.local_device_count())
     return Placement(kind, "jax", jax_device_names(jax.devices()[:1]), 1, contextlib.nullcontext, cluster)

@@ -20,16 +20,18 @@ import numpy as np
 import tensorflow as tf
 
 from rowrnn_keras import plots
-from rowrnn_keras.backup import BEST_MODEL_FILE, Backup, discard, fingerprint, resume_point
+from rowrnn_keras.backup import BEST_MODEL_FILE, Backup, discard, fingerprint, recover, resume_point
 from rowrnn_keras.callbacks import ResumableBackup, ScalarTensorBoard
 from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, Cluster, TrainConfig
 from rowrnn_keras.evaluate import evaluate_model
 from rowrnn_keras.model import compile_model, create_model
-from rowrnn_keras.pipeline import Splits, make_splits, training_dataset
+from rowrnn_keras.pipeline import Splits, for_devices, make_splits, training_dataset
 from rowrnn_keras.placement import Placement, place, without_distribution
 from runtime.errors import InputError
 from runtime.files import private_prefix, remove_leftovers, sha256_file, write_json_atomic
 from runtime.mnist import Mnist
+
+VALIDATION_BATCH = 1024  # images per validation batch (at most): forward only, so larger than training's
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +107,8 @@ def fit_model(
         initial_epoch=first_epoch,
         # every process feeds all of it: the means Keras reports over the copies are the means over it
         validation_data=splits.validation,
-        validation_batch_size=1024,
+        # a multiple of this process's devices, which each take an equal part of every batch
+        validation_batch_size=VALIDATION_BATCH // placement.local_devices * placement.local_devices,
         shuffle=False,  # the dataset shuffles itself, per epoch
         callbacks=callbacks,
         verbose=verbose,
@@ -117,6 +120,29 @@ def load_best(checkpoint: Path) -> keras.Model:
     """The best epoch's model, process-local: each process tests it on its own."""
     with without_distribution():
         return keras.models.load_model(checkpoint)
+
+
+def where_to_start(out_dir: Path, config: TrainConfig, mnist: Mnist, restart: bool, cluster: Cluster) -> dict:
+    """What this process tells the others of where it starts (`describe_resume`), changing nothing:
+    a refused launch leaves the backup as it was. Process 0 finishes a half-done swap of its backup
+    first (`backup.recover`), so every process reads the same one. In a cluster, a backup another
+    process cannot use is said to process 0, which refuses the whole launch with it."""
+    if cluster.is_chief:
+        recover(out_dir)
+    try:
+        return describe_resume(resume_point(out_dir, config, mnist, restart, readonly=True))
+    except InputError as exc:
+        if cluster.is_chief or not cluster.is_multi_process:
+            raise
+        return {"error": str(exc)}
+
+
+def describe_resume(resume: Backup | None) -> dict:
+    """Where a run starts: the epochs its backup finished and the weights it holds (none: afresh)."""
+    return {
+        "epoch": resume.epoch if resume else 0,
+        "weights_sha256": resume.state["weights_sha256"] if resume else None,
+    }
 
 
 def backend_versions(backend: str) -> dict[str, str]:
@@ -181,12 +207,19 @@ def run_training(
     process's place in a multi-process `--distribute data-parallel` run (only process 0 writes).
     """
     out_dir = Path(out_dir)
-    placement = place(config, cluster)  # first: the processes of a cluster join before anything runs
+    cluster = cluster or Cluster()
+    # The processes of a cluster join before anything runs, and must agree where they start.
+    start = where_to_start(out_dir, config, mnist, restart, cluster)
+    placement = place(config, cluster, start)
     # Only the chief writes into out_dir; the other processes write the same files to a private place.
     work_dir = out_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="rowrnn-process-"))
     scratch = prepare_out_dir(work_dir)
     try:
+        # the chief repairs and discards (--restart) only now, the launch agreed on; every process
+        # resumes from the backup it reported
         resume = resume_point(out_dir, config, mnist, restart, readonly=not placement.is_chief)
+        if describe_resume(resume) != start:
+            raise InputError(f"{out_dir}: the backup changed while the processes joined; run every process again")
         state = resume.state if resume else new_state(fingerprint(config, mnist))
         if resume is not None:
             state["resumed_at"].append(resume.epoch + 1)
@@ -195,7 +228,7 @@ def run_training(
                 if not resume.finished
                 else f"resuming after epoch {resume.epoch}/{config.epochs}: training had finished; evaluating"
             )
-        splits = make_splits(mnist, config)
+        splits = for_devices(make_splits(mnist, config), placement.local_devices)
         session_started = time.perf_counter()
         with placement.collectives():
             try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,8 +23,9 @@ import pytest
 
 from helpers import REPO, TINY_TRAIN, assert_one_line_error, free_port, real_mnist_dir, require_module, rowrnn
 from rowrnn.extras import select_keras_backend
-from rowrnn_keras.config import TrainConfig
-from rowrnn_keras.pipeline import training_dataset
+from rowrnn_keras.config import Cluster, TrainConfig
+from rowrnn_keras.pipeline import Splits, for_devices, training_dataset
+from rowrnn_keras.placement import check_devices, devices_per_process
 from runtime.errors import InputError
 
 ARTIFACTS = {"model.keras", "history.csv", "curves.png", "metrics.json"}
@@ -54,14 +56,18 @@ def train_command(out: Path, *options: str) -> list[str]:
     ]
 
 
-def start(command: list[str], log: Path, host_devices: int | None = None) -> subprocess.Popen:
+def start(command: list[str], log: Path, cores: str | None = None, host_devices: int | None = None) -> subprocess.Popen:
     """A training process; stdout and stderr go to files (a full pipe would stall it), its temporary
-    files into a directory of its own (LOG.tmp). `host_devices`: the CPU devices JAX sees (XLA's host
-    platform device count; default one)."""
+    files into a directory of its own (LOG.tmp). `cores`: the cores it may run on (`taskset -c`),
+    which are also its JAX CPU devices under data-parallel; default all. `host_devices`: set that
+    number through XLA_FLAGS instead."""
     log.with_suffix(".tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TMPDIR": str(log.with_suffix(".tmp"))}
+    env.pop("XLA_FLAGS", None)
     if host_devices is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={host_devices}"
+    if cores is not None:
+        command = ["taskset", "-c", cores, *command]
     with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w") as err:
         return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
 
@@ -92,11 +98,12 @@ def cluster_options(port: int, processes: int, index: int) -> list[str]:
 
 
 def run_cluster(tmp_path: Path, name: str, processes: int = 2, *extra: str) -> tuple[list[int], list[Path]]:
-    """`processes` processes of one run, all writing to tmp_path/name; their exit codes and logs."""
+    """`processes` processes of one run, all writing to tmp_path/name, one JAX device each (XLA_FLAGS:
+    as machines of one core would have); their exit codes and logs."""
     port = free_port()
     logs = [tmp_path / f"{name}-{i}.log" for i in range(processes)]
     running = [
-        start(train_command(tmp_path / name, *cluster_options(port, processes, i), *extra), log)
+        start(train_command(tmp_path / name, *cluster_options(port, processes, i), *extra), log, host_devices=1)
         for i, log in enumerate(logs)
     ]
     return finish(running, DEADLINE_S), logs
@@ -185,7 +192,7 @@ def test_a_process_feeds_its_part_of_every_global_batch():
     rng = np.random.default_rng(0)
     images, labels = rng.random((100, 28, 28), np.float32), rng.integers(0, 10, 100).astype(np.int32)
     whole = list(training_dataset(config, images, labels).as_numpy_iterator())
-    parts = [list(training_dataset(config, images, labels, shard=(i, 2)).as_numpy_iterator()) for i in range(2)]
+    parts = [list(training_dataset(config, images, labels, shard=(i, 2, 1)).as_numpy_iterator()) for i in range(2)]
     assert len(whole) == len(parts[0]) == len(parts[1]) == 8  # 4 batches of 32 (the last of 4) per epoch
     for (x, y), (x0, y0), (x1, y1) in zip(whole, *parts, strict=True):
         assert len(x0) == len(x1) == len(x) // 2
@@ -193,6 +200,62 @@ def test_a_process_feeds_its_part_of_every_global_batch():
         np.testing.assert_allclose(np.concatenate([x0, x1]), x, atol=1e-6)
     plain = TrainConfig(**{**TINY_TRAIN, "epochs": 2})
     assert not np.allclose(next(training_dataset(plain, images, labels).as_numpy_iterator())[0], whole[0][0])
+
+
+def test_each_process_splits_its_part_of_a_batch_over_its_devices():
+    """Two processes of two devices each: every device takes an equal part, so a batch of 30 feeds
+    7 images to each device (14 to a process) and its last 2 are left out; the last batch of the
+    epoch, 10 images, feeds 2 to each device and leaves out 2."""
+    config = TrainConfig(**{**TINY_TRAIN, "batch_size": 30, "epochs": 1})
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((40, 28, 28), np.float32), rng.integers(0, 10, 40).astype(np.int32)
+    whole = list(training_dataset(config, images, labels).as_numpy_iterator())
+    parts = [list(training_dataset(config, images, labels, shard=(i, 2, 2)).as_numpy_iterator()) for i in range(2)]
+    for (_, y), part0, part1, size in zip(whole, *parts, [14, 4], strict=True):
+        assert len(part0[1]) == len(part1[1]) == size
+        np.testing.assert_array_equal(np.concatenate([part0[1], part1[1]]), y[: 2 * size])
+
+
+@pytest.mark.parametrize(
+    ("cores", "batch_size", "processes", "devices"),
+    [(2, 128, 1, 2), (2, 128, 2, 2), (1, 128, 2, 1), (3, 128, 1, 2), (3, 96, 1, 3), (8, 6, 4, 1), (64, 32, 1, 32)],
+)
+def test_a_process_takes_a_device_per_core_as_long_as_they_divide_its_part_of_a_batch(
+    cores, batch_size, processes, devices
+):
+    assert devices_per_process(cores, batch_size, processes) == devices
+
+
+@pytest.mark.parametrize(
+    ("local", "total", "needle"),
+    [
+        (3, 6, "process 1 has 3 JAX devices, which do not divide its part of every batch (64 images)"),
+        (2, 6, "the processes have different numbers of JAX devices (6 in all, 2 in process 1)"),
+    ],
+)
+def test_device_counts_that_cannot_share_the_batch_are_refused(local, total, needle):
+    with pytest.raises(InputError, match=re.escape(needle)):
+        check_devices(local, total, 128, Cluster("h:1", 2, 1))
+    check_devices(2, 4, 128, Cluster("h:1", 2, 1))  # what rowrnn chooses itself passes
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_process_counts_the_cores_it_may_run_on(cores):
+    if len(os.sched_getaffinity(0)) < cores:
+        pytest.skip(f"this machine lets the tests use fewer than {cores} cores")
+    allowed = ",".join(map(str, sorted(os.sched_getaffinity(0))[:cores]))
+    code = "from rowrnn_keras.placement import usable_cores; print(usable_cores())"
+    result = subprocess.run(
+        ["taskset", "-c", allowed, sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.split() == [str(cores)], result.stderr[-2000:]
+
+
+def test_validation_keeps_the_images_its_devices_share_evenly():
+    splits = Splits(*[(np.zeros((n, 28, 28), np.float32), np.arange(n)) for n in (10, 7, 3)])
+    assert len(for_devices(splits, 2).validation[0]) == 6 and for_devices(splits, 2).validation[1][-1] == 5
+    assert len(for_devices(splits, 1).validation[0]) == 7
+    assert len(for_devices(splits, 2).train[0]) == 10 and len(for_devices(splits, 2).test[0]) == 3
 
 
 class Fed(Exception):
@@ -331,12 +394,15 @@ def test_a_duplicate_process_id_is_refused_and_a_missing_one_named(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_hold_the_weights_of_one_process_over_two_local_devices(tmp_path, two_processes):
-    """The same DataParallel over two devices, in one process (XLA's two host devices, no gloo):
-    the processes' parts of each batch and their summed gradients are exactly the one-process ones."""
+    """The same DataParallel over two devices, in one process given two cores (one JAX CPU device per
+    core, no gloo): the processes' parts of each batch and their summed gradients are exactly the
+    one-process ones. (The processes run unpinned, on the same cores: a process pinned to one core
+    rounds its gradient sums differently.)"""
     _, codes, logs = two_processes
     assert codes == [0, 0]
     out = tmp_path / "local"
-    process = start(train_command(out, "--distribute", "data-parallel"), tmp_path / "local.log", host_devices=2)
+    two_cores = ",".join(map(str, sorted(os.sched_getaffinity(0))[:2]))
+    process = start(train_command(out, "--distribute", "data-parallel"), tmp_path / "local.log", two_cores)
     assert finish([process], DEADLINE_S) == [0], (tmp_path / "local.err").read_text()[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["devices"] == ["CPU:0", "CPU:1"] and metrics["processes"] == 1
@@ -379,8 +445,8 @@ def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_un
     assert codes == [0, 0]
     port = free_port()
     out = tmp_path / "killed"
-    command = lambda i: train_command(out, *cluster_options(port, 2, i))  # noqa: E731
-    running = [start(command(i), tmp_path / f"first-{i}.log") for i in range(2)]
+    command = lambda i, port=port: train_command(out, *cluster_options(port, 2, i))  # noqa: E731
+    running = [start(command(i), tmp_path / f"first-{i}.log", host_devices=1) for i in range(2)]
     code, waited = kill_mid_epoch_2(running, 1, out, tmp_path / "first-0.err")
     assert backup_epoch(out) == 1  # the kill landed mid-epoch 2: its end was never backed up
     assert not (out / "metrics.json").exists()
@@ -390,8 +456,29 @@ def test_a_killed_process_stops_the_others_in_one_line_and_a_rerun_ends_as_an_un
         "rowrnn: error: process 1 of 2 was lost (its connection closed); "
         "run every process again to resume from the last backup\n"
     )
+    # process 1 run again where it cannot see process 0's backup: it would start afresh while process
+    # 0 resumes, so they would wait on each other's collectives; both refuse, in one line, at once
+    apart_port = free_port()
+    apart = [command(0, apart_port), train_command(tmp_path / "elsewhere", *cluster_options(apart_port, 2, 1))]
+    refused = [start(c, tmp_path / f"apart-{i}.log", host_devices=1) for i, c in enumerate(apart)]
+    assert finish(refused, 150) == [2, 2]
+    for i in range(2):
+        line = (tmp_path / f"apart-{i}.err").read_text()
+        assert line.startswith("rowrnn: error: process 1 would start afresh, process 0 would resume after epoch 1 (")
+        assert line.count("\n") == 1, line
+    assert backup_epoch(out) == 1 and not (tmp_path / "elsewhere").exists()
+    # process 0 alone given --restart: refused as well, and its backup is still there
+    alone_port = free_port()
+    alone = [command(0, alone_port) + ["--restart"], command(1, alone_port)]
+    refused = [start(c, tmp_path / f"alone-{i}.log", host_devices=1) for i, c in enumerate(alone)]
+    assert finish(refused, 150) == [2, 2]
+    for i in range(2):
+        line = (tmp_path / f"alone-{i}.err").read_text()
+        assert line.startswith("rowrnn: error: process 1 would resume after epoch 1 (") and line.count("\n") == 1
+        assert "process 0 would start afresh" in line, line
+    assert backup_epoch(out) == 1
     # every process run again: they resume from process 0's backup and end as the uninterrupted run
-    rerun = [start(command(i), tmp_path / f"again-{i}.log") for i in range(2)]
+    rerun = [start(command(i), tmp_path / f"again-{i}.log", host_devices=1) for i in range(2)]
     assert finish(rerun, DEADLINE_S) == [0, 0], (tmp_path / "again-0.err").read_text()[-2000:]
     assert "resuming at epoch 2/2" in (tmp_path / "again-0.out").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -407,7 +494,10 @@ def test_a_killed_process_0_is_named_by_the_others(tmp_path):
     need_jax()
     port = free_port()
     out = tmp_path / "chief-killed"
-    running = [start(train_command(out, *cluster_options(port, 2, i)), tmp_path / f"p{i}.log") for i in range(2)]
+    running = [
+        start(train_command(out, *cluster_options(port, 2, i)), tmp_path / f"p{i}.log", host_devices=1)
+        for i in range(2)
+    ]
     code, waited = kill_mid_epoch_2(running, 0, out, tmp_path / "p1.err")
     assert code == 1 and waited < LOST_BOUND_S, (code, waited)
     assert (tmp_path / "p1.err").read_text() == (
