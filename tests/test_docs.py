@@ -290,13 +290,28 @@ def test_the_training_epoch_table_is_the_committed_run():
     report = json.loads((RESULTS / "train_bench.json").read_text())
     block = section(BENCHMARKS, "## Training: epoch time by backend (`benchmarks/train_bench.py`)")
     assert train_bench.format_markdown(report) in block
-    assert [row["setup"] for row in report["rows"]] == [name for name, _, _ in train_bench.SETUPS]
+    assert [row["setup"] for row in report["rows"]] == [name for name, *_ in train_bench.SETUPS]
     # the ratios are those of the rows, measured in the same run
-    tf_row, jax_row, two_row = report["rows"]
-    assert report["ratios"]["jax_vs_tensorflow"] == pytest.approx(jax_row["epoch_s"] / tf_row["epoch_s"], abs=1e-3)
-    assert report["ratios"]["jax_2x1_vs_1x2"] == pytest.approx(two_row["epoch_s"] / jax_row["epoch_s"], abs=1e-3)
+    tf_row, jax_row, parallel_row, two_row = report["rows"]
+    ratios = report["ratios"]
+    assert ratios["jax_vs_tensorflow"] == pytest.approx(jax_row["epoch_s"] / tf_row["epoch_s"], abs=1e-3)
+    assert ratios["jax_data_parallel_vs_tensorflow"] == pytest.approx(
+        parallel_row["epoch_s"] / tf_row["epoch_s"], abs=1e-3
+    )
+    assert ratios["jax_2x1_vs_1x2"] == pytest.approx(two_row["epoch_s"] / parallel_row["epoch_s"], abs=1e-3)
+    assert parallel_row["devices"] == ["CPU:0", "CPU:1"] and len(jax_row["devices"]) == 1
+    # the default run's accuracies, and whether they meet the criterion, are the run's
+    accuracy = report["accuracy"]
+    assert accuracy, "the committed report has no default run (it was made with --accuracy-epochs 0)"
+    runs = accuracy["runs"]
+    difference = abs(runs["jax"]["test_accuracy"] - runs["tensorflow"]["test_accuracy"]) * 100
+    assert accuracy["difference_points"] == pytest.approx(difference, abs=1e-3)
+    assert accuracy["within"] == (difference <= accuracy["within_points"])
     # what README's "Training across machines" says was measured is this run
     readme = " ".join(
         section(README, "### Training across machines: `--backend jax --distribute data-parallel`").split()
     )
-    assert f"{report['ratios']['jax_vs_tensorflow']:.2f}x the TensorFlow backend's" in readme
+    assert f"{ratios['jax_vs_tensorflow']:.2f}x the TensorFlow backend's" in readme
+    assert f"{ratios['jax_data_parallel_vs_tensorflow']:.2f}x" in readme
+    assert f"{ratios['jax_2x1_vs_1x2']:.2f}x" in readme
+    assert f"{accuracy['difference_points']:.2f} points" in readme
