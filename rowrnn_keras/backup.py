@@ -94,11 +94,18 @@ def read_backup(out_dir: str | os.PathLike, readonly: bool = False) -> Backup | 
 
     `readonly`: read another process's backup (a multi-worker chief's) without repairing it.
     """
-    if readonly:
-        current = backup_path(out_dir)
-        path = current if current.is_dir() else current.with_name(BACKUP_DIR + OLD_SUFFIX)
-    else:
-        path = recover(out_dir)
+    if not readonly:
+        return read_backup_at(recover(out_dir))
+    current = backup_path(out_dir)
+    newest = lambda: current if current.is_dir() else current.with_name(BACKUP_DIR + OLD_SUFFIX)  # noqa: E731
+    try:
+        return read_backup_at(newest())
+    except InputError:  # its owner may have been finishing a swap (backup.old renamed to backup) meanwhile
+        return read_backup_at(newest())
+
+
+def read_backup_at(path: Path) -> Backup | None:
+    """The backup in directory `path` (None if there is none), its files checked against state.json."""
     if not path.is_dir():
         return None
     try:

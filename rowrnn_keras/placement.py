@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -160,13 +161,19 @@ def devices_per_process(cores: int, batch_size: int, processes: int) -> int:
     return max(d for d in range(1, max(1, min(cores, part)) + 1) if part % d == 0)
 
 
+def devices_from_xla_flags() -> int | None:
+    """The CPU device count XLA_FLAGS sets (--xla_force_host_platform_device_count=N), if it does."""
+    match = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    return int(match.group(1)) if match else None
+
+
 def split_cpu_into_devices(devices: int) -> None:
     """Give JAX `devices` CPU devices (XLA runs one step of this network on one core: data-parallel
     splits each process's part of the batch over its cores), unless XLA_FLAGS sets their number or
     JAX already runs (a second run in one process keeps the first one's). GPUs are not affected."""
     import jax
 
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    if devices_from_xla_flags() is not None:
         return
     with contextlib.suppress(RuntimeError):  # JAX's backends are up: their devices stay
         jax.config.update("jax_num_cpu_devices", devices)
@@ -189,10 +196,13 @@ def check_devices(local: int, total: int, batch_size: int, cluster: Cluster) -> 
 
 
 def place_jax(config: TrainConfig, cluster: Cluster, resume: dict | None = None) -> Placement:
-    link, cores = None, usable_cores()
+    link, cores, forced = None, usable_cores(), devices_from_xla_flags()
+    if forced is not None and config.distribute == "data-parallel":  # before the processes meet: all refuse it
+        check_devices(forced, forced * cluster.num_processes, config.batch_size, cluster)
     if cluster.is_multi_process:
-        # every process is there, launched alike; each splits into as many devices as the fewest cores allow
-        link = join(cluster, {**config.to_dict(), "resume": resume}, cores)
+        # every process is there, launched alike (XLA_FLAGS' device count too); each splits into as
+        # many devices as the fewest cores allow
+        link = join(cluster, {**config.to_dict(), "xla_host_devices": forced, "resume": resume}, cores)
         cores = link.fewest_cores
     if config.distribute == "data-parallel":
         split_cpu_into_devices(devices_per_process(cores, config.batch_size, cluster.num_processes))

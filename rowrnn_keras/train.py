@@ -141,7 +141,7 @@ def describe_resume(resume: Backup | None) -> dict:
     """Where a run starts: the epochs its backup finished and the weights it holds (none: afresh)."""
     return {
         "epoch": resume.epoch if resume else 0,
-        "weights_sha256": resume.state["weights_sha256"] if resume else None,
+        "weights_sha256": resume.state.get("weights_sha256") if resume else None,
     }
 
 

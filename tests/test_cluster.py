@@ -65,7 +65,7 @@ def die(link: Link) -> None:
 
 def test_every_process_learns_the_fewest_cores_any_of_them_may_use():
     """They split their parts of each batch into as many devices as the smallest of them has cores."""
-    links, _ = start_cluster(3, cores=[2, 4, 8])
+    links, _ = start_cluster(3, cores=[8, 2, 4])
     assert [link.fewest_cores for link in links] == [2, 2, 2]
     for link in links:
         link.release()

@@ -251,6 +251,64 @@ def test_a_process_counts_the_cores_it_may_run_on(cores):
     assert result.stdout.split() == [str(cores)], result.stderr[-2000:]
 
 
+def test_a_device_count_from_xla_flags_that_cannot_share_the_batch_is_refused_before_anything_runs(tmp_path):
+    need_jax()
+    out = tmp_path / "out"
+    process = start(train_command(out, "--distribute", "data-parallel"), tmp_path / "three.log", host_devices=3)
+    assert finish([process], 300) == [2]
+    stderr = (tmp_path / "three.err").read_text()
+    assert stderr == (
+        "rowrnn: error: process 0 has 3 JAX devices, which do not divide its part of every batch (128 images): "
+        "give XLA_FLAGS' --xla_force_host_platform_device_count a divisor, or leave it out\n"
+    )
+    assert not (out / "backup").exists() and not (out / "metrics.json").exists()
+
+
+# Where XLA puts the gradient sum of data-parallel training: the partitioner all-reduces the LSTM's
+# weight gradients inside the backward loop over the time steps, once per step of that loop.
+ALL_REDUCE_PROBE = r"""
+import json, os, re
+import jax, jax.numpy as jnp, keras, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from rowrnn_keras.model import create_model
+model = create_model()
+mesh = Mesh(np.array(jax.devices()), ("batch",))
+trainable = [v.value for v in model.trainable_variables]
+fixed = [v.value for v in model.non_trainable_variables]
+def loss(trainable, x, y):
+    logits, _ = model.stateless_call(trainable, fixed, x)
+    return jnp.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+shard, whole = NamedSharding(mesh, P("batch")), NamedSharding(mesh, P())
+grad = jax.jit(jax.grad(loss), in_shardings=(whole, shard, shard), out_shardings=whole)
+hlo = grad.lower(trainable, np.zeros((128, 28, 28), np.float32), np.zeros(128, np.int32)).compile().as_text()
+bodies = set(re.findall(r"body=%?([\w.\-]+)", hlo))
+computations = re.split(r"\n(?=\S)", hlo)
+def name(c):
+    m = re.match(r"(?:ENTRY )?%?([\w.\-]+)", c)
+    return m.group(1) if m else ""
+counts = {"in_loop_body": 0, "elsewhere": 0}
+for c in computations:
+    n = len(re.findall(r" all-reduce\(", c))
+    counts["in_loop_body" if name(c) in bodies else "elsewhere"] += n
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.slow
+def test_xla_all_reduces_the_lstm_gradients_inside_the_backward_loop():
+    """Why data-parallel gains little here and two processes are slow (BENCHMARKS.md): the gradient
+    sum runs once per time step. When an XLA fixes this, this test fails: measure again."""
+    need_jax()
+    env = {**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    result = subprocess.run(
+        [sys.executable, "-c", ALL_REDUCE_PROBE], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["in_loop_body"] >= 1, counts
+
+
 def test_validation_keeps_the_images_its_devices_share_evenly():
     splits = Splits(*[(np.zeros((n, 28, 28), np.float32), np.arange(n)) for n in (10, 7, 3)])
     assert len(for_devices(splits, 2).validation[0]) == 6 and for_devices(splits, 2).validation[1][-1] == 5

@@ -35,7 +35,8 @@ from rowrnn_keras.backup import (
     read_backup,
     write_backup,
 )
-from rowrnn_keras.config import TrainConfig
+from rowrnn_keras.config import Cluster, TrainConfig
+from rowrnn_keras.train import where_to_start
 from runtime.errors import InputError
 from runtime.mnist import Mnist
 
@@ -218,6 +219,30 @@ def test_a_damaged_backup_is_refused_in_one_line_naming_restart(tmp_path, damage
         (backup / STATE_FILE).write_text(json.dumps({**state, "format_version": 99}))
     with pytest.raises(InputError, match=r"cannot resume from this backup .*; add --restart to discard it$"):
         read_backup(tmp_path)
+
+
+def test_process_0_finishes_a_half_done_swap_before_saying_where_it_resumes(tmp_path):
+    """Every process reads the backup process 0 reports: a `backup.old` left by a kill between the
+    renames is renamed back before anyone reads it."""
+    write_fake(tmp_path, 2)
+    os.replace(tmp_path / BACKUP_DIR, tmp_path / (BACKUP_DIR + OLD_SUFFIX))
+    config, chief = TrainConfig(**SMALL), Cluster("127.0.0.1:1", 2, 0)
+    assert where_to_start(tmp_path, config, small_mnist(), False, chief) == {"epoch": 2, "weights_sha256": None}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [BACKUP_DIR]
+    # --restart: the backup is reported as not used, and left where it is (discarded after the join)
+    assert where_to_start(tmp_path, config, small_mnist(), True, chief) == {"epoch": 0, "weights_sha256": None}
+    assert read_backup(tmp_path).epoch == 2
+
+
+def test_a_backup_another_process_cannot_read_is_said_to_process_0_not_raised(tmp_path):
+    write_fake(tmp_path, 2)
+    (tmp_path / BACKUP_DIR / WEIGHTS_FILE).write_bytes(b"weights 3")
+    config = TrainConfig(**SMALL)
+    start = where_to_start(tmp_path, config, small_mnist(), False, Cluster("127.0.0.1:1", 2, 1))
+    assert "cannot resume from this backup (latest.weights.h5 does not match" in start["error"]
+    for alone_or_chief in (Cluster(), Cluster("127.0.0.1:1", 2, 0)):  # their own error is theirs to raise
+        with pytest.raises(InputError, match="cannot resume from this backup"):
+            where_to_start(tmp_path, config, small_mnist(), False, alone_or_chief)
 
 
 def test_differences_name_each_setting_and_the_data():
