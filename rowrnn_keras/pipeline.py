@@ -45,6 +45,13 @@ def make_splits(mnist: Mnist, config: TrainConfig) -> Splits:
     )
 
 
+def steps_per_epoch(count: int, batch_size: int, devices: int = 1) -> int:
+    """Training batches in an epoch of `count` images over `devices` devices in all: the last,
+    partial batch only if it leaves every device an image (an empty part would average over nothing)."""
+    full, rest = divmod(count, batch_size)
+    return full + (rest >= devices)
+
+
 def for_devices(splits: Splits, devices: int) -> Splits:
     """The splits data-parallel training over `devices` devices of a process validates on: the
     validation images less the last (count mod devices), as each device takes an equal part of every
@@ -120,10 +127,12 @@ def training_dataset(
     `shard`: (this process, processes, devices per process). Each process yields its equal,
     contiguous part of every global batch, augmented as in the whole batch: side by side, in process
     order, the parts are the one-process batch. Every device takes an equal part, so the last batch
-    of an epoch loses its last (size mod (processes x devices per process)) images.
+    of an epoch loses its last (size mod (processes x devices per process)) images, and is left out
+    when that leaves a device none (`steps_per_epoch`).
     """
     count = len(images)
-    steps = math.ceil(count / config.batch_size)
+    index, processes, local_devices = shard
+    steps = steps_per_epoch(count, config.batch_size, processes * local_devices)
     all_images, all_labels = tf.constant(images), tf.constant(labels)
     shuffle_key = tf.constant([config.seed, 0], tf.int64)
     augment_key = tf.constant([config.seed, 1], tf.int64)
@@ -131,9 +140,7 @@ def training_dataset(
     def epoch_batches(epoch: tf.Tensor) -> tf.data.Dataset:
         seed = tf.random.experimental.stateless_fold_in(shuffle_key, epoch)
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed)
-        return tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size)
-
-    index, processes, local_devices = shard
+        return tf.data.Dataset.from_tensor_slices(order).batch(config.batch_size).take(steps)
 
     def load(step: tf.Tensor, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         size = tf.shape(indices)[0]

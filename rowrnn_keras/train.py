@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from rowrnn_keras.callbacks import ResumableBackup, ScalarTensorBoard
 from rowrnn_keras.config import CURVES_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, Cluster, TrainConfig
 from rowrnn_keras.evaluate import evaluate_model
 from rowrnn_keras.model import compile_model, create_model
-from rowrnn_keras.pipeline import Splits, for_devices, make_splits, training_dataset
+from rowrnn_keras.pipeline import Splits, for_devices, make_splits, steps_per_epoch, training_dataset
 from rowrnn_keras.placement import Placement, place, without_distribution
 from runtime.errors import InputError
 from runtime.files import private_prefix, remove_leftovers, sha256_file, write_json_atomic
@@ -84,15 +83,16 @@ def fit_model(
     `tensorboard`: a directory for Keras's TensorBoard logs, one subdirectory per run.
     """
     placement = placement or place(config)
-    steps_per_epoch = math.ceil(len(splits.train[0]) / config.batch_size)
+    _, processes, local_devices = placement.shard
+    steps = steps_per_epoch(len(splits.train[0]), config.batch_size, processes * local_devices)
     if resume is not None:
         if (resume.path / BEST_MODEL_FILE).exists():  # ModelCheckpoint carries on from the best so far
             shutil.copyfile(resume.path / BEST_MODEL_FILE, checkpoint)
         if resume.finished:  # killed after training, before publishing: nothing left to train
-            return FitResult(load_best(checkpoint), state["history"], state, steps_per_epoch)
+            return FitResult(load_best(checkpoint), state["history"], state, steps)
     seed_everything(config.seed)
     with placement.scope():
-        model = compile_model(create_model(config), config, steps_per_epoch)
+        model = compile_model(create_model(config), config, steps)
     best = keras.callbacks.ModelCheckpoint(checkpoint, monitor="val_accuracy", mode="max", save_best_only=True)
     stopping = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=config.patience)
     callbacks: list[keras.callbacks.Callback] = [best, stopping]
@@ -102,7 +102,7 @@ def fit_model(
     first_epoch = resume.epoch if resume else 0
     model.fit(
         training_dataset(config, *splits.train, first_epoch=first_epoch, shard=placement.shard),
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=steps,
         epochs=config.epochs,
         initial_epoch=first_epoch,
         # every process feeds all of it: the means Keras reports over the copies are the means over it
@@ -113,7 +113,7 @@ def fit_model(
         callbacks=callbacks,
         verbose=verbose,
     )
-    return FitResult(load_best(checkpoint), state["history"], state, steps_per_epoch)
+    return FitResult(load_best(checkpoint), state["history"], state, steps)
 
 
 def load_best(checkpoint: Path) -> keras.Model:

@@ -24,7 +24,7 @@ import pytest
 from helpers import REPO, TINY_TRAIN, assert_one_line_error, free_port, real_mnist_dir, require_module, rowrnn
 from rowrnn.extras import select_keras_backend
 from rowrnn_keras.config import Cluster, TrainConfig
-from rowrnn_keras.pipeline import Splits, for_devices, training_dataset
+from rowrnn_keras.pipeline import Splits, for_devices, steps_per_epoch, training_dataset
 from rowrnn_keras.placement import check_devices, devices_per_process
 from runtime.errors import InputError
 
@@ -224,6 +224,18 @@ def test_a_process_takes_a_device_per_core_as_long_as_they_divide_its_part_of_a_
     cores, batch_size, processes, devices
 ):
     assert devices_per_process(cores, batch_size, processes) == devices
+
+
+def test_a_last_batch_that_would_leave_a_device_without_an_image_is_left_out():
+    """33 images in batches of 32 over 2 devices: the last batch, 1 image, cannot feed both devices
+    (an empty part would average over nothing), so each epoch has one batch; 34 images keep two."""
+    assert [steps_per_epoch(33, 32, 2), steps_per_epoch(34, 32, 2), steps_per_epoch(33, 32)] == [1, 2, 2]
+    config = TrainConfig(**{**TINY_TRAIN, "batch_size": 32, "epochs": 2})
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((33, 28, 28), np.float32), rng.integers(0, 10, 33).astype(np.int32)
+    batches = list(training_dataset(config, images, labels, shard=(0, 1, 2)).as_numpy_iterator())
+    assert [len(y) for _, y in batches] == [32, 32]
+    assert [len(y) for _, y in training_dataset(config, images, labels).as_numpy_iterator()] == [32, 1, 32, 1]
 
 
 @pytest.mark.parametrize(
