@@ -115,7 +115,7 @@ def run_bench(data: Path, limit: int, epochs: int, rounds: int, accuracy_epochs:
                 "backend": backend,
                 "distribute": distribute,
                 "processes": processes,
-                "devices": samples[name][0]["devices"],
+                "devices": runs[0]["devices"],
                 "epoch_s": round(statistics.median(later), 3),
                 "first_epoch_s": round(statistics.median(run["epoch_seconds"][0] for run in runs), 3),
                 "epoch_seconds": [run["epoch_seconds"] for run in runs],

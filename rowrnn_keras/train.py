@@ -122,19 +122,23 @@ def load_best(checkpoint: Path) -> keras.Model:
         return keras.models.load_model(checkpoint)
 
 
-def where_to_start(out_dir: Path, config: TrainConfig, mnist: Mnist, restart: bool, cluster: Cluster) -> dict:
-    """What this process tells the others of where it starts (`describe_resume`), changing nothing:
-    a refused launch leaves the backup as it was. Process 0 finishes a half-done swap of its backup
-    first (`backup.recover`), so every process reads the same one. In a cluster, a backup another
-    process cannot use is said to process 0, which refuses the whole launch with it."""
+def where_to_start(
+    out_dir: Path, config: TrainConfig, mnist: Mnist, restart: bool, cluster: Cluster
+) -> tuple[Backup | None, dict]:
+    """The backup this process would resume from (None: afresh), and what it tells the others of it
+    (`describe_resume`), changing nothing: a refused launch leaves the backup as it was (--restart
+    discards it only once the launch is agreed on). Process 0 finishes a half-done swap of its
+    backup first (`backup.recover`), so every process reads the same one. In a cluster, a backup
+    another process cannot use is said to process 0, which refuses the whole launch with it."""
     if cluster.is_chief:
         recover(out_dir)
     try:
-        return describe_resume(resume_point(out_dir, config, mnist, restart, readonly=True))
+        found = resume_point(out_dir, config, mnist, restart, readonly=True)
     except InputError as exc:
         if cluster.is_chief or not cluster.is_multi_process:
             raise
-        return {"error": str(exc)}
+        return None, {"error": str(exc)}
+    return found, describe_resume(found)
 
 
 def describe_resume(resume: Backup | None) -> dict:
@@ -209,17 +213,20 @@ def run_training(
     out_dir = Path(out_dir)
     cluster = cluster or Cluster()
     # The processes of a cluster join before anything runs, and must agree where they start.
-    start = where_to_start(out_dir, config, mnist, restart, cluster)
+    found, start = where_to_start(out_dir, config, mnist, restart, cluster)
     placement = place(config, cluster, start)
     # Only the chief writes into out_dir; the other processes write the same files to a private place.
     work_dir = out_dir if placement.is_chief else Path(tempfile.mkdtemp(prefix="rowrnn-process-"))
     scratch = prepare_out_dir(work_dir)
     try:
-        # the chief repairs and discards (--restart) only now, the launch agreed on; every process
-        # resumes from the backup it reported
-        resume = resume_point(out_dir, config, mnist, restart, readonly=not placement.is_chief)
-        if describe_resume(resume) != start:
-            raise InputError(f"{out_dir}: the backup changed while the processes joined; run every process again")
+        if placement.is_chief:
+            if restart:  # the launch is agreed on: now the backup goes
+                discard(out_dir)
+            resume = found
+        else:  # read again: process 0 may have finished a swap of its backup meanwhile; the same one
+            resume = resume_point(out_dir, config, mnist, restart, readonly=True)
+            if describe_resume(resume) != start:
+                raise InputError(f"{out_dir}: the backup changed while the processes joined; run every process again")
         state = resume.state if resume else new_state(fingerprint(config, mnist))
         if resume is not None:
             state["resumed_at"].append(resume.epoch + 1)

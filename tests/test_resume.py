@@ -227,10 +227,11 @@ def test_process_0_finishes_a_half_done_swap_before_saying_where_it_resumes(tmp_
     write_fake(tmp_path, 2)
     os.replace(tmp_path / BACKUP_DIR, tmp_path / (BACKUP_DIR + OLD_SUFFIX))
     config, chief = TrainConfig(**SMALL), Cluster("127.0.0.1:1", 2, 0)
-    assert where_to_start(tmp_path, config, small_mnist(), False, chief) == {"epoch": 2, "weights_sha256": None}
+    found, start = where_to_start(tmp_path, config, small_mnist(), False, chief)
+    assert start == {"epoch": 2, "weights_sha256": None} and found.path == tmp_path / BACKUP_DIR
     assert sorted(p.name for p in tmp_path.iterdir()) == [BACKUP_DIR]
     # --restart: the backup is reported as not used, and left where it is (discarded after the join)
-    assert where_to_start(tmp_path, config, small_mnist(), True, chief) == {"epoch": 0, "weights_sha256": None}
+    assert where_to_start(tmp_path, config, small_mnist(), True, chief) == (None, {"epoch": 0, "weights_sha256": None})
     assert read_backup(tmp_path).epoch == 2
 
 
@@ -238,7 +239,8 @@ def test_a_backup_another_process_cannot_read_is_said_to_process_0_not_raised(tm
     write_fake(tmp_path, 2)
     (tmp_path / BACKUP_DIR / WEIGHTS_FILE).write_bytes(b"weights 3")
     config = TrainConfig(**SMALL)
-    start = where_to_start(tmp_path, config, small_mnist(), False, Cluster("127.0.0.1:1", 2, 1))
+    found, start = where_to_start(tmp_path, config, small_mnist(), False, Cluster("127.0.0.1:1", 2, 1))
+    assert found is None
     assert "cannot resume from this backup (latest.weights.h5 does not match" in start["error"]
     for alone_or_chief in (Cluster(), Cluster("127.0.0.1:1", 2, 0)):  # their own error is theirs to raise
         with pytest.raises(InputError, match="cannot resume from this backup"):
